@@ -1,0 +1,264 @@
+"""Tiny base models for the offline ``tiny`` presets, built locally and cached.
+
+No machine here reaches a model hub, so the tiny preset builds its own "pretrained" models in
+the real formats and then loads them through the same ``from_pretrained`` code as the paper
+presets:
+
+* ``genhancer-tiny:clip``: a small ``CLIPModel`` with a CLIP BPE tokenizer over the toy-world
+  vocabulary, trained contrastively on toy-world captions for a minute of CPU so the base tower
+  is not noise (otherwise "enhancement" has nothing to improve on).
+* ``genhancer-tiny:vae``: a small FLUX-style 16-channel ``AutoencoderKL`` trained briefly as an
+  autoencoder on toy-world images, so previews decode to something recognisable.
+
+Both are written atomically (temp dir, then rename) under a directory named by a hash of their
+recipe, so a changed recipe never reuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import string
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+TINY_PREFIX = "genhancer-tiny:"
+_RECIPE_VERSION = 1
+
+TINY_CLIP_RECIPE = {
+    "image_size": 64,
+    "patch_size": 8,
+    "vision_hidden": 64,
+    "vision_layers": 4,
+    "text_hidden": 64,
+    "text_layers": 2,
+    "heads": 4,
+    "projection_dim": 64,
+    "max_text_len": 40,
+    "train_steps": 300,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "num_images": 2048,
+    "seed": 1234,
+}
+
+TINY_VAE_RECIPE = {
+    "image_size": 64,
+    "block_out_channels": [16, 32, 32],
+    "latent_channels": 16,
+    "train_steps": 250,
+    "batch_size": 16,
+    "lr": 2e-3,
+    "kl_weight": 1e-6,
+    "num_images": 1024,
+    "seed": 4321,
+}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.path.expanduser("~/.cache/genhancer"))
+
+
+def _recipe_dir(cache_dir: Path, name: str, recipe: dict) -> Path:
+    blob = json.dumps({"v": _RECIPE_VERSION, **recipe}, sort_keys=True).encode()
+    return cache_dir / f"{name}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+def _build_cached(cache_dir: Path, name: str, recipe: dict, build: Callable[[Path], None]) -> Path:
+    target = _recipe_dir(cache_dir, name, recipe)
+    if (target / "COMPLETE").is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
+    try:
+        build(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
+        (tmp / "COMPLETE").write_text("ok\n")
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_tiny(name_or_path: str, cache_dir: str | Path | None = None) -> str:
+    """Map ``genhancer-tiny:<what>`` to a cached local model dir; other names pass through."""
+    if not name_or_path.startswith(TINY_PREFIX):
+        return name_or_path
+    what = name_or_path[len(TINY_PREFIX) :]
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if what == "clip":
+        return str(_build_cached(cache, "tiny-clip", TINY_CLIP_RECIPE, build_tiny_clip))
+    if what == "vae":
+        return str(_build_cached(cache, "tiny-vae", TINY_VAE_RECIPE, build_tiny_vae))
+    from enhance.errors import UserError
+
+    raise UserError(f"unknown tiny model '{name_or_path}'; choose {TINY_PREFIX}clip or {TINY_PREFIX}vae")
+
+
+# --- tokenizer --------------------------------------------------------------------------------
+
+
+def build_clip_tokenizer(words: list[str], model_max_length: int = 77):
+    """A real CLIP BPE tokenizer whose merges spell each word of ``words`` as few tokens.
+
+    The vocabulary holds every printable ASCII character (with and without the ``</w>``
+    end-of-word marker), a left-to-right merge chain for each word, and the start/end tokens.
+    CLIP pools text at the end-of-text token, which the tokenizer appends (DESIGN.md pitfall).
+    """
+    from transformers import CLIPTokenizer
+
+    chars = [c for c in string.printable if not c.isspace()]
+    vocab: dict[str, int] = {}
+
+    def add(tok: str) -> None:
+        if tok not in vocab:
+            vocab[tok] = len(vocab)
+
+    for c in chars:
+        add(c)
+    for c in chars:
+        add(c + "</w>")
+    merges: list[tuple[str, str]] = []
+    seen = set()
+    for word in sorted(set(w.lower() for w in words if w)):
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        left = symbols[0]
+        for right in symbols[1:]:
+            pair = (left, right)
+            if pair not in seen:
+                seen.add(pair)
+                merges.append(pair)
+            left = left + right
+            add(left)
+    add("<|startoftext|>")
+    add("<|endoftext|>")
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+# --- tiny CLIP --------------------------------------------------------------------------------
+
+
+def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
+    """Build, contrastively pretrain on toy-world captions, and save a tiny CLIP + processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from enhance.data.toyworld import ToyWorld, vocabulary
+
+    r = recipe
+    torch.manual_seed(r["seed"])
+    tokenizer = build_clip_tokenizer(vocabulary(), model_max_length=r["max_text_len"])
+    size = r["image_size"]
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": r["text_hidden"],
+            "intermediate_size": 4 * r["text_hidden"],
+            "num_hidden_layers": r["text_layers"],
+            "num_attention_heads": r["heads"],
+            "max_position_embeddings": r["max_text_len"],
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": r["vision_hidden"],
+            "intermediate_size": 4 * r["vision_hidden"],
+            "num_hidden_layers": r["vision_layers"],
+            "num_attention_heads": r["heads"],
+            "image_size": size,
+            "patch_size": r["patch_size"],
+        },
+        projection_dim=r["projection_dim"],
+    )
+    model = CLIPModel(config)
+
+    world = ToyWorld(seed=r["seed"], image_size=size)
+    samples = [world.sample(i) for i in range(r["num_images"])]
+    pixels = processor.image_processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
+    tokens = tokenizer(
+        [s.caption for s in samples], padding="max_length", truncation=True, return_tensors="pt"
+    )
+
+    gen = torch.Generator().manual_seed(r["seed"])
+    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.01)
+    model.train()
+    n = len(samples)
+    for _ in range(r["train_steps"]):
+        idx = torch.randint(0, n, (r["batch_size"],), generator=gen)
+        out = model(
+            input_ids=tokens["input_ids"][idx],
+            attention_mask=tokens["attention_mask"][idx],
+            pixel_values=pixels[idx],
+            return_loss=True,
+        )
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+
+
+# --- tiny VAE ---------------------------------------------------------------------------------
+
+
+def tiny_vae_config(recipe: dict = TINY_VAE_RECIPE) -> dict:
+    n = len(recipe["block_out_channels"])
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "block_out_channels": list(recipe["block_out_channels"]),
+        "layers_per_block": 1,
+        "latent_channels": recipe["latent_channels"],
+        "norm_num_groups": 8,
+        "sample_size": recipe["image_size"],
+        "scaling_factor": 0.3611,
+        "shift_factor": 0.1159,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+        "mid_block_add_attention": False,
+    }
+
+
+def build_tiny_vae(out_dir: Path, recipe: dict = TINY_VAE_RECIPE) -> None:
+    """A FLUX-shaped (16-channel, no quant convs) AutoencoderKL trained briefly on toy images."""
+    import numpy as np
+    from diffusers import AutoencoderKL
+
+    from enhance.data.toyworld import ToyWorld
+
+    r = recipe
+    torch.manual_seed(r["seed"])
+    vae = AutoencoderKL(**tiny_vae_config(r))
+    world = ToyWorld(seed=r["seed"], image_size=r["image_size"])
+    arr = np.stack([np.asarray(world.sample(i).image, dtype=np.float32) for i in range(r["num_images"])])
+    images = torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+    gen = torch.Generator().manual_seed(r["seed"])
+    opt = torch.optim.AdamW(vae.parameters(), lr=r["lr"])
+    vae.train()
+    for _ in range(r["train_steps"]):
+        idx = torch.randint(0, len(images), (r["batch_size"],), generator=gen)
+        x = images[idx]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss = torch.nn.functional.mse_loss(recon, x) + r["kl_weight"] * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    vae.eval()
+    vae.save_pretrained(out_dir / "vae", safe_serialization=True)

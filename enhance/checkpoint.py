@@ -1,0 +1,174 @@
+"""Atomic, safetensors-only training checkpoints (shared by ``enhance`` and ``llava-train``).
+
+Layout of ``DIR/checkpoints/<name>/``::
+
+    weights.safetensors     trainable weights (and anything else a resume needs)
+    optimizer.safetensors   optimizer tensors, flattened as state.<param index>.<key>
+    optimizer.json          optimizer param groups and non-tensor state
+    rng_rank<r>.safetensors torch CPU (and CUDA) RNG state per rank
+    state.json              step, stage, data positions, config hash ... written LAST
+
+A checkpoint is written into ``.<name>.tmp`` and renamed into place once ``state.json`` exists,
+so a crash mid-write leaves only a temp folder that :func:`list_checkpoints` ignores (and the
+next save removes). Nothing is pickled, so loading never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "state.json"
+
+
+def flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, pstate in state_dict["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["torch_cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def restore_rng(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["torch_cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_dir_for(root: Path, name: str) -> Path:
+    return root / f".{name}.tmp"
+
+
+def begin(root: Path, name: str) -> Path:
+    """Create (fresh) the temp folder a checkpoint is written into."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_for(root, name)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def write_payload(
+    tmp: Path,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict | None = None,
+    rank: int = 0,
+) -> None:
+    if weights is not None:
+        save_file(weights, tmp / "weights.safetensors")
+    if optimizer_state is not None:
+        tensors, meta = flatten_optimizer_state(optimizer_state)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(json.dumps(meta))
+    save_file(rng_state(), tmp / f"rng_rank{rank}.safetensors")
+
+
+def commit(root: Path, name: str, state: dict) -> Path:
+    """Write ``state.json`` last, then rename the temp folder into place."""
+    tmp = temp_dir_for(root, name)
+    with open(tmp / STATE_FILE, "w") as f:
+        json.dump(state, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    return final
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".") and (path / STATE_FILE).is_file()
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (by the order key stored in state.json)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if is_complete(p):
+            try:
+                state = json.loads((p / STATE_FILE).read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            found.append((tuple(state.get("order", [0])), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    ckpts = list_checkpoints(root)
+    return ckpts[-1] if ckpts else None
+
+
+def read_state(path: Path) -> dict:
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "weights.safetensors")
+
+
+def load_optimizer(path: Path) -> dict | None:
+    if not (path / "optimizer.safetensors").is_file():
+        return None
+    meta = json.loads((path / "optimizer.json").read_text())
+    return unflatten_optimizer_state(load_file(path / "optimizer.safetensors"), meta)
+
+
+def load_rng(path: Path, rank: int = 0) -> dict[str, torch.Tensor] | None:
+    f = path / f"rng_rank{rank}.safetensors"
+    return load_file(f) if f.is_file() else None
+
+
+def prune(root: Path, keep_last: int, protect: set[str] = frozenset()) -> list[Path]:
+    """Delete complete checkpoints beyond the newest ``keep_last`` (never names in ``protect``)."""
+    ckpts = [p for p in list_checkpoints(root) if p.name not in protect]
+    doomed = ckpts[: max(0, len(ckpts) - keep_last)]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    for tmp in root.glob(".*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    return doomed

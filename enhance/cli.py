@@ -1,0 +1,132 @@
+"""``enhance``: two-stage GenHancer enhancement of a CLIP-style vision tower.
+
+Examples::
+
+    enhance --list-presets
+    enhance --preset tiny --output-dir runs/tiny                     # CPU, offline, minutes
+    enhance --preset openai-clip-l14-224 --set data.path=/data/cc3m --output-dir runs/oai224
+    accelerate launch -m enhance --preset openai-clip-l14-224 ...     # many GPUs
+    enhance --config my.yaml --set stage2.lr=2e-5 --stage 2 --resume --output-dir runs/x
+    enhance --preset openai-clip-l14-224 --describe                   # config + parameter counts
+
+Exit code 2 with a one-line message on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from enhance.errors import UserError
+
+# Widths of the global / local tokens of the paper backbones, so --describe needs no download.
+KNOWN_DIMS = {
+    "openai/clip-vit-large-patch14": (768, 1024),
+    "openai/clip-vit-large-patch14-336": (768, 1024),
+    "facebook/metaclip-l14-fullcc2.5b": (768, 1024),
+    "facebook/metaclip-h14-fullcc2.5b": (1024, 1280),
+    "google/siglip-so400m-patch14-224": (1152, 1152),
+    "google/siglip-so400m-patch14-384": (1152, 1152),
+    "genhancer-tiny:clip": (64, 64),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="enhance",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument("--preset", help="named preset (see --list-presets)")
+    p.add_argument("--config", help="YAML file overriding the preset")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (dotted), repeatable",
+    )
+    p.add_argument("--output-dir", help="run folder (config.yaml, metrics.jsonl, checkpoints/, export/)")
+    p.add_argument("--stage", choices=["1", "2", "all"], default=None, help="run one stage only")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    p.add_argument("--describe", action="store_true", help="print resolved config and parameter counts")
+    p.add_argument("--list-presets", action="store_true", help="list presets and exit")
+    return p
+
+
+def describe(cfg) -> dict:
+    """Resolved config and parameter counts, built on the meta device (downloads nothing)."""
+    import torch
+
+    from enhance import configtools
+    from enhance.config import field_docs
+    from enhance.denoisers.continuous import flux_kwargs
+
+    counts: dict[str, int | str] = {}
+    dims = KNOWN_DIMS.get(cfg.backbone.name_or_path)
+    with torch.device("meta"):
+        if cfg.denoiser.kind == "continuous":
+            from diffusers import FluxTransformer2DModel
+
+            den = FluxTransformer2DModel(**flux_kwargs(cfg.denoiser, cfg.vae.latent_channels))
+            counts["denoiser"] = sum(p.numel() for p in den.parameters())
+        if dims is not None:
+            from enhance.projector import ConditionProjector
+
+            proj = ConditionProjector(
+                dims[0],
+                cfg.denoiser.pooled_projection_dim,
+                cfg.denoiser.joint_attention_dim,
+                dims[1] if cfg.backbone.local_token_ratio > 0 else 0,
+            )
+            counts["projector"] = sum(p.numel() for p in proj.parameters())
+        else:
+            counts["projector"] = "unknown until the backbone is loaded"
+    return {"config": configtools.to_dict(cfg), "parameters": counts, "docs": field_docs()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from enhance.config import PRESETS_DIR, load_config
+
+        if args.list_presets:
+            from enhance.configtools import list_presets, preset_description
+
+            for name in list_presets(PRESETS_DIR):
+                print(f"{name:32s} {preset_description(PRESETS_DIR, name)}")
+            return 0
+        if not args.preset and not args.config:
+            raise UserError("give --preset NAME or --config FILE (see --list-presets)")
+        overrides = list(args.overrides)
+        if args.stage in ("1", "2"):
+            overrides.append(f"train.stages=[{args.stage}]")
+        cfg = load_config(args.preset, args.config, overrides)
+        if args.describe:
+            print(json.dumps(describe(cfg), indent=2))
+            return 0
+        if not args.output_dir:
+            raise UserError("--output-dir is required to train")
+        _setup_logging()
+        from enhance.train import run
+
+        result = run(cfg, args.output_dir, resume=args.resume)
+        if result.get("export"):
+            print(json.dumps(result, indent=2))
+        return 0
+    except UserError as exc:
+        print(f"enhance: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

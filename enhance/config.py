@@ -1,0 +1,249 @@
+"""The ``enhance`` configuration tree (one dataclass per concern).
+
+Defaults here are the paper's settings (GenHancer, Sec. 4 and supplementary "Default training
+settings"); presets in ``enhance/presets/*.yaml`` only say what differs. Every field carries its
+documentation in ``metadata["doc"]`` so ``enhance --describe`` can print it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enhance import configtools
+from enhance.errors import UserError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+BACKBONE_FAMILIES = ("openai-clip", "metaclip", "siglip", "open_clip")
+DENOISER_KINDS = ("continuous", "discrete")
+TIMESTEP_SAMPLERS = ("logit_normal", "uniform")
+STAGE2_VARIANTS = ("stage2_all", "stage2_only")
+DATA_SOURCES = ("webdataset", "imagefolder", "hf", "toyworld")
+
+
+def doc(default: Any, text: str) -> Any:
+    """A dataclass field whose documentation travels with it."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class BackboneConfig:
+    family: str = doc("openai-clip", "openai-clip | metaclip | siglip | open_clip")
+    name_or_path: str = doc(
+        "openai/clip-vit-large-patch14",
+        "HF id or local dir (open_clip: model name, with `pretrained` naming the weights). "
+        "'genhancer-tiny:clip' builds the cached tiny CLIP used by the tiny preset.",
+    )
+    pretrained: str = doc("", "open_clip only: pretrained tag or checkpoint path")
+    image_size: int = doc(224, "input resolution; must match the tower's position embeddings")
+    revision: str = doc("", "HF revision to load (empty: default branch)")
+    trust_remote_code: bool = doc(False, "allow custom model code from the model dir (off unless asked)")
+    local_token_ratio: float = doc(
+        0.0, "ablation (paper Fig. 1 iii): fraction of local patch tokens appended to the condition"
+    )
+
+
+@dataclass
+class ProjectorConfig:
+    hidden_act: str = doc("gelu", "activation between the two linear layers of each head")
+
+
+@dataclass
+class DenoiserConfig:
+    kind: str = doc("continuous", "continuous (FLUX-style MM-DiT) | discrete (VQ + Perceiver)")
+    num_layers: int = doc(2, "MM-DiT (double-stream) blocks")
+    num_single_layers: int = doc(4, "single-stream DiT blocks")
+    attention_head_dim: int = doc(128, "per-head width; must equal sum(axes_dims_rope)")
+    num_attention_heads: int = doc(24, "heads; hidden size = heads * head dim (3072 for FLUX)")
+    joint_attention_dim: int = doc(4096, "context width: the projector's context head outputs this")
+    pooled_projection_dim: int = doc(768, "pooled vector width: the projector's pooled head outputs this")
+    axes_dims_rope: list[int] = doc([16, 56, 56], "rotary dims per position axis (text, row, col)")
+    guidance: float = doc(4.0, "fixed guidance value fed to the guidance embedding")
+    guidance_embeds: bool = doc(True, "FLUX-dev style guidance embedding")
+    init_from: str = doc("", "ablation (Fig. 1 iv): start from a pretrained FLUX transformer dir/id")
+    init_subfolder: str = doc("transformer", "subfolder of init_from holding the transformer")
+
+
+@dataclass
+class VAEConfig:
+    name_or_path: str = doc(
+        "black-forest-labs/FLUX.1-dev",
+        "HF id or dir of a FLUX-style 16-channel AutoencoderKL; 'genhancer-tiny:vae' builds the tiny one",
+    )
+    subfolder: str = doc("vae", "subfolder of name_or_path holding the VAE")
+    scaling_factor: float = doc(0.3611, "FLUX latent scale: z = (latent - shift) * scale")
+    shift_factor: float = doc(0.1159, "FLUX latent shift")
+    latent_channels: int = doc(16, "latent channels (packed 2x2 -> 4x this denoiser input channels)")
+    sample_posterior: bool = doc(True, "sample the posterior (paper) rather than take its mode")
+
+
+@dataclass
+class FlowConfig:
+    timestep_sampler: str = doc("logit_normal", "logit_normal (t = sigmoid(s * N(0,1))) | uniform")
+    scale: float = doc(1.0, "s of the scaled logit-normal sampler (paper Sec. 3.3)")
+    preview_steps: int = doc(20, "Euler steps when sampling previews")
+
+
+@dataclass
+class DataConfig:
+    source: str = doc("webdataset", "webdataset | imagefolder | hf | toyworld")
+    path: str = doc("", "shards (dir, glob or brace pattern), image folder, or datasets path/id")
+    image_column: str = doc("image", "image column of a `datasets` dataset")
+    split: str = doc("train", "split of a `datasets` dataset")
+    crop_scale: list[float] = doc([0.9, 1.0], "RandomResizedCrop scale range")
+    num_workers: int = doc(4, "DataLoader workers per process (0: decode in the main process)")
+    toyworld_size: int = doc(2048, "number of generated images for source=toyworld")
+    toyworld_seed: int = doc(0, "seed of the toy world generator")
+
+
+@dataclass
+class StageConfig:
+    steps: int = doc(11500, "optimizer steps (11.5k = one epoch of CC3M at global batch 256)")
+    lr: float = doc(1e-4, "constant learning rate")
+    weight_decay: float = doc(0.01, "AdamW weight decay")
+    betas: list[float] = doc([0.9, 0.999], "AdamW betas")
+    global_batch_size: int = doc(256, "images per optimizer step over all processes")
+    per_device_batch_size: int = doc(16, "images per forward pass; accumulation fills the global batch")
+    grad_clip: float = doc(1.0, "max grad norm (0 disables)")
+    warmup_steps: int = doc(0, "linear warmup steps (paper: none, constant LR)")
+
+
+@dataclass
+class Stage2Config(StageConfig):
+    steps: int = doc(11500, "optimizer steps (one epoch of CC3M at global batch 256)")
+    lr: float = doc(1e-5, "constant learning rate for LoRA (and the denoiser in stage2_all)")
+    variant: str = doc("stage2_all", "stage2_all: also train projector+denoiser; stage2_only: freeze them")
+    lora_r: int = doc(16, "LoRA rank")
+    lora_alpha: int = doc(16, "LoRA alpha")
+    lora_dropout: float = doc(0.1, "LoRA dropout")
+    lora_target_modules: list[str] = doc([], "module names to adapt (empty: the backbone's default)")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = doc(0, "seed for initialisation, data order, noise and timesteps")
+    stages: list[int] = doc([1, 2], "stages to run, in order")
+    one_stage: bool = doc(
+        False, "ablation: train tower (LoRA) + projector + denoiser together from step 0 (stage 2 only)"
+    )
+    mixed_precision: str = doc("bf16", "no | bf16 | fp16 (CPU runs fall back to no)")
+    max_skip_fraction: float = doc(0.5, "stop when more than this fraction of images were unreadable")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = doc(1000, "save every N optimizer steps (and always at the end of a stage)")
+    keep_last: int = doc(2, "complete checkpoints to keep")
+
+
+@dataclass
+class LoggingConfig:
+    every: int = doc(10, "log metrics every N optimizer steps (no host sync in between)")
+    tensorboard: bool = doc(False, "also write TensorBoard events to DIR/tensorboard")
+    preview_count: int = doc(4, "images in the preview grid written at each checkpoint (0: none)")
+    progress: bool = doc(True, "tqdm progress bar")
+
+
+@dataclass
+class EnhanceConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cache_dir: str = doc("", "where tiny base models are cached (empty: ~/.cache/genhancer)")
+
+    def validate(self) -> None:
+        """Check the whole tree at start-up, including parts used only late in the run."""
+
+        def choice(key: str, value: str, options: tuple[str, ...]) -> None:
+            if value not in options:
+                raise UserError(f"config key '{key}': '{value}' is not one of {list(options)}")
+
+        choice("backbone.family", self.backbone.family, BACKBONE_FAMILIES)
+        choice("denoiser.kind", self.denoiser.kind, DENOISER_KINDS)
+        choice("flow.timestep_sampler", self.flow.timestep_sampler, TIMESTEP_SAMPLERS)
+        choice("stage2.variant", self.stage2.variant, STAGE2_VARIANTS)
+        choice("data.source", self.data.source, DATA_SOURCES)
+        choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
+        if sum(self.denoiser.axes_dims_rope) != self.denoiser.attention_head_dim:
+            raise UserError(
+                f"denoiser.axes_dims_rope {self.denoiser.axes_dims_rope} must sum to "
+                f"denoiser.attention_head_dim {self.denoiser.attention_head_dim}"
+            )
+        if len(self.denoiser.axes_dims_rope) != 3:
+            raise UserError("denoiser.axes_dims_rope needs 3 entries (text, row, col)")
+        if not 0.0 <= self.backbone.local_token_ratio <= 1.0:
+            raise UserError("backbone.local_token_ratio must lie in [0, 1]")
+        if self.flow.scale <= 0:
+            raise UserError("flow.scale must be > 0")
+        for name in ("stage1", "stage2"):
+            st: StageConfig = getattr(self, name)
+            if st.global_batch_size < 1 or st.per_device_batch_size < 1:
+                raise UserError(f"{name}: batch sizes must be >= 1")
+            if st.global_batch_size % st.per_device_batch_size:
+                raise UserError(
+                    f"{name}.global_batch_size {st.global_batch_size} must be a multiple of "
+                    f"{name}.per_device_batch_size {st.per_device_batch_size}"
+                )
+            if st.steps < 0 or st.lr < 0:
+                raise UserError(f"{name}: steps and lr must be >= 0")
+        if not self.train.stages or any(s not in (1, 2) for s in self.train.stages):
+            raise UserError(f"train.stages must be a non-empty subset of [1, 2], got {self.train.stages}")
+        if self.train.stages != sorted(set(self.train.stages)):
+            raise UserError(f"train.stages must be in increasing order, got {self.train.stages}")
+        if self.train.one_stage and self.train.stages != [2]:
+            raise UserError("train.one_stage=true runs stage 2 only: also set train.stages=[2]")
+        if len(self.data.crop_scale) != 2 or not 0 < self.data.crop_scale[0] <= self.data.crop_scale[1] <= 1:
+            raise UserError(
+                f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {self.data.crop_scale}"
+            )
+        if self.checkpoint.every < 1 or self.logging.every < 1:
+            raise UserError("checkpoint.every and logging.every must be >= 1")
+
+
+# Keys that may change between a checkpoint and --resume without invalidating it.
+RESUME_ALLOWED_CHANGES = (
+    "checkpoint",
+    "logging",
+    "data.num_workers",
+    "data.path",
+    "stage1.steps",
+    "stage2.steps",
+    "train.stages",
+    "cache_dir",
+)
+
+
+def load_config(
+    preset: str | None = None, config_file: str | None = None, overrides: list[str] | tuple = ()
+) -> EnhanceConfig:
+    """Resolve defaults < preset < config file < --set overrides into a validated tree."""
+    return configtools.resolve(EnhanceConfig, PRESETS_DIR, preset, config_file, overrides)
+
+
+def field_docs(cls: type = EnhanceConfig, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> documentation, for --describe."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        ftype = f.type if not isinstance(f.type, str) else None
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out.update(field_docs(type(default), key))
+        elif ftype is None and dataclasses.is_dataclass(default):
+            out.update(field_docs(type(default), key))
+        else:
+            out[key] = f.metadata.get("doc", "")
+    return out

@@ -1,0 +1,254 @@
+"""Typed, strict configuration trees shared by every command.
+
+A command's configuration is a tree of dataclasses. It is resolved in this order:
+dataclass defaults, then a preset (a YAML overlay shipped as package data, which may name one
+``base:`` preset), then a ``--config`` file, then ``--set a.b=value`` overrides. Unknown keys
+and wrong types raise :class:`~enhance.errors.UserError` naming the dotted key, so a typo fails
+at start-up rather than hours into a run. Config files are parsed as data (YAML), never executed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from enhance.errors import UserError
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; convert where the conversion is lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(f"config key '{key}': {value!r} is not a valid {tp}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"config key '{key}': {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise UserError(f"config key '{key}': expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise UserError(f"config key '{key}': expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise UserError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"config key '{key}': expected a string, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"'{prefix}.{unknown[0]}'" if prefix else f"'{unknown[0]}'"
+        raise UserError(f"unknown config key {where}; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data view of a config tree (tuples become lists), suitable for YAML/JSON."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def deep_merge(base: dict, overlay: Mapping) -> dict:
+    """Return ``base`` updated by ``overlay``, recursing into nested mappings."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with an error naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def list_presets(presets_dir: Path) -> list[str]:
+    return sorted(p.stem for p in presets_dir.glob("*.yaml"))
+
+
+def load_preset(presets_dir: Path, name: str) -> dict:
+    """A preset overlay, resolving at most one ``base:`` level."""
+    path = presets_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(list_presets(presets_dir))}")
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    data.pop("description", None)
+    if base is not None:
+        base_data = (
+            load_yaml(presets_dir / f"{base}.yaml") if (presets_dir / f"{base}.yaml").is_file() else None
+        )
+        if base_data is None:
+            raise UserError(f"preset '{name}' names unknown base '{base}'")
+        if "base" in base_data:
+            raise UserError(f"preset '{base}' is used as a base and may not name a base itself")
+        base_data.pop("description", None)
+        data = deep_merge(base_data, data)
+    return data
+
+
+def preset_description(presets_dir: Path, name: str) -> str:
+    data = load_yaml(presets_dir / f"{name}.yaml")
+    return str(data.get("description", "")).strip()
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as YAML so numbers and lists keep their type)."""
+    if "=" not in item:
+        raise UserError(f"--set expects key=value, got '{item}'")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"--set expects key=value, got '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    out = dict(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        nested: dict = {}
+        cursor = nested
+        for part in path[:-1]:
+            cursor[part] = {}
+            cursor = cursor[part]
+        cursor[path[-1]] = value
+        out = deep_merge(out, nested)
+    return out
+
+
+def resolve(
+    cls: type[T],
+    presets_dir: Path,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+) -> T:
+    """defaults < preset < config file < overrides, validated as one tree."""
+    data: dict = {}
+    if preset:
+        data = load_preset(presets_dir, preset)
+    if config_file:
+        file_data = load_yaml(config_file)
+        base = file_data.pop("preset", None)
+        if base and not preset:
+            data = load_preset(presets_dir, base)
+        data = deep_merge(data, file_data)
+    data = apply_overrides(data, overrides)
+    cfg = from_dict(cls, data)
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:
+        validate()
+    return cfg
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg: Any, ignore: Iterable[str] = ()) -> str:
+    """Stable short hash of the config tree, minus dotted keys in ``ignore``."""
+    data = to_dict(cfg)
+    for key in ignore:
+        parts = key.split(".")
+        cursor = data
+        for part in parts[:-1]:
+            cursor = cursor.get(part, {})
+        if isinstance(cursor, dict):
+            cursor.pop(parts[-1], None)
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain-data trees."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        out: list[str] = []
+        for k in keys:
+            out += diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [prefix]

@@ -1,0 +1,310 @@
+"""Two-stage GenHancer training from a resolved :class:`~enhance.config.EnhanceConfig`.
+
+Reads top to bottom: compute, run folder and resume checks, model, data, one pass of the
+shared loop per stage, export. ``enhance.cli`` is the command-line front end.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from enhance import checkpoint as ckpt
+from enhance import configtools
+from enhance.config import RESUME_ALLOWED_CHANGES, EnhanceConfig
+from enhance.data.seeding import derive_seed
+from enhance.errors import UserError
+from enhance.model import GenHancerModel
+from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
+from enhance.trainer import LoopSpec, LoopState, MetricsWriter, lr_lambda, restore, run_loop
+
+log = logging.getLogger("enhance")
+
+STAGE_NAMES = {1: "stage1", 2: "stage2"}
+
+
+# --- run folder -------------------------------------------------------------------------------
+
+
+def check_run_dir(run_dir: Path, cfg: EnhanceConfig, resume: bool) -> Path | None:
+    """Refuse to overwrite a run; on --resume, return the latest complete checkpoint after
+    checking that the config only changed in keys that are safe to change."""
+    root = run_dir / "checkpoints"
+    latest = ckpt.latest_checkpoint(root)
+    saved_cfg = run_dir / "config.yaml"
+    if not resume:
+        if latest is not None or saved_cfg.exists():
+            raise UserError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
+            )
+        return None
+    if latest is None:
+        if saved_cfg.exists():
+            return None  # started but never checkpointed: begin again with the same folder
+        raise UserError(f"--resume: {run_dir} holds no run to resume (no config.yaml, no checkpoints)")
+    if saved_cfg.exists():
+        old = configtools.load_yaml(saved_cfg)
+        new = configtools.to_dict(cfg)
+        allowed = list(RESUME_ALLOWED_CHANGES)
+        meta = ckpt.read_state(latest)
+        if meta.get("stage") == "stage1" and meta.get("final"):
+            allowed += ["stage2", "train.one_stage"]  # stage 2 has not started: its settings are free
+        changed = [
+            k
+            for k in configtools.diff_keys(old, new)
+            if not any(k == a or k.startswith(a + ".") for a in allowed)
+        ]
+        if changed:
+            raise UserError(
+                f"--resume: the config differs from the run in {run_dir} at {', '.join(changed)}; "
+                "resume with the original settings or start a new --output-dir"
+            )
+    return latest
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def build_model(cfg: EnhanceConfig) -> GenHancerModel:
+    """Tower, VAE, random-init projector and denoiser (seeded by train.seed)."""
+    from enhance.backbones import build_backbone
+    from enhance.denoisers import build_denoiser
+    from enhance.projector import ConditionProjector
+    from enhance.vae import build_codec
+
+    cache_dir = cfg.cache_dir or None
+    backbone = build_backbone(cfg.backbone, cache_dir)
+    codec = build_codec(cfg.vae, cache_dir)
+    factor = codec.downsample * 2  # VAE downsampling, then 2x2 packing
+    if cfg.backbone.image_size % factor:
+        raise UserError(
+            f"backbone.image_size={cfg.backbone.image_size} is not divisible by {factor} "
+            f"(VAE downsampling x 2x2 packing); pick a multiple of {factor}"
+        )
+    torch.manual_seed(cfg.train.seed)
+    projector = ConditionProjector(
+        global_dim=backbone.global_dim,
+        pooled_dim=cfg.denoiser.pooled_projection_dim,
+        context_dim=cfg.denoiser.joint_attention_dim,
+        local_dim=backbone.local_dim if cfg.backbone.local_token_ratio > 0 else 0,
+        hidden_act=cfg.projector.hidden_act,
+    )
+    denoiser = build_denoiser(cfg.denoiser, codec.latent_channels)
+    return GenHancerModel(
+        backbone,
+        projector,
+        denoiser,
+        codec,
+        local_token_ratio=cfg.backbone.local_token_ratio,
+        timestep_sampler=cfg.flow.timestep_sampler,
+        timestep_scale=cfg.flow.scale,
+    )
+
+
+def build_stream_factory(
+    cfg: EnhanceConfig,
+    model: GenHancerModel,
+    stage: int,
+    rank: int,
+    world: int,
+    batch_size: int,
+    pin_memory: bool,
+):
+    """``start_position -> iterator of micro-batches`` for this rank and stage."""
+    from enhance.data.loading import ImageStream, build_dataloader, build_source
+    from enhance.data.transforms import make_transform
+
+    d = cfg.data
+    source = build_source(
+        d.source,
+        d.path,
+        image_column=d.image_column,
+        split=d.split,
+        toy_n=d.toyworld_size,
+        toy_seed=d.toyworld_seed,
+        toy_image_size=model.backbone.image_size,
+    )
+    transform = make_transform(
+        model.backbone.image_size,
+        model.backbone.image_mean,
+        model.backbone.image_std,
+        scale=tuple(d.crop_scale),
+        train=True,
+    )
+    seed = derive_seed("data", cfg.train.seed, stage)
+
+    def factory(start_position: int):
+        stream = ImageStream(
+            source, transform, seed=seed, rank=rank, world_size=world, start_position=start_position
+        )
+        return iter(build_dataloader(stream, batch_size, num_workers=d.num_workers, pin_memory=pin_memory))
+
+    return factory
+
+
+def preview_batch(cfg: EnhanceConfig, model: GenHancerModel) -> dict | None:
+    """A fixed, centre-cropped batch of the first images, for the preview grids."""
+    if cfg.logging.preview_count <= 0:
+        return None
+    from enhance.data.loading import ImageStream, build_dataloader, build_source
+    from enhance.data.transforms import make_transform
+
+    d = cfg.data
+    source = build_source(
+        d.source,
+        d.path,
+        image_column=d.image_column,
+        split=d.split,
+        toy_n=d.toyworld_size,
+        toy_seed=d.toyworld_seed,
+        toy_image_size=model.backbone.image_size,
+    )
+    transform = make_transform(
+        model.backbone.image_size, model.backbone.image_mean, model.backbone.image_std, train=False
+    )
+    stream = ImageStream(source, transform, seed=0, rank=0, world_size=1, start_position=0)
+    return next(iter(build_dataloader(stream, cfg.logging.preview_count, num_workers=0)))
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dict:
+    """Train the configured stages, then export. Returns {"export": {...}, "final_loss": ...}."""
+    from accelerate import Accelerator
+
+    from enhance.export import export_model
+    from enhance.preview import save_preview
+
+    if cfg.data.source != "toyworld" and not cfg.data.path:
+        raise UserError(f"data.path is empty: point it at your {cfg.data.source} data (--set data.path=...)")
+
+    # --- compute
+    use_cuda = torch.cuda.is_available()
+    mixed = cfg.train.mixed_precision if use_cuda else "no"
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not use_cuda)
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    # --- run folder
+    run_dir = Path(output_dir)
+    latest = check_run_dir(run_dir, cfg, resume)
+    resume_meta = ckpt.read_state(latest) if latest is not None else None
+    if cfg.train.stages[0] == 2 and not cfg.train.one_stage:
+        has_stage1 = resume_meta is not None and (
+            resume_meta["stage"] == "stage2" or resume_meta.get("final")
+        )
+        if not has_stage1:
+            raise UserError(
+                f"stage 2 needs the finished stage 1 of this run in {run_dir}/checkpoints; run stage 1 "
+                "first (then --stage 2 --resume), or set train.one_stage=true for the end-to-end ablation"
+            )
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(configtools.dump_yaml(cfg))
+    accelerator.wait_for_everyone()
+    config_hash = configtools.config_hash(cfg, ignore=RESUME_ALLOWED_CHANGES)
+
+    # --- model
+    model = build_model(cfg).to(accelerator.device)
+    preview = preview_batch(cfg, model) if accelerator.is_main_process else None
+    metrics = MetricsWriter(run_dir, accelerator.is_main_process, cfg.logging.tensorboard)
+    protect: set[str] = set()
+    final_loss = None
+
+    for stage in cfg.train.stages:
+        name = STAGE_NAMES[stage]
+        scfg = cfg.stage1 if stage == 1 else cfg.stage2
+        per_step = scfg.per_device_batch_size * world
+        if scfg.global_batch_size % per_step:
+            raise UserError(
+                f"{name}.global_batch_size {scfg.global_batch_size} is not a multiple of per-device batch "
+                f"{scfg.per_device_batch_size} x {world} processes"
+            )
+        params = configure_stage(model, stage, cfg)
+        start = LoopState(positions=[0] * world)
+
+        # --- resume bookkeeping
+        if resume_meta is not None:
+            ck_stage = resume_meta["stage_index"]
+            if ck_stage > stage:
+                log.info("%s: done in the checkpoint being resumed, skipped", name)
+                continue
+            if ck_stage == stage and resume_meta["step"] >= scfg.steps:
+                load_checkpoint_state(model, ckpt.load_weights(latest))
+                protect.add(latest.name)
+                log.info("%s: finished at step %d in %s, skipped", name, resume_meta["step"], latest.name)
+                continue
+            if ck_stage < stage:  # stage-1 checkpoint, stage 2 starts fresh from its weights
+                resume_meta = None
+
+        optimizer = torch.optim.AdamW(
+            params, lr=scfg.lr, betas=tuple(scfg.betas), weight_decay=scfg.weight_decay, fused=use_cuda
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(scfg.warmup_steps))
+        prepared, optimizer = accelerator.prepare(model, optimizer)
+        if resume_meta is not None and resume_meta["stage_index"] == stage:
+            start = restore(
+                accelerator, prepared, optimizer, scheduler, latest, lambda w: load_checkpoint_state(model, w)
+            )
+            resume_meta = None
+
+        spec = LoopSpec(
+            name=name,
+            index=stage,
+            steps=scfg.steps,
+            grad_accum=scfg.global_batch_size // per_step,
+            grad_clip=scfg.grad_clip,
+            seed=cfg.train.seed,
+            log_every=cfg.logging.every,
+            checkpoint_every=cfg.checkpoint.every,
+            keep_last=cfg.checkpoint.keep_last,
+            config_hash=config_hash,
+            progress=cfg.logging.progress,
+            max_skip_fraction=cfg.train.max_skip_fraction,
+        )
+        factory = build_stream_factory(cfg, model, stage, rank, world, scfg.per_device_batch_size, use_cuda)
+
+        def on_checkpoint(step: int, _name=name) -> None:
+            if preview is not None:
+                save_preview(
+                    model,
+                    preview,
+                    run_dir / "previews" / f"{_name}_step{step:07d}.png",
+                    seed=cfg.train.seed,
+                    steps=cfg.flow.preview_steps,
+                )
+
+        run_loop(
+            accelerator,
+            prepared,
+            optimizer,
+            scheduler,
+            factory,
+            spec,
+            run_dir,
+            metrics,
+            lambda: checkpoint_state(model),
+            start,
+            on_checkpoint=on_checkpoint,
+            protect=protect,
+        )
+        accelerator.free_memory()  # drop the wrappers; ``model`` itself was trained in place
+
+    metrics.close()
+    exported: dict = {}
+    if accelerator.is_main_process:
+        exported = export_model(model, cfg, run_dir / "export")
+        final_loss = _last_loss(run_dir / "metrics.jsonl")
+    accelerator.wait_for_everyone()
+    return {"export": exported, "final_loss": final_loss}
+
+
+def _last_loss(path: Path) -> float | None:
+    import json
+
+    if not path.is_file():
+        return None
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1])["loss"] if lines else None

@@ -1,0 +1,331 @@
+"""The one training loop (accumulate, clip, step, log, checkpoint, preview).
+
+Stages plug in through :class:`LoopTask`: a module with ``training_forward(batch, generator)``
+and the weights a checkpoint must hold. Randomness is a pure function of
+``(seed, stage, step, micro-step, rank)`` and the data stream resumes from a stored position,
+so a resumed run restores a step instead of replaying history (STYLE.md example 7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from enhance import checkpoint as ckpt
+from enhance.data.seeding import derive_seed
+from enhance.errors import UserError
+
+
+class LoopTask(Protocol):
+    def training_forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
+
+
+def lr_lambda(warmup_steps: int) -> Callable[[int], float]:
+    """Constant LR after an optional linear warmup: a pure function of the step."""
+
+    def f(step: int) -> float:
+        if warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (step + 1) / warmup_steps)
+
+    return f
+
+
+@dataclass
+class LoopSpec:
+    """How long and how one stage trains."""
+
+    name: str  # "stage1", "stage2", "pretrain", ...
+    index: int  # orders checkpoints across stages
+    steps: int
+    grad_accum: int
+    grad_clip: float
+    seed: int
+    log_every: int
+    checkpoint_every: int
+    keep_last: int
+    config_hash: str
+    progress: bool = True
+    max_skip_fraction: float = 0.5
+    extra_state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    positions: list[int] = field(default_factory=list)  # data position per rank
+    skipped: int = 0
+    seen: int = 0
+
+
+class MetricsWriter:
+    """``metrics.jsonl`` (one JSON object per logged step) and optional TensorBoard, main process only."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = False):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError as exc:
+                raise UserError(
+                    "logging.tensorboard=true needs `pip install genhancer[tensorboard]`"
+                ) from exc
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "step":
+                    self.tb.add_scalar(f"{record.get('stage', 'train')}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def checkpoint_name(spec: LoopSpec, step: int) -> str:
+    return f"{spec.name}_step{step:07d}"
+
+
+def run_loop(
+    accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    batches: Callable[[int], Iterator[dict]],
+    spec: LoopSpec,
+    run_dir: Path,
+    metrics: MetricsWriter,
+    checkpoint_weights: Callable[[], dict[str, torch.Tensor]],
+    start: LoopState,
+    on_checkpoint: Callable[[int], None] | None = None,
+    protect: set[str] | None = None,
+) -> LoopState:
+    """Train ``spec.steps`` optimizer steps from ``start`` and return the final state.
+
+    ``batches(start_position)`` yields micro-batches for this rank; each item dict carries
+    ``position`` (data position after it) and ``skipped`` (unreadable images so far).
+    """
+    rank = accelerator.process_index
+    device = accelerator.device
+    state = LoopState(
+        step=start.step, positions=list(start.positions), skipped=start.skipped, seen=start.seen
+    )
+    my_start = state.positions[rank] if len(state.positions) > rank else 0
+    stream = batches(my_start)
+    ckpt_root = run_dir / "checkpoints"
+    protect = set(protect or ())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    pbar = None
+    if spec.progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=spec.steps, initial=state.step, desc=spec.name, dynamic_ncols=True)
+
+    loss_sum = torch.zeros((), device=device)
+    grad_norm = torch.zeros((), device=device)
+    loss_count = 0
+    images_since = 0
+    t_log = time.perf_counter()
+    last_position = my_start
+    last_skipped = state.skipped if accelerator.num_processes == 1 else 0
+    model.train()
+
+    while state.step < spec.steps:
+        for micro in range(spec.grad_accum):
+            try:
+                batch = next(stream)
+            except StopIteration:
+                raise UserError(
+                    f"{spec.name}: the data ran out at step {state.step}; check data.path"
+                ) from None
+            last_position = int(batch["position"])
+            last_skipped += int(batch["skipped"])
+            if batch["pixel_values"].shape[0] == 0:
+                continue  # every image of this micro-batch was unreadable (counted above)
+            seed = derive_seed(spec.seed, spec.index, state.step, micro, rank)
+            gen = torch.Generator(device=device).manual_seed(seed)
+            torch.manual_seed(seed)  # dropout (LoRA) draws from the global RNG
+            batch = {
+                k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+            }
+            # Gradients are all-reduced only on the last micro-batch of the accumulation.
+            sync = micro == spec.grad_accum - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
+                loss = _unwrap(model).training_forward(batch, gen)["loss"]
+                accelerator.backward(loss / spec.grad_accum)
+            loss_sum += loss.detach().float()
+            loss_count += 1
+            images_since += batch["pixel_values"].shape[0]
+        if spec.grad_clip > 0:
+            grad_norm = accelerator.clip_grad_norm_(trainable, spec.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        if pbar is not None:
+            pbar.update(1)
+
+        end = state.step == spec.steps
+        if state.step % spec.log_every == 0 or end:
+            stats = torch.stack(
+                [
+                    loss_sum,
+                    torch.tensor(float(loss_count), device=device),
+                    torch.tensor(float(images_since), device=device),
+                    torch.tensor(float(last_skipped), device=device),
+                    torch.tensor(float(last_position), device=device),
+                    torch.as_tensor(grad_norm, device=device).float(),
+                ]
+            )
+            total = accelerator.reduce(stats.clone(), reduction="sum")  # one sync per log, not per step
+            mean_loss = (total[0] / total[1].clamp_min(1)).item()
+            if not math.isfinite(mean_loss):
+                raise UserError(f"{spec.name}: loss became {mean_loss} at step {state.step}; lower the LR")
+            elapsed = time.perf_counter() - t_log
+            skipped = int(total[3].item())
+            consumed = int(total[4].item())
+            record = {
+                "stage": spec.name,
+                "step": state.step,
+                "loss": mean_loss,
+                "lr": scheduler.get_last_lr()[0],
+                "images_per_s": total[2].item() / max(elapsed, 1e-9),
+                "grad_norm": total[5].item() / accelerator.num_processes,
+                "skipped_images": skipped,
+                **spec.extra_state,
+            }
+            if accelerator.is_main_process:
+                metrics.write(record)
+            if pbar is not None:
+                pbar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['images_per_s']:.1f}")
+            if consumed > 0 and skipped / consumed > spec.max_skip_fraction:
+                raise UserError(
+                    f"{spec.name}: {skipped} of {consumed} images were unreadable (> train.max_skip_fraction); "
+                    "check data.path"
+                )
+            loss_sum.zero_()
+            loss_count = 0
+            images_since = 0
+            t_log = time.perf_counter()
+
+        if state.step % spec.checkpoint_every == 0 or end:
+            positions = accelerator.gather(torch.tensor([last_position], device=device)).tolist()
+            state.positions = [int(p) for p in positions]
+            state.skipped = int(accelerator.reduce(torch.tensor(last_skipped, device=device), "sum").item())
+            save(
+                accelerator,
+                model,
+                optimizer,
+                scheduler,
+                spec,
+                state,
+                ckpt_root,
+                checkpoint_weights,
+                end,
+                protect,
+            )
+            if on_checkpoint is not None and accelerator.is_main_process:
+                on_checkpoint(state.step)
+    if pbar is not None:
+        pbar.close()
+    return state
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def save(
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    spec: LoopSpec,
+    state: LoopState,
+    root: Path,
+    checkpoint_weights,
+    final: bool,
+    protect: set[str],
+) -> Path | None:
+    """Atomic checkpoint: temp folder on the main process, payload, state.json last, rename."""
+    name = checkpoint_name(spec, state.step)
+    tmp = ckpt.temp_dir_for(root, name)
+    if accelerator.is_main_process:
+        ckpt.begin(root, name)
+    accelerator.wait_for_everyone()
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        accelerator.save_state(str(tmp / "engine"))  # collective: every rank writes its shard
+    elif accelerator.is_main_process:
+        ckpt.write_payload(tmp, checkpoint_weights(), optimizer.state_dict(), rank=0)
+    if not accelerator.is_main_process and accelerator.distributed_type.value != "DEEPSPEED":
+        ckpt.write_payload(tmp, None, None, rank=accelerator.process_index)
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process:
+        meta = {
+            "stage": spec.name,
+            "stage_index": spec.index,
+            "step": state.step,
+            "final": final,
+            "order": [spec.index, state.step],
+            "positions": state.positions,
+            "skipped": state.skipped,
+            "world_size": accelerator.num_processes,
+            "scheduler": scheduler.state_dict(),
+            "config_hash": spec.config_hash,
+            **spec.extra_state,
+        }
+        path = ckpt.commit(root, name, meta)
+        if final:
+            protect.add(name)
+        ckpt.prune(root, spec.keep_last, protect=protect)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def restore(
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    path: Path,
+    load_weights: Callable[[dict[str, torch.Tensor]], None],
+) -> LoopState:
+    """Load a checkpoint written by :func:`save` into the prepared objects."""
+    meta = ckpt.read_state(path)
+    if meta.get("world_size", 1) != accelerator.num_processes:
+        raise UserError(
+            f"checkpoint {path} was written by {meta.get('world_size')} processes, this run has "
+            f"{accelerator.num_processes}; resume with the same number of processes"
+        )
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        accelerator.load_state(str(path / "engine"))
+    else:
+        load_weights(ckpt.load_weights(path))
+        opt_state = ckpt.load_optimizer(path)
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict(meta["scheduler"])
+    rng = ckpt.load_rng(path, accelerator.process_index)
+    if rng is not None:
+        ckpt.restore_rng(rng)
+    return LoopState(
+        step=meta["step"], positions=list(meta.get("positions", [])), skipped=meta.get("skipped", 0)
+    )
