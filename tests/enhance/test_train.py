@@ -1,0 +1,218 @@
+"""The two-stage trainer end to end at tiny size: what trains, what stays frozen, resume, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from enhance import checkpoint as ckpt
+from enhance.errors import UserError
+from enhance.train import run
+
+
+def _ckpt_weights(run_dir: Path, name: str | None = None) -> dict[str, torch.Tensor]:
+    root = run_dir / "checkpoints"
+    path = root / name if name else ckpt.latest_checkpoint(root)
+    return ckpt.load_weights(path)
+
+
+def _tower_state(model_dir: Path) -> dict[str, torch.Tensor]:
+    return {
+        k: v for k, v in load_file(model_dir / "model.safetensors").items() if k.startswith("vision_model.")
+    }
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stage1_trains_denoiser_and_leaves_tower_bit_identical(tmp_path, tiny_enhance_config, tmp_model_dirs):
+    cfg = tiny_enhance_config("train.stages=[1]", "stage1.steps=3")
+    run(cfg, tmp_path)
+    # The exported tower (stage 1 only) equals the base tower exactly.
+    base = _tower_state(tmp_model_dirs.clip)
+    exported = _tower_state(tmp_path / "export" / "hf")
+    assert base.keys() == exported.keys()
+    assert all(torch.equal(base[k], exported[k]) for k in base)
+    # Projector and denoiser moved away from their seeded initialisation.
+    first = _ckpt_weights(tmp_path, "stage1_step0000001")
+    last = _ckpt_weights(tmp_path)
+    assert any(not torch.equal(first[k], last[k]) for k in first if k.startswith("denoiser."))
+    assert any(not torch.equal(first[k], last[k]) for k in first if k.startswith("projector."))
+    assert not any("lora_" in k for k in last)
+
+
+def test_stage1_loss_falls_on_repeated_data(tmp_path, tiny_enhance_config):
+    # A 4-image world at batch 4: every step sees the same images, so the loss must fall.
+    cfg = tiny_enhance_config(
+        "train.stages=[1]",
+        "stage1.steps=30",
+        "stage1.lr=3e-3",
+        "data.toyworld_size=4",
+        "checkpoint.every=30",
+        "logging.every=5",
+        "logging.preview_count=0",
+        "flow.scale=0.5",
+    )
+    run(cfg, tmp_path)
+    losses = [m["loss"] for m in _metrics(tmp_path)]
+    assert sum(losses[-2:]) < 0.85 * sum(losses[:2]), losses
+
+
+def test_flow_loss_falls_on_a_fixed_batch(tiny_genhancer_model, tiny_pixels, tiny_cfg):
+    """Same images, same noise and timesteps every step: stage-1 training must fit them."""
+    from enhance.stages import configure_stage
+
+    model = tiny_genhancer_model
+    params = configure_stage(model, 1, tiny_cfg)
+    opt = torch.optim.AdamW(params, lr=3e-3)
+
+    def loss() -> torch.Tensor:
+        return model.training_forward(tiny_pixels, torch.Generator().manual_seed(7))["loss"]
+
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(40):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("variant", ["stage2_only", "stage2_all"])
+def test_stage2_variants_train_the_right_parameters(tmp_path, tiny_enhance_config, tmp_model_dirs, variant):
+    cfg = tiny_enhance_config(f"stage2.variant={variant}", "stage2.lr=1e-2", "checkpoint.keep_last=10")
+    run(cfg, tmp_path)
+    end1 = _ckpt_weights(tmp_path, "stage1_step0000002")
+    end2 = _ckpt_weights(tmp_path, "stage2_step0000002")
+    lora = [k for k in end2 if "lora_B" in k]
+    assert lora, "stage 2 must add LoRA weights"
+    assert any(end2[k].abs().sum() > 0 for k in lora), "LoRA B starts at zero and must move"
+    assert not any("text_model" in k for k in end2 if "lora_" in k), "LoRA must stay on the image side"
+    head = [k for k in end1 if k.startswith(("projector.", "denoiser."))]
+    same = all(torch.equal(end1[k], end2[k]) for k in head)
+    assert same == (variant == "stage2_only")
+    # The exported tower now differs from the base tower, and still loads with transformers.
+    from transformers import AutoModel, AutoProcessor, CLIPVisionModel
+
+    base = _tower_state(tmp_model_dirs.clip)
+    exported = _tower_state(tmp_path / "export" / "hf")
+    assert any(not torch.equal(base[k], exported[k]) for k in base)
+    AutoModel.from_pretrained(tmp_path / "export" / "hf")
+    AutoProcessor.from_pretrained(tmp_path / "export" / "hf")
+    tower = CLIPVisionModel.from_pretrained(tmp_path / "export" / "vision_tower")
+    assert tower.config.image_size == cfg.backbone.image_size
+
+
+def test_run_folder_layout(tmp_path, tiny_enhance_config):
+    run(tiny_enhance_config(), tmp_path)
+    assert (tmp_path / "config.yaml").is_file()
+    assert (tmp_path / "metrics.jsonl").is_file()
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["denoiser", "hf", "vision_tower"]
+    assert list((tmp_path / "previews").glob("stage2_step*.png"))
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")]
+    # keep_last=2 prunes mid-stage checkpoints but never a stage's final one.
+    assert "stage1_step0000002" in names and "stage2_step0000002" in names
+    records = _metrics(tmp_path)
+    assert {"stage", "step", "loss", "lr", "images_per_s", "skipped_images", "grad_norm"} <= records[0].keys()
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path, tiny_enhance_config, monkeypatch):
+    overrides = (
+        "stage1.steps=3",
+        "stage2.steps=3",
+        "checkpoint.keep_last=20",
+        "logging.preview_count=0",
+        "stage2.lora_dropout=0.5",
+    )
+    straight = tmp_path / "straight"
+    run(tiny_enhance_config(*overrides), straight)
+
+    # Crash right after the stage-2 checkpoint at step 1 has been committed.
+    import enhance.trainer as trainer
+
+    real_save = trainer.save
+
+    def crashing_save(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        if path is not None and path.name == "stage2_step0000001":
+            raise _Crash
+        return path
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(trainer, "save", crashing_save)
+    with pytest.raises(_Crash):
+        run(tiny_enhance_config(*overrides), interrupted)
+    monkeypatch.setattr(trainer, "save", real_save)
+    assert not (interrupted / "export").exists()
+    run(tiny_enhance_config(*overrides), interrupted, resume=True)
+
+    a = _ckpt_weights(straight, "stage2_step0000003")
+    b = _ckpt_weights(interrupted, "stage2_step0000003")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ta = _tower_state(straight / "export" / "hf")
+    tb = _tower_state(interrupted / "export" / "hf")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_half_written_checkpoint_is_ignored_on_resume(tmp_path, tiny_enhance_config):
+    cfg = tiny_enhance_config("train.stages=[1]", "stage1.steps=2", "logging.preview_count=0")
+    run(cfg, tmp_path)
+    # A checkpoint folder without its state.json (a crash mid-write) and a stray temp folder.
+    root = tmp_path / "checkpoints"
+    (root / "stage1_step0000009").mkdir()
+    (root / ".stage1_step0000010.tmp").mkdir()
+    assert ckpt.latest_checkpoint(root).name == "stage1_step0000002"
+    run(
+        tiny_enhance_config("train.stages=[1]", "stage1.steps=3", "logging.preview_count=0"),
+        tmp_path,
+        resume=True,
+    )
+    assert ckpt.latest_checkpoint(root).name == "stage1_step0000003"
+
+
+def test_existing_run_is_not_overwritten(tmp_path, tiny_enhance_config):
+    cfg = tiny_enhance_config("train.stages=[1]", "stage1.steps=1", "logging.preview_count=0")
+    run(cfg, tmp_path)
+    before = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(UserError, match="--resume"):
+        run(cfg, tmp_path)
+    assert (tmp_path / "config.yaml").read_text() == before
+
+
+def test_resume_refuses_a_changed_config(tmp_path, tiny_enhance_config):
+    run(tiny_enhance_config("train.stages=[1]", "stage1.steps=2", "checkpoint.every=1"), tmp_path)
+    with pytest.raises(UserError, match="stage1.lr"):
+        run(tiny_enhance_config("train.stages=[1]", "stage1.steps=2", "stage1.lr=0.5"), tmp_path, resume=True)
+
+
+def test_stage2_settings_may_change_after_stage1(tmp_path, tiny_enhance_config):
+    """The README's `--stage 2 --resume --set stage2.lr=...` workflow."""
+    run(tiny_enhance_config("train.stages=[1]"), tmp_path)
+    run(tiny_enhance_config("train.stages=[2]", "stage2.lr=2e-5"), tmp_path, resume=True)
+    assert (tmp_path / "checkpoints" / "stage2_step0000002").is_dir()
+
+
+def test_stage2_alone_needs_stage1(tmp_path, tiny_enhance_config):
+    with pytest.raises(UserError, match="stage 1"):
+        run(tiny_enhance_config("train.stages=[2]"), tmp_path)
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_one_stage_ablation_trains_everything(tmp_path, tiny_enhance_config):
+    cfg = tiny_enhance_config("train.stages=[2]", "train.one_stage=true", "stage2.variant=stage2_only")
+    run(cfg, tmp_path)
+    w = _ckpt_weights(tmp_path)
+    assert any("lora_" in k for k in w)
+    assert (tmp_path / "export" / "hf").is_dir()
