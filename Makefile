@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 quickstart: $(STAMP)
+	rm -rf $(OUT)
 	$(BIN)/enhance --preset tiny --output-dir $(OUT)/enhance
-	@echo "llava-train, leaderboard and genhancer-demo join this chain as their issues land."
+	$(BIN)/leaderboard --preset tiny --clip original=genhancer-tiny:clip enhanced=$(OUT)/enhance/export/hf \
+	    --output-dir $(OUT)/board
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

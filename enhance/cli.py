@@ -67,19 +67,35 @@ def describe(cfg) -> dict:
 
     counts: dict[str, int | str] = {}
     dims = KNOWN_DIMS.get(cfg.backbone.name_or_path)
+    d = cfg.denoiser
+    discrete = d.kind == "discrete"
     with torch.device("meta"):
-        if cfg.denoiser.kind == "continuous":
+        if not discrete:
             from diffusers import FluxTransformer2DModel
 
-            den = FluxTransformer2DModel(**flux_kwargs(cfg.denoiser, cfg.vae.latent_channels))
+            den = FluxTransformer2DModel(**flux_kwargs(d, cfg.vae.latent_channels))
             counts["denoiser"] = sum(p.numel() for p in den.parameters())
+        elif d.codebook_size and d.token_grid:
+            from enhance.denoisers.discrete import PerceiverDenoiser
+
+            den = PerceiverDenoiser(
+                d.codebook_size,
+                d.token_grid,
+                d.perceiver_hidden,
+                d.num_layers,
+                d.perceiver_heads,
+                d.decoder_layers,
+            )
+            counts["denoiser"] = sum(p.numel() for p in den.parameters())
+        else:
+            counts["denoiser"] = "unknown until the tokenizer is loaded (set codebook_size and token_grid)"
         if dims is not None:
             from enhance.projector import ConditionProjector
 
             proj = ConditionProjector(
                 dims[0],
-                cfg.denoiser.pooled_projection_dim,
-                cfg.denoiser.joint_attention_dim,
+                0 if discrete else d.pooled_projection_dim,
+                d.perceiver_hidden if discrete else d.joint_attention_dim,
                 dims[1] if cfg.backbone.local_token_ratio > 0 else 0,
             )
             counts["projector"] = sum(p.numel() for p in proj.parameters())

@@ -67,6 +67,15 @@ class DenoiserConfig:
     guidance_embeds: bool = doc(True, "FLUX-dev style guidance embedding")
     init_from: str = doc("", "ablation (Fig. 1 iv): start from a pretrained FLUX transformer dir/id")
     init_subfolder: str = doc("transformer", "subfolder of init_from holding the transformer")
+    # --- discrete denoiser (Alg. 2); num_layers is the Perceiver depth (paper: 6)
+    tokenizer: str = doc("", "discrete: diffusers VQModel dir/id ('genhancer-tiny:vq' for tiny)")
+    tokenizer_subfolder: str = doc("vqvae", "discrete: subfolder of tokenizer holding the VQModel")
+    codebook_size: int = doc(0, "discrete: expected codebook size (0: take the tokenizer's)")
+    token_grid: int = doc(0, "discrete: expected code grid per side at the tower resolution (0: derive)")
+    perceiver_hidden: int = doc(1024, "discrete: Perceiver width (the projector's context head outputs this)")
+    perceiver_heads: int = doc(16, "discrete: Perceiver attention heads")
+    decoder_layers: int = doc(1, "discrete: read-out blocks for the masked positions")
+    mask_ratio: list[float] = doc([0.5, 0.9], "discrete: per-sample mask ratio drawn from U(lo, hi)")
 
 
 @dataclass
@@ -177,7 +186,17 @@ class EnhanceConfig:
         choice("stage2.variant", self.stage2.variant, STAGE2_VARIANTS)
         choice("data.source", self.data.source, DATA_SOURCES)
         choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
-        if sum(self.denoiser.axes_dims_rope) != self.denoiser.attention_head_dim:
+        d = self.denoiser
+        if d.kind == "discrete":
+            lo_hi = d.mask_ratio
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] < 1:
+                raise UserError(f"denoiser.mask_ratio must be [lo, hi] with 0 < lo <= hi < 1, got {lo_hi}")
+            if d.perceiver_hidden % d.perceiver_heads:
+                raise UserError(
+                    f"denoiser.perceiver_hidden {d.perceiver_hidden} must be divisible by "
+                    f"denoiser.perceiver_heads {d.perceiver_heads}"
+                )
+        elif sum(self.denoiser.axes_dims_rope) != self.denoiser.attention_head_dim:
             raise UserError(
                 f"denoiser.axes_dims_rope {self.denoiser.axes_dims_rope} must sum to "
                 f"denoiser.attention_head_dim {self.denoiser.attention_head_dim}"
@@ -209,8 +228,8 @@ class EnhanceConfig:
             raise UserError(
                 f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {self.data.crop_scale}"
             )
-        if self.checkpoint.every < 1 or self.logging.every < 1:
-            raise UserError("checkpoint.every and logging.every must be >= 1")
+        if self.checkpoint.every < 1 or self.logging.every < 1 or self.checkpoint.keep_last < 1:
+            raise UserError("checkpoint.every, checkpoint.keep_last and logging.every must be >= 1")
 
 
 # Keys that may change between a checkpoint and --resume without invalidating it.

@@ -140,7 +140,10 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UserError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping at the top level")
     return data
@@ -191,10 +194,29 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+def _field_type(cls: Any, path: list[str]) -> Any:
+    """Annotation of the dotted ``path`` inside dataclass ``cls`` (None when unknown)."""
+    tp = cls
+    for part in path:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return tp
+
+
+def apply_overrides(data: dict, overrides: Iterable[str], cls: Any = None) -> dict:
+    """Merge ``--set`` items into ``data``. With ``cls``, a value for a ``str`` field is kept
+    verbatim (YAML would read ``no`` as false and ``0755`` as an octal number)."""
     out = dict(data)
     for item in overrides:
         path, value = parse_override(item)
+        if cls is not None and _field_type(cls, path) is str:
+            value = item.split("=", 1)[1].strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
         nested: dict = {}
         cursor = nested
         for part in path[:-1]:
@@ -222,7 +244,7 @@ def resolve(
         if base and not preset:
             data = load_preset(presets_dir, base)
         data = deep_merge(data, file_data)
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, overrides, cls)
     cfg = from_dict(cls, data)
     validate = getattr(cfg, "validate", None)
     if validate is not None:

@@ -11,3 +11,9 @@ class UserError(Exception):
     """Bad input from the user: the message names the thing and says what to do."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (without a trailing full stop), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__

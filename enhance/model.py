@@ -69,3 +69,68 @@ class GenHancerModel(nn.Module):
         noise = torch.randn(shape, generator=generator, device=pixel_values.device)
         z = flow.euler_sample(lambda x, t: self.denoiser(x, t, pooled, context).float(), noise, steps)
         return self.codec.decode(z)
+
+
+class DiscreteGenHancerModel(GenHancerModel):
+    """Alg. 2: the same tower and projector, a VQ tokenizer and a Perceiver predicting masked codes.
+
+    ``codec`` is a :class:`~enhance.vq.VQCodec`; ``denoiser`` a
+    :class:`~enhance.denoisers.discrete.PerceiverDenoiser`.
+    """
+
+    def __init__(self, *args, mask_ratio: tuple[float, float] = (0.5, 0.9), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask_ratio = tuple(mask_ratio)
+
+    def logits(self, pixel_values: torch.Tensor, codes: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        _, context = self.condition(pixel_values)
+        return self.denoiser(codes, masked, context)
+
+    def training_forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        from enhance.denoisers.discrete import masked_accuracy, masked_cross_entropy, sample_mask
+
+        pixel_values = batch["pixel_values"]
+        with torch.autocast(device_type=pixel_values.device.type, enabled=False):
+            codes = self.codec.encode(batch["vae_pixels"].float())  # Alg. 2, step 3
+        masked = sample_mask(
+            codes.shape[0], codes.shape[1], self.mask_ratio, generator, codes.device
+        )  # step 4
+        logits = self.logits(pixel_values, codes, masked)  # step 5
+        loss = masked_cross_entropy(logits, codes, masked)  # step 6
+        return {"loss": loss, "masked_acc": masked_accuracy(logits.detach(), codes, masked)}
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        pixel_values: torch.Tensor,
+        generator: torch.Generator,
+        steps: int = 20,
+        vae_pixels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Decode the predicted codes at masked positions (the unmasked ones kept); without
+        ``vae_pixels`` every position is masked, i.e. the image from the global token alone."""
+        return self.reconstruct_views(pixel_values, generator, vae_pixels)[1]
+
+    @torch.no_grad()
+    def reconstruct_views(
+        self, pixel_values: torch.Tensor, generator: torch.Generator, vae_pixels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked input, prediction) as images in [-1, 1], for the preview grid."""
+        from enhance.denoisers.discrete import sample_mask
+
+        b = pixel_values.shape[0]
+        g = self.codec.grid_size(pixel_values.shape[-1])
+        if vae_pixels is None:
+            codes = torch.zeros(b, g * g, dtype=torch.long, device=pixel_values.device)
+            masked = torch.ones_like(codes, dtype=torch.bool)
+        else:
+            codes = self.codec.encode(vae_pixels.float())
+            masked = sample_mask(b, codes.shape[1], self.mask_ratio, generator, codes.device)
+        predicted = self.logits(pixel_values, codes, masked).argmax(-1)
+        filled = torch.where(masked, predicted, codes)
+        shown = self.codec.decode(codes) if vae_pixels is not None else torch.zeros_like(pixel_values)
+        if vae_pixels is not None:  # grey out masked cells
+            f = pixel_values.shape[-1] // g
+            cell = masked.view(b, 1, g, g).repeat_interleave(f, 2).repeat_interleave(f, 3)
+            shown = torch.where(cell, torch.zeros_like(shown), shown)
+        return shown, self.codec.decode(filled)

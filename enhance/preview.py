@@ -1,4 +1,5 @@
-"""Preview grids: each input image beside what the denoiser reconstructs from its global token."""
+"""Preview grids: each input image beside what the denoiser reconstructs from its global token
+(discrete: the masked input and the decoded prediction)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,12 @@ def save_preview(model, batch: dict, path: Path, seed: int, steps: int) -> Path:
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    recon = model.reconstruct(batch["pixel_values"].to(device), gen, steps=steps)
+    pixels = batch["pixel_values"].to(device)
+    if hasattr(model, "reconstruct_views"):  # discrete: input | masked input | decoded prediction
+        columns = [batch["vae_pixels"], *model.reconstruct_views(pixels, gen, batch["vae_pixels"].to(device))]
+    else:  # continuous: input | sample from the global token
+        columns = [batch["vae_pixels"], model.reconstruct(pixels, gen, steps=steps)]
     model.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid([batch["vae_pixels"], recon]).save(path)
+    grid(columns).save(path)
     return path

@@ -24,7 +24,8 @@ class ConditionProjector(ModelMixin, ConfigMixin):
 
     Args:
         global_dim (`int`): width of the tower's global token (768 for OpenAI ViT-L/14).
-        pooled_dim (`int`, defaults to 768): FLUX ``pooled_projection_dim``.
+        pooled_dim (`int`, defaults to 768): FLUX ``pooled_projection_dim``; 0 disables the pooled
+            head (the discrete Perceiver has no pooled slot).
         context_dim (`int`, defaults to 4096): FLUX ``joint_attention_dim``.
         local_dim (`int`, defaults to 0): width of local tokens; 0 disables the local head.
         hidden_act (`str`, defaults to `"gelu"`): activation inside each head.
@@ -40,15 +41,15 @@ class ConditionProjector(ModelMixin, ConfigMixin):
         hidden_act: str = "gelu",
     ):
         super().__init__()
-        self.pooled_head = _head(global_dim, pooled_dim, hidden_act)
+        self.pooled_head = _head(global_dim, pooled_dim, hidden_act) if pooled_dim else None
         self.context_head = _head(global_dim, context_dim, hidden_act)
         self.local_head = _head(local_dim, context_dim, hidden_act) if local_dim else None
 
     def forward(
         self, global_token: torch.Tensor, local_tokens: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(pooled [B, P], context [B, 1 + K, C])``."""
-        pooled = self.pooled_head(global_token)
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Return ``(pooled [B, P] or None, context [B, 1 + K, C])``."""
+        pooled = self.pooled_head(global_token) if self.pooled_head is not None else None
         context = self.context_head(global_token).unsqueeze(1)
         if local_tokens is not None and local_tokens.shape[1] > 0:
             if self.local_head is None:

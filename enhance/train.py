@@ -68,39 +68,12 @@ def check_run_dir(run_dir: Path, cfg: EnhanceConfig, resume: bool) -> Path | Non
 
 
 def build_model(cfg: EnhanceConfig) -> GenHancerModel:
-    """Tower, VAE, random-init projector and denoiser (seeded by train.seed)."""
+    """Tower, target codec, random-init projector and denoiser (seeded by train.seed)."""
     from enhance.backbones import build_backbone
-    from enhance.denoisers import build_denoiser
-    from enhance.projector import ConditionProjector
-    from enhance.vae import build_codec
+    from enhance.denoisers import build_genhancer
 
     cache_dir = cfg.cache_dir or None
-    backbone = build_backbone(cfg.backbone, cache_dir)
-    codec = build_codec(cfg.vae, cache_dir)
-    factor = codec.downsample * 2  # VAE downsampling, then 2x2 packing
-    if cfg.backbone.image_size % factor:
-        raise UserError(
-            f"backbone.image_size={cfg.backbone.image_size} is not divisible by {factor} "
-            f"(VAE downsampling x 2x2 packing); pick a multiple of {factor}"
-        )
-    torch.manual_seed(cfg.train.seed)
-    projector = ConditionProjector(
-        global_dim=backbone.global_dim,
-        pooled_dim=cfg.denoiser.pooled_projection_dim,
-        context_dim=cfg.denoiser.joint_attention_dim,
-        local_dim=backbone.local_dim if cfg.backbone.local_token_ratio > 0 else 0,
-        hidden_act=cfg.projector.hidden_act,
-    )
-    denoiser = build_denoiser(cfg.denoiser, codec.latent_channels)
-    return GenHancerModel(
-        backbone,
-        projector,
-        denoiser,
-        codec,
-        local_token_ratio=cfg.backbone.local_token_ratio,
-        timestep_sampler=cfg.flow.timestep_sampler,
-        timestep_scale=cfg.flow.scale,
-    )
+    return build_genhancer(cfg, build_backbone(cfg.backbone, cache_dir), cache_dir)
 
 
 def build_stream_factory(

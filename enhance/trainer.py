@@ -39,6 +39,26 @@ def lr_lambda(warmup_steps: int) -> Callable[[int], float]:
     return f
 
 
+def cosine_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup, then cosine decay to 0 at ``total_steps`` (LLaVA); a pure function of the step."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def batch_size(batch: dict) -> int:
+    """Samples in a micro-batch: ``num_samples`` when the task counts them (text-only samples
+    carry no image), else the number of images."""
+    if "num_samples" in batch:
+        return int(batch["num_samples"])
+    return int(batch["pixel_values"].shape[0])
+
+
 @dataclass
 class LoopSpec:
     """How long and how one stage trains."""
@@ -119,7 +139,8 @@ def run_loop(
     """Train ``spec.steps`` optimizer steps from ``start`` and return the final state.
 
     ``batches(start_position)`` yields micro-batches for this rank; each item dict carries
-    ``position`` (data position after it) and ``skipped`` (unreadable images so far).
+    ``position`` (data position after it), ``skipped`` (unreadable images in it) and optionally
+    ``num_samples`` (see :func:`batch_size`).
     """
     rank = accelerator.process_index
     device = accelerator.device
@@ -140,6 +161,7 @@ def run_loop(
 
     loss_sum = torch.zeros((), device=device)
     grad_norm = torch.zeros((), device=device)
+    extra_sums: dict[str, torch.Tensor] = {}
     loss_count = 0
     images_since = 0
     t_log = time.perf_counter()
@@ -157,8 +179,9 @@ def run_loop(
                 ) from None
             last_position = int(batch["position"])
             last_skipped += int(batch["skipped"])
-            if batch["pixel_values"].shape[0] == 0:
-                continue  # every image of this micro-batch was unreadable (counted above)
+            n_samples = batch_size(batch)
+            if n_samples == 0:
+                continue  # every sample of this micro-batch was unreadable (counted above)
             seed = derive_seed(spec.seed, spec.index, state.step, micro, rank)
             gen = torch.Generator(device=device).manual_seed(seed)
             torch.manual_seed(seed)  # dropout (LoRA) draws from the global RNG
@@ -168,11 +191,15 @@ def run_loop(
             # Gradients are all-reduced only on the last micro-batch of the accumulation.
             sync = micro == spec.grad_accum - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                loss = _unwrap(model).training_forward(batch, gen)["loss"]
+                out = _unwrap(model).training_forward(batch, gen)
+                loss = out["loss"]
                 accelerator.backward(loss / spec.grad_accum)
             loss_sum += loss.detach().float()
+            for key, value in out.items():  # extra scalars a task reports (e.g. masked_acc)
+                if key != "loss":
+                    extra_sums[key] = extra_sums.get(key, 0.0) + value.detach().float()
             loss_count += 1
-            images_since += batch["pixel_values"].shape[0]
+            images_since += n_samples
         if spec.grad_clip > 0:
             grad_norm = accelerator.clip_grad_norm_(trainable, spec.grad_clip)
         optimizer.step()
@@ -211,6 +238,10 @@ def run_loop(
                 "skipped_images": skipped,
                 **spec.extra_state,
             }
+            for key, value in sorted(extra_sums.items()):
+                summed = accelerator.reduce(value.clone(), reduction="sum")
+                record[key] = (summed / total[1].clamp_min(1)).item()
+            extra_sums = {}
             if accelerator.is_main_process:
                 metrics.write(record)
             if pbar is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from enhance.errors import UserError
+from enhance.errors import UserError, first_line
 
 
 class LatentCodec(nn.Module):
@@ -45,7 +45,7 @@ def build_codec(cfg, cache_dir: str | None = None) -> LatentCodec:
     try:
         vae = AutoencoderKL.from_pretrained(path, subfolder=cfg.subfolder or None)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(
             f"cannot load the VAE from '{cfg.name_or_path}' (subfolder '{cfg.subfolder}'): {first}. "
             "Point vae.name_or_path at a FLUX.1 repo or a local copy of its vae/ folder."

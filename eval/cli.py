@@ -1,16 +1,140 @@
-"""``leaderboard``: not yet available (its issue has not landed)."""
+"""``leaderboard``: score CLIP-style encoders on MMVP-VLM, zero-shot tasks and linear probes.
+
+Examples::
+
+    leaderboard --preset tiny --output-dir runs/board            # offline, CPU, toy fixtures
+    leaderboard --preset tiny --clip original=genhancer-tiny:clip enhanced=runs/tiny/export/hf \\
+                --output-dir runs/board
+    leaderboard --clip original=openai/clip-vit-large-patch14 enhanced=runs/oai224/export/hf \\
+                --benchmarks mmvp_vlm --data-root /data/bench --output-dir runs/board
+    leaderboard --clip siglip=google/siglip-so400m-patch14-224 --benchmarks mmvp_vlm \\
+                --set mmvp_vlm.source=MMVP/MMVP_VLM --output-dir runs/board
+
+Writes DIR/results.json (one record per number), DIR/leaderboard.md, DIR/mmvp_vlm_patterns.png
+and DIR/config.yaml, and prints the markdown table. Re-running reuses cached numbers (--force
+recomputes). Model specs: HF id or folder (CLIP/SigLIP, any enhance export/hf), an open_clip
+export folder, open_clip:ARCH[:PRETRAINED], genhancer-tiny:clip. Exit code 2 with a one-line
+message on bad input.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from enhance.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="leaderboard",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument(
+        "--clip",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=SPEC",
+        help="CLIP-style models to score (replaces the preset's models)",
+    )
+    p.add_argument(
+        "--mllm",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=DIR",
+        help="LLaVA models (MLLM benchmarks; not yet available)",
+    )
+    p.add_argument("--benchmarks", help="comma-separated: mmvp_vlm,zeroshot,probe (default: the config's)")
+    p.add_argument(
+        "--data-root", help="benchmark data, one folder per benchmark (DIR/mmvp_vlm/Questions.csv ...)"
+    )
+    p.add_argument("--output-dir", help="where results.json, leaderboard.md and plots go")
+    p.add_argument("--preset", help="named preset (see --list-presets)")
+    p.add_argument("--config", help="YAML file overriding the preset")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (dotted), repeatable",
+    )
+    p.add_argument("--force", action="store_true", help="recompute numbers already in results.json")
+    p.add_argument("--limit", type=int, help="score at most N examples per dataset (quick checks)")
+    p.add_argument("--list-presets", action="store_true", help="list presets and exit")
+    return p
+
+
+def parse_named(items: list[str], flag: str) -> dict[str, str]:
+    """``["a=x", "b=y"]`` -> ``{"a": "x", "b": "y"}``; errors name the bad item."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise UserError(f"{flag} expects NAME=PATH_OR_ID, got '{item}'")
+        if name in out:
+            raise UserError(f"{flag}: model name '{name}' given twice")
+        out[name.strip()] = spec.strip()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "leaderboard is not yet available in this version of genhancer; see the README roadmap.",
-        file=sys.stderr,
-    )
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        from pathlib import Path
+
+        from eval.config import PRESETS_DIR, load_config
+
+        if args.list_presets:
+            from enhance.configtools import list_presets, preset_description
+
+            for name in list_presets(PRESETS_DIR):
+                print(f"{name:16s} {preset_description(PRESETS_DIR, name)}")
+            return 0
+        if args.mllm:
+            raise UserError("--mllm is not yet available (MLLM benchmarks land with issue 9); use --clip")
+        if not args.output_dir:
+            raise UserError("--output-dir is required")
+        if args.limit is not None and args.limit < 1:
+            raise UserError("--limit must be >= 1")
+        cfg = load_config(args.preset, args.config, args.overrides)
+        benchmarks = None
+        if args.benchmarks:
+            from eval.benchmarks import get_benchmark
+
+            benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+            for b in benchmarks:
+                get_benchmark(b)
+
+        from enhance import configtools
+        from eval.leaderboard import ModelSpec, default_models, run_leaderboard
+        from eval.report import plot_mmvp_patterns, render_markdown
+
+        if args.clip:
+            models = [ModelSpec(n, s) for n, s in parse_named(args.clip, "--clip").items()]
+        else:
+            models, skipped = default_models(cfg)
+            for item in skipped:
+                print(f"leaderboard: note: skipping {item} (not found)", file=sys.stderr)
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(configtools.dump_yaml(cfg))
+        summary = run_leaderboard(cfg, models, out, benchmarks, args.data_root, args.force, args.limit)
+        markdown = render_markdown(summary.records)
+        (out / "leaderboard.md").write_text(markdown)
+        plot_mmvp_patterns(summary.records, out / "mmvp_vlm_patterns.png")
+        if summary.reused:
+            done = ", ".join(f"{m}/{b}" for m, b in summary.reused)
+            print(f"leaderboard: reused cached results for {done} (--force recomputes)", file=sys.stderr)
+        print(markdown)
+        return 0
+    except UserError as exc:
+        print(f"leaderboard: error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

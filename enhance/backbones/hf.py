@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from enhance.backbones.base import BackboneOutput, VisionBackbone
-from enhance.errors import UserError
+from enhance.errors import UserError, first_line
 
 # Paper: LoRA on all linear layers of the vision encoder blocks (q/k/v/out_proj/fc1/fc2).
 _LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -127,6 +127,23 @@ class HFSiglipBackbone(HFDualEncoder):
         return BackboneOutput(global_token=out.pooler_output, local_tokens=out.last_hidden_state)
 
 
+def _check_model_type(family: str, name_or_path: str, revision: str) -> None:
+    """A SigLIP checkpoint named as a CLIP family (or the reverse) fails early, by name."""
+    from transformers import AutoConfig
+
+    kwargs = {"revision": revision} if revision else {}
+    try:
+        model_type = AutoConfig.from_pretrained(name_or_path, **kwargs).model_type
+    except (OSError, ValueError):
+        return  # the loader below reports the missing/corrupt path
+    expected = "siglip" if family == "siglip" else "clip"
+    if model_type != expected:
+        raise UserError(
+            f"'{name_or_path}' is a '{model_type}' model but backbone.family={family} expects '{expected}'; "
+            "set backbone.family to match the checkpoint"
+        )
+
+
 def load_hf_backbone(
     family: str, name_or_path: str, image_size: int, revision: str = "", trust_remote_code: bool = False
 ) -> VisionBackbone:
@@ -135,11 +152,12 @@ def load_hf_backbone(
 
     model_cls = SiglipModel if family == "siglip" else CLIPModel
     kwargs = {"revision": revision} if revision else {}
+    _check_model_type(family, name_or_path, revision)
     try:
         model = model_cls.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
         processor = _load_processor(name_or_path, revision, trust_remote_code)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(
             f"cannot load {family} backbone from '{name_or_path}': {first}. "
             "Give a local model dir or an HF id you have access to (backbone.name_or_path)."

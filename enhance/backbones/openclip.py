@@ -35,7 +35,6 @@ class OpenCLIPBackbone(VisionBackbone):
         self.image_size = image_size
         self.image_mean = tuple(float(x) for x in visual.preprocess_cfg["mean"])
         self.image_std = tuple(float(x) for x in visual.preprocess_cfg["std"])
-        visual.output_tokens = True
         self.global_dim = int(visual.output_dim)
         self.local_dim = int(visual.transformer.width)
 
@@ -48,7 +47,12 @@ class OpenCLIPBackbone(VisionBackbone):
         return rf"(.*\.)?visual\.transformer\.resblocks\.\d+\.(mlp\.)?({alts})"
 
     def forward(self, pixel_values: torch.Tensor) -> BackboneOutput:
-        pooled, tokens = self.model.visual(pixel_values)
+        visual = self.model.visual
+        visual.output_tokens = True  # only for this call: the model's own API stays as open_clip made it
+        try:
+            pooled, tokens = visual(pixel_values)
+        finally:
+            visual.output_tokens = False
         return BackboneOutput(global_token=pooled, local_tokens=tokens)
 
     def export(self, out_dir: Path) -> dict[str, str]:

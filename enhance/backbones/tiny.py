@@ -40,6 +40,7 @@ TINY_CLIP_RECIPE = {
     "heads": 4,
     "projection_dim": 64,
     "max_text_len": 40,
+    "photo_prefix_prob": 0.5,  # half the captions read "a photo of ...", the MMVP-VLM prompt form
     "train_steps": 300,
     "batch_size": 64,
     "lr": 1e-3,
@@ -57,6 +58,19 @@ TINY_VAE_RECIPE = {
     "kl_weight": 1e-6,
     "num_images": 1024,
     "seed": 4321,
+}
+
+
+TINY_VQ_RECIPE = {
+    "image_size": 64,
+    "block_out_channels": [32, 32, 32],
+    "latent_channels": 8,
+    "codebook_size": 128,
+    "train_steps": 200,
+    "batch_size": 16,
+    "lr": 2e-3,
+    "num_images": 1024,
+    "seed": 2468,
 }
 
 
@@ -99,9 +113,11 @@ def resolve_tiny(name_or_path: str, cache_dir: str | Path | None = None) -> str:
         return str(_build_cached(cache, "tiny-clip", TINY_CLIP_RECIPE, build_tiny_clip))
     if what == "vae":
         return str(_build_cached(cache, "tiny-vae", TINY_VAE_RECIPE, build_tiny_vae))
+    if what == "vq":
+        return str(_build_cached(cache, "tiny-vq", TINY_VQ_RECIPE, build_tiny_vq))
     from enhance.errors import UserError
 
-    raise UserError(f"unknown tiny model '{name_or_path}'; choose {TINY_PREFIX}clip or {TINY_PREFIX}vae")
+    raise UserError(f"unknown tiny model '{name_or_path}'; choose {TINY_PREFIX}clip, vae or vq")
 
 
 # --- tokenizer --------------------------------------------------------------------------------
@@ -155,7 +171,8 @@ def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
 
     r = recipe
     torch.manual_seed(r["seed"])
-    tokenizer = build_clip_tokenizer(vocabulary(), model_max_length=r["max_text_len"])
+    words = [*vocabulary(), "a", "photo", "of"]
+    tokenizer = build_clip_tokenizer(words, model_max_length=r["max_text_len"])
     size = r["image_size"]
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
@@ -188,9 +205,11 @@ def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
     world = ToyWorld(seed=r["seed"], image_size=size)
     samples = [world.sample(i) for i in range(r["num_images"])]
     pixels = processor.image_processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
-    tokens = tokenizer(
-        [s.caption for s in samples], padding="max_length", truncation=True, return_tensors="pt"
-    )
+    import random
+
+    rng = random.Random(r["seed"])
+    texts = [("a photo of " if rng.random() < r["photo_prefix_prob"] else "") + s.caption for s in samples]
+    tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
 
     gen = torch.Generator().manual_seed(r["seed"])
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.01)
@@ -237,17 +256,12 @@ def tiny_vae_config(recipe: dict = TINY_VAE_RECIPE) -> dict:
 
 def build_tiny_vae(out_dir: Path, recipe: dict = TINY_VAE_RECIPE) -> None:
     """A FLUX-shaped (16-channel, no quant convs) AutoencoderKL trained briefly on toy images."""
-    import numpy as np
     from diffusers import AutoencoderKL
-
-    from enhance.data.toyworld import ToyWorld
 
     r = recipe
     torch.manual_seed(r["seed"])
     vae = AutoencoderKL(**tiny_vae_config(r))
-    world = ToyWorld(seed=r["seed"], image_size=r["image_size"])
-    arr = np.stack([np.asarray(world.sample(i).image, dtype=np.float32) for i in range(r["num_images"])])
-    images = torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+    images = _toy_images(r["seed"], r["image_size"], r["num_images"])
     gen = torch.Generator().manual_seed(r["seed"])
     opt = torch.optim.AdamW(vae.parameters(), lr=r["lr"])
     vae.train()
@@ -262,3 +276,56 @@ def build_tiny_vae(out_dir: Path, recipe: dict = TINY_VAE_RECIPE) -> None:
         opt.step()
     vae.eval()
     vae.save_pretrained(out_dir / "vae", safe_serialization=True)
+
+
+# --- tiny VQ tokenizer ----------------------------------------------------------------------------
+
+
+def tiny_vq_config(recipe: dict = TINY_VQ_RECIPE) -> dict:
+    n = len(recipe["block_out_channels"])
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "block_out_channels": list(recipe["block_out_channels"]),
+        "latent_channels": recipe["latent_channels"],
+        "vq_embed_dim": recipe["latent_channels"],
+        "num_vq_embeddings": recipe["codebook_size"],
+        "norm_num_groups": 8,
+        "sample_size": recipe["image_size"],
+        "mid_block_add_attention": False,
+    }
+
+
+def _toy_images(seed: int, image_size: int, n: int) -> torch.Tensor:
+    import numpy as np
+
+    from enhance.data.toyworld import ToyWorld
+
+    world = ToyWorld(seed=seed, image_size=image_size)
+    arr = np.stack([np.asarray(world.sample(i).image, dtype=np.float32) for i in range(n)])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def build_tiny_vq(out_dir: Path, recipe: dict = TINY_VQ_RECIPE) -> None:
+    """A small ``VQModel`` (VQ-GAN-style tokenizer, no adversarial loss) trained on toy images,
+    so its codes mean something (colours, edges) for the tiny discrete preset."""
+    from diffusers import VQModel
+
+    r = recipe
+    torch.manual_seed(r["seed"])
+    vq = VQModel(**tiny_vq_config(r))
+    images = _toy_images(r["seed"], r["image_size"], r["num_images"])
+    gen = torch.Generator().manual_seed(r["seed"])
+    opt = torch.optim.AdamW(vq.parameters(), lr=r["lr"])
+    vq.train()
+    for _ in range(r["train_steps"]):
+        x = images[torch.randint(0, len(images), (r["batch_size"],), generator=gen)]
+        out = vq(x)
+        loss = torch.nn.functional.mse_loss(out.sample, x) + out.commit_loss.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    vq.eval()
+    vq.save_pretrained(out_dir / "vqvae", safe_serialization=True)

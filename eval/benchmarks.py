@@ -1,0 +1,228 @@
+"""Benchmark registry: name -> how to prepare its data and score one model on it.
+
+A benchmark is prepared once per run (data loaded and validated before any model is loaded, so
+bad data fails fast) and then run per model. ``run`` returns metric dicts
+``{"metric", "value", "dataset", "revision", "seed"}``; the leaderboard adds the model and
+bookkeeping fields. CLIP-level benchmarks take a :class:`~eval.encoders.DualEncoder`;
+MLLM benchmarks (issue 9: ``mmvp``, ``cv_bench``, ...) register here with ``model_kind="mllm"``.
+
+Registration is explicit (a plain dict), and an unknown name lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enhance.errors import UserError
+from eval.config import DatasetConfig, LeaderboardConfig
+
+#: Benchmark names DESIGN.md reserves for the MLLM side (issue 9); not runnable yet.
+PLANNED_MLLM_BENCHMARKS = ("mmvp", "cv_bench", "naturalbench", "pope", "hallusion_bench", "scienceqa_img")
+
+
+@dataclass
+class BenchmarkContext:
+    """What every benchmark may read: the config, the data root, the example limit."""
+
+    cfg: LeaderboardConfig
+    data_root: Path | None
+    limit: int | None = None
+    fixture: bool = False  # data_root holds generated toy fixtures
+
+    def folder(self, benchmark: str) -> Path:
+        if self.data_root is None:
+            hint = " or --set mmvp_vlm.source=MMVP/MMVP_VLM" if benchmark == "mmvp_vlm" else ""
+            raise UserError(
+                f"benchmark '{benchmark}' needs --data-root (its files go under DATA_ROOT/{benchmark}/){hint}"
+            )
+        return self.data_root / benchmark
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One registry entry.
+
+    Attributes:
+        name: registry name (DESIGN.md).
+        model_kind: ``clip`` (dual encoders) or ``mllm``.
+        prepare: ``(ctx) -> data``; loads and validates data, raising UserError naming files.
+        run: ``(model, data, ctx) -> list[metric dict]``.
+        cache_inputs: ``(ctx) -> dict``; what, besides the model, decides the numbers (cache key).
+        metric_order: column order for the report (others follow in record order).
+    """
+
+    name: str
+    model_kind: str
+    prepare: Callable[[BenchmarkContext], Any]
+    run: Callable[[Any, Any, BenchmarkContext], list[dict]]
+    cache_inputs: Callable[[BenchmarkContext], dict]
+    metric_order: tuple[str, ...] = field(default=())
+
+
+# --- mmvp_vlm -----------------------------------------------------------------------------------
+
+
+def _mmvp_prepare(ctx: BenchmarkContext):
+    from eval.mmvp_vlm import load_mmvp_vlm, resolve_mmvp_vlm
+
+    c = ctx.cfg.mmvp_vlm
+    if c.source and not ctx.fixture:
+        return resolve_mmvp_vlm(c.source, c.pairs_per_pattern, c.revision, ctx.cfg.cache_dir or None)
+    pairs = ctx.cfg.fixtures.pairs_per_pattern if ctx.fixture else c.pairs_per_pattern
+    data = load_mmvp_vlm(ctx.folder("mmvp_vlm"), pairs)
+    if ctx.fixture:
+        data.source = "toy:mmvp_vlm"
+    return data
+
+
+def _mmvp_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
+    from eval.mmvp_vlm import evaluate
+
+    prefix = ctx.cfg.mmvp_vlm.prompt_prefix
+    score = evaluate(encoder, data, ctx.limit, prefix)
+    return [
+        {
+            "metric": k,
+            "value": v,
+            "dataset": data.source,
+            "revision": data.revision,
+            "seed": None,
+            "prompt_prefix": prefix,
+        }
+        for k, v in score.metrics().items()
+    ]
+
+
+def _mmvp_inputs(ctx: BenchmarkContext) -> dict:
+    return {"mmvp_vlm": dataclasses.asdict(ctx.cfg.mmvp_vlm), "root": str(ctx.data_root)}
+
+
+# --- zeroshot -----------------------------------------------------------------------------------
+
+
+def _dataset_path(ctx: BenchmarkContext, ds: DatasetConfig) -> str:
+    return ds.path or str(ctx.folder("zeroshot") / ds.name)
+
+
+def _zeroshot_prepare(ctx: BenchmarkContext):
+    from eval.zeroshot import TEMPLATES, get_templates, load_classification, load_retrieval
+
+    z = ctx.cfg.zeroshot
+    cls = []
+    for ds in z.classification:
+        name = ds.templates or (ds.name if ds.name in TEMPLATES else "generic")
+        data = load_classification(
+            ds.name, _dataset_path(ctx, ds), ds.split, ds.image_column, ds.label_column, ctx.limit
+        )
+        cls.append((data, get_templates(name)))
+    ret = [
+        load_retrieval(
+            ds.name, _dataset_path(ctx, ds), ds.split, ds.image_column, ds.caption_column, ctx.limit
+        )
+        for ds in z.retrieval
+    ]
+    return cls, ret
+
+
+def _zeroshot_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
+    from eval.zeroshot import evaluate_classification, evaluate_retrieval
+
+    cls, ret = data
+    out = []
+    for ds, templates in cls:
+        for k, v in evaluate_classification(encoder, ds, templates).items():
+            out.append(
+                {
+                    "metric": f"{ds.name}/{k}",
+                    "value": v,
+                    "dataset": ds.name,
+                    "revision": ds.revision,
+                    "seed": None,
+                }
+            )
+    for ds in ret:
+        for k, v in evaluate_retrieval(encoder, ds).items():
+            out.append(
+                {
+                    "metric": f"{ds.name}/{k}",
+                    "value": v,
+                    "dataset": ds.name,
+                    "revision": ds.revision,
+                    "seed": None,
+                }
+            )
+    return out
+
+
+def _zeroshot_inputs(ctx: BenchmarkContext) -> dict:
+    return {"zeroshot": dataclasses.asdict(ctx.cfg.zeroshot), "root": str(ctx.data_root)}
+
+
+# --- probe --------------------------------------------------------------------------------------
+
+
+def _probe_sizes(ctx: BenchmarkContext) -> tuple[int, int]:
+    p = ctx.cfg.probe
+    if ctx.limit:
+        return min(p.train_size, ctx.limit), min(p.test_size, ctx.limit)
+    return p.train_size, p.test_size
+
+
+def _probe_prepare(ctx: BenchmarkContext):
+    from eval.probe import toy_probe_data
+
+    p = ctx.cfg.probe
+    n_train, n_test = _probe_sizes(ctx)
+    return toy_probe_data(p.seed, n_train, n_test, p.image_size, p.max_count, p.attributes)
+
+
+def _probe_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
+    from eval.probe import evaluate_probes
+
+    p = ctx.cfg.probe
+    n_train, n_test = _probe_sizes(ctx)
+    dataset = f"toyworld(seed={p.seed}, train={n_train}, test={n_test}, size={p.image_size})"
+    return [
+        {"metric": attr, "value": v, "dataset": dataset, "revision": "generated", "seed": p.seed}
+        for attr, v in evaluate_probes(encoder, data, p.l2, p.max_iter).items()
+    ]
+
+
+def _probe_inputs(ctx: BenchmarkContext) -> dict:
+    return {"probe": dataclasses.asdict(ctx.cfg.probe)}
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+
+def _mmvp_order() -> tuple[str, ...]:
+    from eval.mmvp_vlm import PATTERN_KEYS
+
+    return (*PATTERN_KEYS, "average")
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "mmvp_vlm": Benchmark("mmvp_vlm", "clip", _mmvp_prepare, _mmvp_run, _mmvp_inputs, _mmvp_order()),
+    "zeroshot": Benchmark("zeroshot", "clip", _zeroshot_prepare, _zeroshot_run, _zeroshot_inputs),
+    "probe": Benchmark("probe", "clip", _probe_prepare, _probe_run, _probe_inputs),
+}
+
+
+def list_benchmarks() -> list[str]:
+    return list(BENCHMARKS)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        pass
+    if name in PLANNED_MLLM_BENCHMARKS:
+        raise UserError(
+            f"benchmark '{name}' (MLLM) is not yet available; available now: {', '.join(BENCHMARKS)}"
+        )
+    raise UserError(f"unknown benchmark '{name}'; choose from: {', '.join(BENCHMARKS)}")

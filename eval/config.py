@@ -1,0 +1,132 @@
+"""The ``leaderboard`` configuration tree (one dataclass per benchmark).
+
+Resolved like every command's (``enhance.configtools``): defaults here < a preset from
+``eval/presets/*.yaml`` < ``--config FILE`` < ``--set a.b=value``; unknown keys fail naming the key.
+Defaults describe the published benchmarks; the ``tiny`` preset points everything at generated
+toy-world fixtures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from enhance import configtools
+from enhance.config import doc
+from enhance.errors import UserError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = doc("", "dataset name used in metric names (e.g. cifar100 -> cifar100/top1)")
+    path: str = doc("", "image folder, retrieval folder or `datasets` id (empty: DATA_ROOT/zeroshot/<name>)")
+    split: str = doc("test", "split of a `datasets` dataset")
+    image_column: str = doc("image", "image column of a `datasets` dataset")
+    label_column: str = doc("label", "class column (classification; class names from its feature)")
+    caption_column: str = doc("caption", "caption-list column (retrieval)")
+    templates: str = doc(
+        "", "prompt ensemble name in eval.zeroshot.TEMPLATES (empty: the dataset name, else generic)"
+    )
+
+
+def _ds(name: str, **kw) -> dict:
+    return {"name": name, **kw}
+
+
+@dataclass
+class MMVPConfig:
+    source: str = doc(
+        "",
+        "local folder in the published layout, or an HF dataset id such as MMVP/MMVP_VLM "
+        "(empty: DATA_ROOT/mmvp_vlm)",
+    )
+    revision: str = doc("", "HF dataset revision when source is a hub id")
+    pairs_per_pattern: int = doc(15, "pairs per visual pattern (pattern = pair index // this)")
+    prompt_prefix: str = doc(
+        "a photo of ", "text before each statement (official: 'a photo of '; recorded with every number)"
+    )
+
+
+@dataclass
+class ZeroShotConfig:
+    classification: list[DatasetConfig] = field(
+        default_factory=lambda: [
+            DatasetConfig(name="imagenet1k", split="validation"),
+            DatasetConfig(name="cifar100"),
+            DatasetConfig(name="sun397"),
+            DatasetConfig(name="cars"),
+        ],
+        metadata={"doc": "classification datasets (paper Table 3)"},
+    )
+    retrieval: list[DatasetConfig] = field(
+        default_factory=lambda: [DatasetConfig(name="flickr30k"), DatasetConfig(name="coco")],
+        metadata={"doc": "retrieval datasets (paper Table 3)"},
+    )
+
+
+@dataclass
+class ProbeConfig:
+    attributes: list[str] = doc(["color", "count", "orientation", "position"], "toy-world labels to probe")
+    train_size: int = doc(2000, "generated training images")
+    test_size: int = doc(1000, "generated test images (the next indices of the same world)")
+    seed: int = doc(7, "toy-world seed (differs from the tiny tower's and enhance's training worlds)")
+    image_size: int = doc(224, "rendered size (the model's processor resizes to its own input)")
+    max_count: int = doc(3, "largest group size in the generated scenes")
+    l2: float = doc(1e-3, "L2 penalty on the probe weights")
+    max_iter: int = doc(200, "L-BFGS iterations")
+
+
+@dataclass
+class FixturesConfig:
+    enabled: bool = doc(False, "generate toy-world fixtures and use them as the data root (tiny preset)")
+    seed: int = doc(0, "fixture world seed")
+    image_size: int = doc(64, "fixture image size")
+    pairs_per_pattern: int = doc(15, "toy MMVP-VLM pairs per pattern")
+    class_images: int = doc(20, "classification images per class")
+    retrieval_images: int = doc(60, "retrieval images (3 captions each)")
+
+
+@dataclass
+class LeaderboardConfig:
+    benchmarks: list[str] = doc(["mmvp_vlm", "zeroshot", "probe"], "benchmarks to run (--benchmarks)")
+    clip: dict = doc({}, "default CLIP models NAME -> spec when --clip is not given")
+    skip_missing: bool = doc(False, "skip default models whose local path does not exist (tiny preset)")
+    data_root: str = doc("", "benchmark data root (--data-root); each benchmark under a folder of its name")
+    device: str = doc("auto", "auto | cpu | cuda[:N]")
+    batch_size: int = doc(64, "images / texts per forward pass")
+    cache_dir: str = doc("", "tiny model cache (empty: ~/.cache/genhancer)")
+    trust_remote_code: bool = doc(False, "allow custom model code (off unless asked)")
+    progress: bool = doc(True, "tqdm progress bars on stderr")
+    mmvp_vlm: MMVPConfig = field(default_factory=MMVPConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    fixtures: FixturesConfig = field(default_factory=FixturesConfig)
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise UserError("config key 'batch_size' must be >= 1")
+        if self.mmvp_vlm.pairs_per_pattern < 1 or self.fixtures.pairs_per_pattern < 1:
+            raise UserError("pairs_per_pattern must be >= 1")
+        if self.probe.train_size < 2 or self.probe.test_size < 1:
+            raise UserError("probe.train_size must be >= 2 and probe.test_size >= 1")
+        from enhance.data.toyworld import ATTRIBUTES
+
+        bad = [a for a in self.probe.attributes if a not in ATTRIBUTES]
+        if bad:
+            raise UserError(f"config key 'probe.attributes': unknown {bad}; choose from {list(ATTRIBUTES)}")
+        for kind in ("classification", "retrieval"):
+            for i, ds in enumerate(getattr(self.zeroshot, kind)):
+                if not ds.name:
+                    raise UserError(f"config key 'zeroshot.{kind}[{i}].name' is empty")
+        for name, spec in self.clip.items():
+            if not isinstance(spec, str):
+                raise UserError(f"config key 'clip.{name}': expected a model spec string, got {spec!r}")
+
+
+def load_config(
+    preset: str | None = None, config_file: str | None = None, overrides: list[str] | tuple = ()
+) -> LeaderboardConfig:
+    """Resolve defaults < preset < config file < --set overrides into a validated tree."""
+    return configtools.resolve(LeaderboardConfig, PRESETS_DIR, preset, config_file, overrides)

@@ -1,0 +1,230 @@
+"""``leaderboard`` end to end on tiny models and generated fixtures: outputs, caching, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+
+from eval import benchmarks as bench_mod
+from eval.cli import main
+from eval.report import render_markdown
+
+SMALL = [
+    "--set", "progress=false",
+    "--set", "fixtures.image_size=32",
+    "--set", "fixtures.pairs_per_pattern=2",
+    "--set", "fixtures.class_images=3",
+    "--set", "fixtures.retrieval_images=6",
+    "--set", "probe.train_size=40",
+    "--set", "probe.test_size=20",
+    "--set", "probe.image_size=32",
+    "--set", "probe.max_iter=20",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def board(tmp_model_dirs, tmp_path_factory):
+    """One tiny-preset run over a CLIP and a SigLIP tower; returns (output dir, argv)."""
+    out = tmp_path_factory.mktemp("board")
+    argv = [
+        "--preset",
+        "tiny",
+        "--clip",
+        f"clip={tmp_model_dirs.clip}",
+        f"siglip={tmp_model_dirs.siglip}",
+        "--output-dir",
+        str(out),
+        *SMALL,
+    ]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_writes_results_markdown_plot_and_config(board, capsys):
+    out, _ = board
+    records = json.loads((out / "results.json").read_text())
+    assert {r["benchmark"] for r in records} == {"mmvp_vlm", "zeroshot", "probe"}
+    assert {r["model"] for r in records} == {"clip", "siglip"}
+    for r in records:
+        assert {"model", "benchmark", "metric", "value", "dataset", "revision", "seed", "cache_key"} <= set(r)
+    mmvp = {r["metric"] for r in records if r["benchmark"] == "mmvp_vlm" and r["model"] == "clip"}
+    assert mmvp == {
+        "orientation",
+        "presence",
+        "state",
+        "quantity",
+        "position",
+        "color",
+        "structure",
+        "text",
+        "viewpoint",
+        "average",
+    }
+    probe = {r["metric"] for r in records if r["benchmark"] == "probe" and r["model"] == "clip"}
+    assert probe == {"color", "count", "orientation", "position"}
+    md = (out / "leaderboard.md").read_text()
+    assert "| clip |" in md and "| siglip |" in md and "## mmvp_vlm" in md
+    assert (out / "mmvp_vlm_patterns.png").read_bytes()[:4] == b"\x89PNG"
+    assert "fixtures:" in (out / "config.yaml").read_text()
+    assert (out / "fixtures" / "mmvp_vlm" / "Questions.csv").is_file()
+
+
+def test_rerun_reuses_cached_results_and_force_recomputes(board, monkeypatch, capsys):
+    out, argv = board
+    before = (out / "results.json").read_text()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed a cached result")
+
+    monkeypatch.setattr("eval.encoders.load_encoder", boom)
+    for name, b in list(bench_mod.BENCHMARKS.items()):
+        monkeypatch.setitem(bench_mod.BENCHMARKS, name, dataclasses.replace(b, run=boom, prepare=boom))
+    assert main(argv) == 0
+    assert (out / "results.json").read_text() == before
+    captured = capsys.readouterr()
+    assert "reused cached results" in captured.err and "| clip |" in captured.out
+    with pytest.raises(AssertionError, match="recomputed"):
+        main([*argv, "--force"])
+    assert (out / "results.json").read_text() == before  # nothing partial was recorded
+
+
+def test_a_new_model_is_added_beside_the_cached_ones(board, tmp_model_dirs, tmp_path):
+    out, argv = board
+    target = tmp_path / "board"
+    shutil.copytree(out, target)
+    argv = [*argv, "--output-dir", str(target), "--benchmarks", "probe"]
+    i = argv.index("--clip")
+    argv[i + 1 : i + 3] = [f"third={tmp_model_dirs.clip}"]
+    assert main(argv) == 0
+    records = json.loads((target / "results.json").read_text())
+    assert {r["model"] for r in records} == {"clip", "siglip", "third"}
+    assert {r["benchmark"] for r in records if r["model"] == "third"} == {"probe"}
+
+
+def _run_expect_2(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("leaderboard: error:") and len(err.splitlines()) == 1
+    return err
+
+
+def test_missing_questions_csv_is_exit_2_naming_the_file(tmp_model_dirs, tmp_path, capsys):
+    err = _run_expect_2(
+        [
+            "--clip",
+            f"m={tmp_model_dirs.clip}",
+            "--benchmarks",
+            "mmvp_vlm",
+            "--data-root",
+            str(tmp_path),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert str(tmp_path / "mmvp_vlm" / "Questions.csv") in err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_bad_csv_and_missing_image_are_exit_2(toy_mmvp_root, tmp_model_dirs, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(toy_mmvp_root, root / "mmvp_vlm")
+    (root / "mmvp_vlm" / "MLLM_VLM Images" / "Color and Appearance" / "3.jpg").unlink()
+    argv = [
+        "--clip",
+        f"m={tmp_model_dirs.clip}",
+        "--benchmarks",
+        "mmvp_vlm",
+        "--data-root",
+        str(root),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--set",
+        "mmvp_vlm.pairs_per_pattern=3",
+    ]
+    assert "Color and Appearance/3.jpg" in _run_expect_2(argv, capsys)
+    csv_path = root / "mmvp_vlm" / "Questions.csv"
+    csv_path.write_text(csv_path.read_text().replace("Statement", "Text", 1))
+    assert "Questions.csv: columns are" in _run_expect_2(argv, capsys)
+
+
+def test_bad_model_path_is_exit_2(tmp_path, capsys):
+    err = _run_expect_2(
+        ["--preset", "tiny", "--clip", "m=./missing/model/dir", "--output-dir", str(tmp_path)], capsys
+    )
+    assert "./missing/model/dir" in err
+
+
+def test_other_bad_flags_are_exit_2(tmp_model_dirs, tmp_path, capsys):
+    out = ["--output-dir", str(tmp_path)]
+    assert "choose from: mmvp_vlm, zeroshot, probe" in _run_expect_2(
+        ["--clip", f"m={tmp_model_dirs.clip}", "--benchmarks", "mmvp_vlm,nope", *out], capsys
+    )
+    assert "not yet available" in _run_expect_2(["--mllm", "a=b", *out], capsys)
+    assert "not yet available" in _run_expect_2(
+        ["--clip", f"m={tmp_model_dirs.clip}", "--benchmarks", "pope", *out], capsys
+    )
+    assert "NAME=PATH_OR_ID" in _run_expect_2(["--clip", "justapath", *out], capsys)
+    assert "unknown config key 'nope'" in _run_expect_2(["--preset", "tiny", "--set", "nope=1", *out], capsys)
+    assert "unknown preset" in _run_expect_2(["--preset", "huge", *out], capsys)
+
+
+def test_tiny_preset_skips_a_missing_default_model(monkeypatch, tmp_path):
+    from eval.config import load_config
+    from eval.leaderboard import default_models
+
+    monkeypatch.chdir(tmp_path)
+    models, skipped = default_models(load_config("tiny"))
+    assert [m.name for m in models] == ["original"] and skipped == [
+        "enhanced=runs/quickstart/enhance/export/hf"
+    ]
+
+
+def test_markdown_bolds_the_best_and_shows_matching_paper_rows(tmp_path):
+    export = tmp_path / "run" / "export"
+    (export / "denoiser").mkdir(parents=True)
+    (export / "denoiser" / "genhancer.json").write_text(
+        json.dumps(
+            {
+                "backbone": {"name_or_path": "openai/clip-vit-large-patch14"},
+                "denoiser": {"kind": "continuous"},
+            }
+        )
+    )
+    rec = {"benchmark": "mmvp_vlm", "dataset": "MMVP/MMVP_VLM", "revision": "abc"}
+    records = [
+        {
+            **rec,
+            "model": "original",
+            "model_spec": "openai/clip-vit-large-patch14",
+            "metric": "average",
+            "value": 19.3,
+        },
+        {**rec, "model": "enhanced", "model_spec": str(export / "hf"), "metric": "average", "value": 31.1},
+    ]
+    md = render_markdown(records)
+    assert "| original | 19.3 |" in md and "| enhanced | **31.1** |" in md
+    assert "| *paper: OpenAI ViT-L/14@224 original* | *19.3* |" in md
+    assert "| *paper: OpenAI ViT-L/14@224 GenHancer (continuous)* | *31.9* |" in md
+
+
+def test_help_and_list_presets(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "--benchmarks" in capsys.readouterr().out
+    assert main(["--list-presets"]) == 0
+    assert capsys.readouterr().out.startswith("tiny")
+
+
+def test_flag_list_is_pinned():
+    # STYLE.md 9: a new knob becomes a config field (--set), not a flag.
+    from eval.cli import build_parser
+
+    flags = sorted(o for a in build_parser()._actions for o in a.option_strings if o.startswith("--"))
+    assert flags == sorted(
+        ["--help", "--clip", "--mllm", "--benchmarks", "--data-root", "--output-dir", "--preset", "--config",
+         "--set", "--force", "--limit", "--list-presets"]
+    )  # fmt: skip
