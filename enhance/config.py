@@ -142,6 +142,10 @@ class TrainConfig:
     )
     mixed_precision: str = doc("bf16", "no | bf16 | fp16 (CPU runs fall back to no)")
     max_skip_fraction: float = doc(0.5, "stop when more than this fraction of images were unreadable")
+    nonfinite: str = doc(
+        "stop",
+        "non-finite loss/gradient: stop (clear error, nothing saved) | skip (drop the update, count it)",
+    )
 
 
 @dataclass
@@ -186,6 +190,7 @@ class EnhanceConfig:
         choice("stage2.variant", self.stage2.variant, STAGE2_VARIANTS)
         choice("data.source", self.data.source, DATA_SOURCES)
         choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
+        choice("train.nonfinite", self.train.nonfinite, ("stop", "skip"))
         d = self.denoiser
         if d.kind == "discrete":
             lo_hi = d.mask_ratio

@@ -76,9 +76,26 @@ def build_model(cfg: EnhanceConfig) -> GenHancerModel:
     return build_genhancer(cfg, build_backbone(cfg.backbone, cache_dir), cache_dir)
 
 
+def build_data_source(cfg: EnhanceConfig, image_size: int):
+    """The configured image source, validated (a path without images fails here, by name)."""
+    from enhance.data.loading import build_source
+
+    d = cfg.data
+    return build_source(
+        d.source,
+        d.path,
+        image_column=d.image_column,
+        split=d.split,
+        toy_n=d.toyworld_size,
+        toy_seed=d.toyworld_seed,
+        toy_image_size=image_size,
+    )
+
+
 def build_stream_factory(
     cfg: EnhanceConfig,
     model: GenHancerModel,
+    source,
     stage: int,
     rank: int,
     world: int,
@@ -86,25 +103,12 @@ def build_stream_factory(
     pin_memory: bool,
 ):
     """``start_position -> iterator of micro-batches`` for this rank and stage."""
-    from enhance.data.loading import ImageStream, build_dataloader, build_source
+    from enhance.data.loading import ImageStream, build_dataloader
     from enhance.data.transforms import make_transform
 
-    d = cfg.data
-    source = build_source(
-        d.source,
-        d.path,
-        image_column=d.image_column,
-        split=d.split,
-        toy_n=d.toyworld_size,
-        toy_seed=d.toyworld_seed,
-        toy_image_size=model.backbone.image_size,
-    )
+    b = model.backbone
     transform = make_transform(
-        model.backbone.image_size,
-        model.backbone.image_mean,
-        model.backbone.image_std,
-        scale=tuple(d.crop_scale),
-        train=True,
+        b.image_size, b.image_mean, b.image_std, scale=tuple(cfg.data.crop_scale), train=True
     )
     seed = derive_seed("data", cfg.train.seed, stage)
 
@@ -112,31 +116,22 @@ def build_stream_factory(
         stream = ImageStream(
             source, transform, seed=seed, rank=rank, world_size=world, start_position=start_position
         )
-        return iter(build_dataloader(stream, batch_size, num_workers=d.num_workers, pin_memory=pin_memory))
+        return iter(
+            build_dataloader(stream, batch_size, num_workers=cfg.data.num_workers, pin_memory=pin_memory)
+        )
 
     return factory
 
 
-def preview_batch(cfg: EnhanceConfig, model: GenHancerModel) -> dict | None:
+def preview_batch(cfg: EnhanceConfig, model: GenHancerModel, source) -> dict | None:
     """A fixed, centre-cropped batch of the first images, for the preview grids."""
     if cfg.logging.preview_count <= 0:
         return None
-    from enhance.data.loading import ImageStream, build_dataloader, build_source
+    from enhance.data.loading import ImageStream, build_dataloader
     from enhance.data.transforms import make_transform
 
-    d = cfg.data
-    source = build_source(
-        d.source,
-        d.path,
-        image_column=d.image_column,
-        split=d.split,
-        toy_n=d.toyworld_size,
-        toy_seed=d.toyworld_seed,
-        toy_image_size=model.backbone.image_size,
-    )
-    transform = make_transform(
-        model.backbone.image_size, model.backbone.image_mean, model.backbone.image_std, train=False
-    )
+    b = model.backbone
+    transform = make_transform(b.image_size, b.image_mean, b.image_std, train=False)
     stream = ImageStream(source, transform, seed=0, rank=0, world_size=1, start_position=0)
     return next(iter(build_dataloader(stream, cfg.logging.preview_count, num_workers=0)))
 
@@ -173,15 +168,15 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
                 f"stage 2 needs the finished stage 1 of this run in {run_dir}/checkpoints; run stage 1 "
                 "first (then --stage 2 --resume), or set train.one_stage=true for the end-to-end ablation"
             )
+    # --- model and data, before anything is written: a bad path fails with nothing on disk
+    model = build_model(cfg).to(accelerator.device)
+    source = build_data_source(cfg, model.backbone.image_size)
+    preview = preview_batch(cfg, model, source) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(configtools.dump_yaml(cfg))
     accelerator.wait_for_everyone()
     config_hash = configtools.config_hash(cfg, ignore=RESUME_ALLOWED_CHANGES)
-
-    # --- model
-    model = build_model(cfg).to(accelerator.device)
-    preview = preview_batch(cfg, model) if accelerator.is_main_process else None
     metrics = MetricsWriter(run_dir, accelerator.is_main_process, cfg.logging.tensorboard)
     protect: set[str] = set()
     final_loss = None
@@ -236,8 +231,11 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
             config_hash=config_hash,
             progress=cfg.logging.progress,
             max_skip_fraction=cfg.train.max_skip_fraction,
+            nonfinite=cfg.train.nonfinite,
         )
-        factory = build_stream_factory(cfg, model, stage, rank, world, scfg.per_device_batch_size, use_cuda)
+        factory = build_stream_factory(
+            cfg, model, source, stage, rank, world, scfg.per_device_batch_size, use_cuda
+        )
 
         def on_checkpoint(step: int, _name=name) -> None:
             if preview is not None:

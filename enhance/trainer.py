@@ -75,6 +75,7 @@ class LoopSpec:
     config_hash: str
     progress: bool = True
     max_skip_fraction: float = 0.5
+    nonfinite: str = "stop"  # stop | skip | ignore: what a non-finite gradient norm does
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -162,6 +163,7 @@ def run_loop(
     loss_sum = torch.zeros((), device=device)
     grad_norm = torch.zeros((), device=device)
     extra_sums: dict[str, torch.Tensor] = {}
+    nonfinite_steps = 0
     loss_count = 0
     images_since = 0
     t_log = time.perf_counter()
@@ -170,6 +172,8 @@ def run_loop(
     model.train()
 
     while state.step < spec.steps:
+        step_loss = torch.zeros((), device=device)
+        step_count = 0
         for micro in range(spec.grad_accum):
             try:
                 batch = next(stream)
@@ -194,17 +198,31 @@ def run_loop(
                 out = _unwrap(model).training_forward(batch, gen)
                 loss = out["loss"]
                 accelerator.backward(loss / spec.grad_accum)
-            loss_sum += loss.detach().float()
+            step_loss += loss.detach().float()
+            step_count += 1
             for key, value in out.items():  # extra scalars a task reports (e.g. masked_acc)
                 if key != "loss":
                     extra_sums[key] = extra_sums.get(key, 0.0) + value.detach().float()
-            loss_count += 1
             images_since += n_samples
-        if spec.grad_clip > 0:
-            grad_norm = accelerator.clip_grad_norm_(trainable, spec.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        # The norm is needed for clipping and for the finiteness check (inf: measure only).
+        grad_norm = accelerator.clip_grad_norm_(
+            trainable, spec.grad_clip if spec.grad_clip > 0 else float("inf")
+        )
+        if spec.nonfinite != "ignore" and not bool(torch.isfinite(grad_norm)):  # one sync per step
+            if spec.nonfinite == "stop":
+                raise UserError(
+                    f"{spec.name}: non-finite loss or gradient at step {state.step + 1}; nothing was "
+                    "updated or saved. Lower the LR, or set train.nonfinite=skip to skip such batches"
+                )
+            nonfinite_steps += 1  # skip: drop this update, keep the data position moving
+            optimizer.zero_grad(set_to_none=True)
+            grad_norm = torch.zeros((), device=device)
+        else:
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += step_loss
+            loss_count += step_count
         state.step += 1
         if pbar is not None:
             pbar.update(1)
@@ -236,6 +254,7 @@ def run_loop(
                 "images_per_s": total[2].item() / max(elapsed, 1e-9),
                 "grad_norm": total[5].item() / accelerator.num_processes,
                 "skipped_images": skipped,
+                "nonfinite_steps": nonfinite_steps,
                 **spec.extra_state,
             }
             for key, value in sorted(extra_sums.items()):

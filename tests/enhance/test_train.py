@@ -216,3 +216,89 @@ def test_one_stage_ablation_trains_everything(tmp_path, tiny_enhance_config):
     w = _ckpt_weights(tmp_path)
     assert any("lora_" in k for k in w)
     assert (tmp_path / "export" / "hf").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("data.source=imagefolder", "empty_images"),
+        ("backbone.name_or_path=/nonexistent/tower", "/nonexistent/tower"),
+        ("vae.name_or_path=/nonexistent/vae", "/nonexistent/vae"),
+    ],
+)
+def test_bad_paths_fail_by_name_and_write_nothing(tmp_path, tiny_enhance_config, override, named):
+    empty = tmp_path / "empty_images"
+    empty.mkdir()
+    out = tmp_path / "run"
+    cfg = tiny_enhance_config(override, f"data.path={empty}")
+    with pytest.raises(UserError, match=named):
+        run(cfg, out)
+    assert not out.exists()
+
+
+def test_denoiser_can_start_from_a_pretrained_flux_transformer(tmp_path, tiny_enhance_config):
+    """Ablation (paper Fig. 1 iv): denoiser.init_from loads a FLUX transformer instead of random init."""
+    from enhance.denoisers.continuous import build_continuous_denoiser
+    from enhance.train import build_model
+
+    cfg = tiny_enhance_config()
+    torch.manual_seed(123)
+    pretrained = build_continuous_denoiser(cfg.denoiser, cfg.vae.latent_channels).transformer
+    pretrained.save_pretrained(tmp_path / "flux" / "transformer")
+    model = build_model(tiny_enhance_config(f"denoiser.init_from={tmp_path / 'flux'}"))
+    got = model.denoiser.transformer.state_dict()
+    assert all(torch.equal(v, got[k]) for k, v in pretrained.state_dict().items())
+
+
+def test_local_token_ablation_trains(tmp_path, tiny_enhance_config):
+    cfg = tiny_enhance_config(
+        "backbone.local_token_ratio=0.25", "train.stages=[1]", "logging.preview_count=0"
+    )
+    run(cfg, tmp_path)
+    weights = _ckpt_weights(tmp_path)
+    assert any(k.startswith("projector.local_head") for k in weights)
+
+
+def _poison_second_step(monkeypatch):
+    """Make the loss of the 2nd training_forward call NaN (its gradient is NaN too)."""
+    from enhance.model import GenHancerModel
+
+    real = GenHancerModel.training_forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch, generator):
+        out = real(self, batch, generator)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(GenHancerModel, "training_forward", poisoned)
+
+
+def test_nonfinite_loss_stops_with_the_step_and_saves_nothing_after(
+    tmp_path, tiny_enhance_config, monkeypatch
+):
+    _poison_second_step(monkeypatch)
+    cfg = tiny_enhance_config("train.stages=[1]", "stage1.steps=3", "logging.preview_count=0")
+    with pytest.raises(UserError, match="step 2"):
+        run(cfg, tmp_path)
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")]
+    assert names == ["stage1_step0000001"]
+    assert all(torch.isfinite(v).all() for v in _ckpt_weights(tmp_path).values())
+
+
+def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path, tiny_enhance_config, monkeypatch):
+    _poison_second_step(monkeypatch)
+    cfg = tiny_enhance_config(
+        "train.stages=[1]",
+        "stage1.steps=3",
+        "logging.preview_count=0",
+        "train.nonfinite=skip",
+        "logging.every=3",
+        "checkpoint.every=3",
+    )
+    run(cfg, tmp_path)
+    (record,) = _metrics(tmp_path)
+    assert record["nonfinite_steps"] == 1 and record["loss"] == record["loss"]  # finite, not NaN
+    assert all(torch.isfinite(v).all() for v in _ckpt_weights(tmp_path).values())
