@@ -19,6 +19,8 @@ venv: $(STAMP)
 quickstart: $(STAMP)
 	rm -rf $(OUT)
 	$(BIN)/enhance --preset tiny --output-dir $(OUT)/enhance
+	$(BIN)/llava-train --preset tiny --vision-tower genhancer-tiny:clip --output-dir $(OUT)/llava-original
+	$(BIN)/llava-train --preset tiny --vision-tower $(OUT)/enhance/export/vision_tower --output-dir $(OUT)/llava-enhanced
 	$(BIN)/leaderboard --preset tiny --clip original=genhancer-tiny:clip enhanced=$(OUT)/enhance/export/hf \
 	    --output-dir $(OUT)/board
 

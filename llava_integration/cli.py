@@ -1,16 +1,148 @@
-"""``llava-train``: not yet available (its issue has not landed)."""
+"""``llava-train``: LLaVA-1.5 (pretrain, then finetune) with any CLIP/SigLIP vision tower.
+
+Examples::
+
+    llava-train --list-presets
+    llava-train --preset tiny --vision-tower runs/tiny/export/vision_tower --output-dir runs/llava-tiny
+    llava-train --preset llava15-7b --vision-tower runs/oai336/export/vision_tower \\
+                --data-root /data/llava --output-dir runs/llava-7b          # pretrain then finetune
+    llava-train --preset llava15-7b-lora --vision-tower ... --data-root /data/llava \\
+                --stage finetune --projector runs/llava-7b/pretrain --output-dir runs/llava-7b-lora
+    accelerate launch --config_file "$(python -c 'import llava_integration as m; print(m.DS_ZERO3)')" \\
+                -m llava_integration --preset llava15-7b ...                # DeepSpeed ZeRO-3
+    llava-train --preset llava15-7b --describe                           # config + parameter counts
+    llava-train swap --model runs/llava-7b/final --vision-tower other/export/vision_tower --output-dir D
+
+Writes DIR/config.yaml, DIR/metrics.jsonl, DIR/checkpoints/, DIR/pretrain/ (projector) and
+DIR/final/ (LlavaForConditionalGeneration + AutoProcessor). Exit code 2 with a one-line
+message on bad input.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+
+from enhance.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llava-train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument("--preset", help="named preset (see --list-presets)")
+    p.add_argument("--config", help="YAML file overriding the preset")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (dotted), repeatable",
+    )
+    p.add_argument("--output-dir", help="run folder (config.yaml, metrics.jsonl, checkpoints/, final/)")
+    p.add_argument("--vision-tower", help="vision tower dir or HF id (sets model.vision_tower)")
+    p.add_argument("--data-root", help="LLaVA data root (sets data.root)")
+    p.add_argument(
+        "--stage", choices=["pretrain", "finetune", "all"], default=None, help="run one stage only"
+    )
+    p.add_argument("--projector", help="DIR/pretrain of a pretrain run (sets model.pretrained_projector)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    p.add_argument("--describe", action="store_true", help="print resolved config and parameter counts")
+    p.add_argument("--list-presets", action="store_true", help="list presets and exit")
+    return p
+
+
+def build_swap_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llava-train swap",
+        description="Replace the vision tower of a trained LLaVA without retraining (inspection only: "
+        "the paper retrains, since projector and LM were aligned to the old tower).",
+    )
+    p.add_argument("--model", required=True, help="a saved LLaVA dir (DIR/final)")
+    p.add_argument("--vision-tower", required=True, help="the new tower (dir or HF id)")
+    p.add_argument("--output-dir", required=True, help="where the re-towered model is written")
+    p.add_argument("--cache-dir", default="", help="tiny model cache (genhancer-tiny:* towers)")
+    return p
+
+
+def describe(cfg) -> dict:
+    """Resolved config and parameter counts: meta device for known ids, the real tiny build otherwise."""
+    from enhance import configtools
+    from llava_integration import model as llava_model
+    from llava_integration.config import config_docs
+    from llava_integration.shapes import KNOWN_LLMS, KNOWN_TOWERS
+
+    if cfg.model.llm in KNOWN_LLMS and cfg.model.vision_tower in KNOWN_TOWERS:
+        counts: dict = llava_model.parameter_counts(llava_model.build_meta(cfg.model))
+    elif cfg.model.llm.startswith("genhancer-tiny:") and cfg.model.vision_tower.startswith("genhancer-tiny:"):
+        counts = llava_model.parameter_counts(llava_model.build(cfg.model, cfg.cache_dir or None)[0])
+    else:
+        counts = {"total": "unknown until the tower and LM are loaded"}
+    return {"config": configtools.to_dict(cfg), "parameters": counts, "docs": config_docs()}
+
+
+def _swap(argv: list[str]) -> int:
+    args = build_swap_parser().parse_args(argv)
+    from llava_integration.model import swap_tower
+
+    out = swap_tower(args.model, args.vision_tower, args.output_dir, args.cache_dir or None)
+    print(json.dumps({"model": str(out)}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "llava-train is not yet available in this version of genhancer; see the README roadmap.",
-        file=sys.stderr,
-    )
-    return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "swap":
+            return _swap(argv[1:])
+        args = build_parser().parse_args(argv)
+        from llava_integration.config import PRESETS_DIR, load_config
+
+        if args.list_presets:
+            from enhance.configtools import list_presets, preset_description
+
+            for name in list_presets(PRESETS_DIR):
+                print(f"{name:24s} {preset_description(PRESETS_DIR, name)}")
+            return 0
+        if not args.preset and not args.config:
+            raise UserError("give --preset NAME or --config FILE (see --list-presets)")
+        overrides = list(args.overrides)
+        if args.vision_tower:
+            overrides.append(f"model.vision_tower={args.vision_tower}")
+        if args.data_root:
+            overrides.append(f"data.root={args.data_root}")
+        if args.projector:
+            overrides.append(f"model.pretrained_projector={args.projector}")
+        if args.stage in ("pretrain", "finetune"):
+            overrides.append(f"train.stages=[{args.stage}]")
+        elif args.stage == "all":
+            overrides.append("train.stages=[pretrain, finetune]")
+        cfg = load_config(args.preset, args.config, overrides)
+        if args.describe:
+            print(json.dumps(describe(cfg), indent=2))
+            return 0
+        if not args.output_dir:
+            raise UserError("--output-dir is required to train")
+        _setup_logging()
+        from llava_integration.train import run
+
+        result = run(cfg, args.output_dir, resume=args.resume)
+        print(json.dumps(result, indent=2))
+        return 0
+    except UserError as exc:
+        print(f"llava-train: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

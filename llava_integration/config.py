@@ -1,0 +1,205 @@
+"""The ``llava-train`` configuration tree (one dataclass per concern).
+
+Defaults are LLaVA-1.5's 7B recipe (Liu et al., "Improved Baselines with Visual Instruction
+Tuning", Table 9 / the released scripts); presets in ``llava_integration/presets/*.yaml`` say only
+what differs. Every field carries its documentation in ``metadata["doc"]`` for ``--describe``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from enhance import configtools
+from enhance.config import doc, field_docs
+from enhance.errors import UserError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+STAGES = ("pretrain", "finetune")
+TRAINABLE = ("projector", "full", "lora")
+DATA_SOURCES = ("llava", "toyworld")
+
+
+@dataclass
+class ModelConfig:
+    vision_tower: str = doc(
+        "openai/clip-vit-large-patch14-336",
+        "vision tower: an `enhance` export/vision_tower dir, a CLIP/SigLIP model dir or HF id; "
+        "'genhancer-tiny:clip' is the cached tiny base CLIP",
+    )
+    llm: str = doc(
+        "lmsys/vicuna-7b-v1.5",
+        "causal LM: HF id or dir; 'genhancer-tiny:llm' builds the cached tiny Llama-style LM",
+    )
+    random_init_llm: bool = doc(
+        False, "build the LM from its known shape with random weights (benchmarks only; needs a known id)"
+    )
+    pretrained_projector: str = doc(
+        "", "dir holding projector.safetensors from a pretrain stage (--projector); finetune starts from it"
+    )
+    projector_type: str = doc("mlp2x_gelu", "projector: Linear -> GELU -> Linear (the only LLaVA-1.5 kind)")
+    vision_feature_layer: int = doc(-2, "tower layer whose patch features feed the projector")
+    vision_feature_select_strategy: str = doc(
+        "auto", "auto (CLIP: default = drop CLS; SigLIP: full) | default | full"
+    )
+    dtype: str = doc("float32", "weights dtype when loading: float32 | bfloat16 | float16")
+    attn_implementation: str = doc("sdpa", "attention kernel of the LM (sdpa | eager | flash_attention_2)")
+    gradient_checkpointing: bool = doc(True, "recompute LM activations in backward (GPU memory)")
+    revision: str = doc("", "HF revision for hub ids (empty: default branch)")
+
+
+@dataclass
+class DataConfig:
+    source: str = doc("llava", "llava (JSON + image folder under data.root) | toyworld (generated, offline)")
+    root: str = doc("", "data root (--data-root); stage paths below are relative to it")
+    image_aspect_ratio: str = doc(
+        "pad", "pad (to square with the processor mean, LLaVA-1.5) | crop (the tower processor's centre crop)"
+    )
+    max_length: int = doc(2048, "max tokens per sample, image tokens included; longer ones are truncated")
+    group_by_modality_length: bool = doc(True, "batches hold one modality, grouped by length")
+    num_workers: int = doc(4, "DataLoader workers per process (0: load in the main process)")
+    toy_pretrain_size: int = doc(4000, "toyworld: caption samples for pretraining")
+    toy_finetune_size: int = doc(4000, "toyworld: question samples for finetuning")
+    toy_eval_size: int = doc(300, "toyworld: held-out questions for the accuracy report")
+    toy_text_only_fraction: float = doc(0.1, "toyworld: share of text-only finetune samples")
+    toy_seed: int = doc(0, "toyworld: scene generator seed")
+
+
+@dataclass
+class StageConfig:
+    data_path: str = doc(
+        "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json", "LLaVA JSON, relative to data.root (or absolute)"
+    )
+    image_folder: str = doc("LLaVA-Pretrain/images", "image root for this JSON, relative to data.root")
+    template: str = doc("plain", "conversation template: plain | vicuna_v1")
+    trainable: str = doc("projector", "projector | full (LM + projector) | lora (LM LoRA + projector)")
+    lr: float = doc(1e-3, "peak learning rate (LoRA weights when trainable=lora)")
+    projector_lr: float = doc(0.0, "projector LR when it differs from lr (LoRA recipe: 2e-5); 0: lr")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
+    betas: list[float] = doc([0.9, 0.999], "AdamW betas")
+    warmup_ratio: float = doc(0.03, "linear warmup as a fraction of the steps, then cosine decay to 0")
+    epochs: float = doc(1.0, "passes over the data (sets steps when steps is 0)")
+    steps: int = doc(0, "optimizer steps; 0: derived from epochs and the dataset size")
+    global_batch_size: int = doc(256, "samples per optimizer step over all processes")
+    per_device_batch_size: int = doc(32, "samples per forward; accumulation fills the global batch")
+    grad_clip: float = doc(1.0, "max grad norm (0 disables)")
+    lora_r: int = doc(128, "LoRA rank")
+    lora_alpha: int = doc(256, "LoRA alpha")
+    lora_dropout: float = doc(0.05, "LoRA dropout")
+    lora_target_modules: list[str] = doc([], "LM module names to adapt (empty: all linear layers)")
+
+
+def _finetune_defaults() -> StageConfig:
+    return StageConfig(
+        data_path="llava_v1_5_mix665k.json",
+        image_folder=".",
+        template="vicuna_v1",
+        trainable="full",
+        lr=2e-5,
+        global_batch_size=128,
+        per_device_batch_size=16,
+    )
+
+
+@dataclass
+class TrainConfig:
+    seed: int = doc(0, "seed for the projector init, data order and dropout")
+    stages: list[str] = doc(["pretrain", "finetune"], "stages to run, in order (--stage)")
+    mixed_precision: str = doc("bf16", "no | bf16 | fp16 (CPU runs fall back to no)")
+    max_skip_fraction: float = doc(0.5, "stop when more than this fraction of images were unreadable")
+    eval_toy: bool = doc(True, "toyworld: report toy-question accuracy vs chance after training")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = doc(500, "save every N optimizer steps (and always at the end of a stage)")
+    keep_last: int = doc(2, "complete checkpoints to keep")
+
+
+@dataclass
+class LoggingConfig:
+    every: int = doc(10, "log metrics every N optimizer steps")
+    tensorboard: bool = doc(False, "also write TensorBoard events to DIR/tensorboard")
+    progress: bool = doc(True, "tqdm progress bar")
+
+
+@dataclass
+class LlavaTrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: StageConfig = field(default_factory=StageConfig)
+    finetune: StageConfig = field(default_factory=_finetune_defaults)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cache_dir: str = doc("", "where tiny base models are cached (empty: ~/.cache/genhancer)")
+
+    def validate(self) -> None:
+        """Check the whole tree at start-up, including the stage that runs last."""
+
+        def choice(key: str, value: str, options: tuple[str, ...]) -> None:
+            if value not in options:
+                raise UserError(f"config key '{key}': '{value}' is not one of {list(options)}")
+
+        from llava_integration.templates import TEMPLATES
+
+        m = self.model
+        choice("model.projector_type", m.projector_type, ("mlp2x_gelu",))
+        choice(
+            "model.vision_feature_select_strategy",
+            m.vision_feature_select_strategy,
+            ("auto", "default", "full"),
+        )
+        choice("model.dtype", m.dtype, ("float32", "bfloat16", "float16"))
+        choice("data.source", self.data.source, DATA_SOURCES)
+        choice("data.image_aspect_ratio", self.data.image_aspect_ratio, ("pad", "crop"))
+        choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
+        if self.data.max_length < 8:
+            raise UserError("data.max_length must be >= 8")
+        if not self.train.stages or any(s not in STAGES for s in self.train.stages):
+            raise UserError(
+                f"train.stages must be a non-empty subset of {list(STAGES)}, got {self.train.stages}"
+            )
+        if self.train.stages != [s for s in STAGES if s in self.train.stages]:
+            raise UserError(f"train.stages must run in the order {list(STAGES)}, got {self.train.stages}")
+        for name in STAGES:
+            st: StageConfig = getattr(self, name)
+            choice(f"{name}.template", st.template, tuple(TEMPLATES))
+            choice(f"{name}.trainable", st.trainable, TRAINABLE)
+            if st.global_batch_size < 1 or st.per_device_batch_size < 1:
+                raise UserError(f"{name}: batch sizes must be >= 1")
+            if st.global_batch_size % st.per_device_batch_size:
+                raise UserError(
+                    f"{name}.global_batch_size {st.global_batch_size} must be a multiple of "
+                    f"{name}.per_device_batch_size {st.per_device_batch_size}"
+                )
+            if st.steps < 0 or st.lr < 0 or st.epochs < 0 or st.projector_lr < 0:
+                raise UserError(f"{name}: steps, epochs and learning rates must be >= 0")
+            if not 0.0 <= st.warmup_ratio < 1.0:
+                raise UserError(f"{name}.warmup_ratio must lie in [0, 1)")
+        if self.checkpoint.every < 1 or self.logging.every < 1:
+            raise UserError("checkpoint.every and logging.every must be >= 1")
+
+
+# Keys that may change between a checkpoint and --resume without invalidating it.
+RESUME_ALLOWED_CHANGES = (
+    "checkpoint",
+    "logging",
+    "data.num_workers",
+    "data.root",
+    "train.stages",
+    "train.eval_toy",
+    "cache_dir",
+)
+
+
+def load_config(
+    preset: str | None = None, config_file: str | None = None, overrides: list[str] | tuple = ()
+) -> LlavaTrainConfig:
+    """Resolve defaults < preset < config file < --set overrides into a validated tree."""
+    return configtools.resolve(LlavaTrainConfig, PRESETS_DIR, preset, config_file, overrides)
+
+
+def config_docs() -> dict[str, str]:
+    """Dotted key -> documentation, for --describe."""
+    return field_docs(LlavaTrainConfig)

@@ -1,0 +1,180 @@
+"""Conversation templates (``plain`` for pretraining, ``vicuna_v1`` for finetuning) and the label mask.
+
+A conversation is rendered to one string and tokenized in one call, exactly as inference
+tokenizes a prompt; the tokenizer's character offsets then say which tokens belong to an
+assistant answer. Only those tokens (and the turn's end token) carry labels, so the loss never
+covers the system prompt, the user turns or the image (LLaVA-1.5, Sec. 3 and its ``preprocess``).
+Tokenizing turn by turn instead would drift from inference tokenization at every boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from enhance.errors import UserError
+
+IMAGE_TOKEN = "<image>"
+IGNORE_INDEX = -100
+
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message: ``role`` is ``"human"`` or ``"gpt"`` (LLaVA's JSON names)."""
+
+    role: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Template:
+    """How turns become text.
+
+    Args:
+        name (str): registry name.
+        system (str): text before the first turn ("" for none).
+        roles (tuple[str, str]): speaker names written before user / assistant messages.
+        sep (str): written after a user message.
+        sep2 (str): written after an assistant message; it is supervised (the model learns to stop).
+        plain (bool): LLaVA's pretraining format: the image, then the caption, nothing else.
+        required_tokens (tuple[str, ...]): strings the tokenizer must hold as single tokens.
+    """
+
+    name: str
+    system: str
+    roles: tuple[str, str]
+    sep: str
+    sep2: str
+    plain: bool = False
+    required_tokens: tuple[str, ...] = ()
+
+
+TEMPLATES: dict[str, Template] = {
+    "plain": Template("plain", "", ("", ""), "", "\n", plain=True, required_tokens=("\n",)),
+    "vicuna_v1": Template(
+        "vicuna_v1", VICUNA_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>", required_tokens=("</s>",)
+    ),
+}
+
+
+def get_template(name: str) -> Template:
+    if name not in TEMPLATES:
+        raise UserError(f"unknown conversation template '{name}'; choose one of: {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def normalize_image_turn(text: str) -> str:
+    """Put the image first: ``<image>\\n`` + the rest, as LLaVA-1.5 trains (the JSON has it either end)."""
+    if IMAGE_TOKEN not in text:
+        return text
+    rest = text.replace(IMAGE_TOKEN, "").strip()
+    return f"{IMAGE_TOKEN}\n{rest}" if rest else IMAGE_TOKEN
+
+
+def render(template: Template, turns: Sequence[Turn], add_generation_prompt: bool = False):
+    """Render turns; returns ``(text, spans)`` with the character spans of supervised answers.
+
+    Each span is ``(start, end, answer_end)``: the answer runs ``start..answer_end`` and the
+    supervised region ``start..end`` adds the turn's end token.
+    """
+    spans: list[tuple[int, int, int]] = []
+    if template.plain:
+        # LLaVA's plain format drops the instruction: image, caption, newline.
+        image = IMAGE_TOKEN if any(IMAGE_TOKEN in t.text for t in turns if t.role == "human") else ""
+        answer = next((t.text.strip() for t in turns if t.role == "gpt"), "")
+        text = image
+        if answer or not add_generation_prompt:
+            start = len(text)
+            text += answer
+            spans.append((start, len(text) + len(template.sep2), len(text)))
+            text += template.sep2
+        return text, spans
+    text = template.system + template.sep if template.system else ""
+    user, assistant = template.roles
+    for turn in turns:
+        if turn.role == "human":
+            text += f"{user}: {normalize_image_turn(turn.text.strip())}{template.sep}"
+        elif turn.role == "gpt":
+            text += f"{assistant}: "
+            start = len(text)
+            text += turn.text.strip()
+            spans.append((start, len(text) + len(template.sep2), len(text)))
+            text += template.sep2
+        else:
+            raise ValueError(f"unknown role {turn.role!r}")
+    if add_generation_prompt:
+        text += f"{assistant}:"
+    return text, spans
+
+
+def tokenize(
+    tokenizer,
+    template: Template,
+    turns: Sequence[Turn],
+    include_end: bool = True,
+    add_generation_prompt: bool = False,
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels (``IGNORE_INDEX`` outside assistant answers) for one conversation.
+
+    A token is supervised when its character span overlaps an answer span, so a token that
+    carries the leading space of an answer (SentencePiece ``▁word``) counts as the answer.
+    ``include_end=False`` leaves the end token out (for scoring an answer's own likelihood).
+    """
+    text, spans = render(template, turns, add_generation_prompt=add_generation_prompt)
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [IGNORE_INDEX] * len(ids)
+    for i, (s, e) in enumerate(enc["offset_mapping"]):
+        if e <= s:
+            continue  # BOS and other inserted tokens have empty spans
+        for start, end, answer_end in spans:
+            stop = end if include_end else answer_end
+            if s < stop and e > start:
+                labels[i] = ids[i]
+                break
+    return ids, labels
+
+
+def check_tokenizer(tokenizer, template: Template, where: str) -> None:
+    """The template's special strings must be single known tokens, or the labels would be wrong."""
+    unk = tokenizer.unk_token_id
+    for token in template.required_tokens:
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1 or (unk is not None and ids[0] == unk):
+            raise UserError(
+                f"the tokenizer of {where} has no single token for {token!r}, which the "
+                f"'{template.name}' template needs; use a tokenizer that defines it"
+            )
+
+
+def chat_template_jinja(template: Template) -> str:
+    """The same ``vicuna_v1`` rendering as a Jinja chat template, saved with the processor so that
+    ``processor.apply_chat_template`` (and lmms-eval's ``llava_hf``) prompts the model as it was trained."""
+    if template.plain:
+        raise ValueError("the plain template has no chat form")
+    user, assistant = template.roles
+    return (
+        "{% if messages and messages[0]['role'] == 'system' %}"
+        "{% set sys = messages[0]['content'] if messages[0]['content'] is string "
+        "else messages[0]['content'][0]['text'] %}{% set msgs = messages[1:] %}"
+        f"{{% else %}}{{% set sys = {template.system!r} %}}{{% set msgs = messages %}}{{% endif %}}"
+        f"{{% if sys %}}{{{{ sys + {template.sep!r} }}}}{{% endif %}}"
+        "{% for m in msgs %}"
+        "{% if m['content'] is string %}{% set images = '<image>' in m['content'] %}"
+        "{% set body = m['content'] | replace('<image>', '') | trim %}"
+        "{% else %}{% set images = (m['content'] | selectattr('type', 'equalto', 'image') | list | length) > 0 %}"
+        "{% set body = (m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') "
+        "| join(' ')) | trim %}{% endif %}"
+        "{% if m['role'] == 'user' %}"
+        f"{{{{ {user + ': '!r} }}}}{{% if images %}}{{{{ '<image>' }}}}{{% if body %}}{{{{ '\\n' }}}}{{% endif %}}{{% endif %}}"
+        f"{{{{ body + {template.sep!r} }}}}"
+        "{% elif m['role'] == 'assistant' %}"
+        f"{{{{ {assistant + ': '!r} + body + {template.sep2!r} }}}}"
+        "{% endif %}{% endfor %}"
+        f"{{% if add_generation_prompt %}}{{{{ {assistant + ':'!r} }}}}{{% endif %}}"
+    )

@@ -1,0 +1,215 @@
+"""Toy-world LLaVA data in the real JSON format, and the toy-question accuracy report.
+
+The tiny preset trains on what LLaVA-1.5 trains on, in miniature: LCS-558K-style caption
+samples for pretraining and mix665k-style instruction samples for finetuning (short-answer
+questions about count, colour, position, shape and presence, multi-turn, plus text-only
+samples). Everything is written as LLaVA JSON with an image folder, so the tiny run goes
+through the same loader, templates and label mask as a real run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from enhance.data.seeding import derive_seed
+from enhance.data.toyworld import (
+    COLORS,
+    NUMBER_WORDS,
+    POSITIONS,
+    SHAPES,
+    ToyWorld,
+)
+
+SHORT = "Answer the question using a single word or phrase."
+CAPTION_PROMPTS = (
+    "Describe the image briefly.",
+    "Give a short caption of the image.",
+    "What is in the image?",
+)
+YES_NO = ("yes", "no")
+MAX_COUNT = 3  # ToyWorld's default: 1..3 shapes per scene
+TEXT_ONLY = (
+    ("What number comes after {a}?", "next"),
+    ("Is {c} a color?", "color"),
+    ("What is the plural of {s}?", "plural"),
+)
+
+
+@dataclass(frozen=True)
+class Question:
+    kind: str
+    text: str
+    answer: str
+    options: tuple[str, ...]
+
+
+def image_questions(attrs: dict, rng: random.Random) -> list[Question]:
+    """Short-answer questions about one scene, each with its closed set of options."""
+    n = int(attrs["count"])
+    out = [
+        Question("count", "How many shapes are there?", NUMBER_WORDS[n - 1], NUMBER_WORDS[:MAX_COUNT]),
+        Question("color", "What color are the shapes?", str(attrs["color"]), COLORS),
+        Question("position", "Where are the shapes?", str(attrs["position"]), POSITIONS),
+        Question("shape", "What shape are they?", str(attrs["shape"]), SHAPES),
+    ]
+    if rng.random() < 0.5:
+        color, shape, answer = attrs["color"], attrs["shape"], "yes"
+    else:
+        color, shape = rng.choice(COLORS), rng.choice(SHAPES)
+        answer = "yes" if (color, shape) == (attrs["color"], attrs["shape"]) else "no"
+    out.append(Question("presence", f"Is there a {color} {shape} in the image?", answer, YES_NO))
+    return out
+
+
+def text_only_sample(rng: random.Random) -> list[tuple[str, str]]:
+    """A question the language model can answer without an image (mix665k has such samples)."""
+    template, kind = rng.choice(TEXT_ONLY)
+    if kind == "next":
+        i = rng.randrange(len(NUMBER_WORDS) - 1)
+        return [(template.format(a=NUMBER_WORDS[i]) + "\n" + SHORT, NUMBER_WORDS[i + 1])]
+    if kind == "color":
+        word = rng.choice(COLORS + SHAPES)
+        return [(template.format(c=word) + "\n" + SHORT, "yes" if word in COLORS else "no")]
+    shape = rng.choice(SHAPES)
+    return [(template.format(s=shape) + "\n" + SHORT, shape + "s")]
+
+
+def corpus() -> list[str]:
+    """Every string the toy data can contain (the tiny tokenizer's vocabulary is built from it)."""
+    from enhance.data.toyworld import vocabulary
+    from llava_integration.templates import TEMPLATES
+
+    texts = [SHORT, *CAPTION_PROMPTS, " ".join(vocabulary()), "'", ","]
+    rng = random.Random(0)
+    attrs = {"count": 1, "color": "red", "position": "left", "shape": "circle"}
+    texts += [q.text for q in image_questions(attrs, rng)]
+    texts += [f"Is there a {c} {s} in the image?" for c in COLORS for s in SHAPES]
+    texts += [t.format(a="", c="", s="") for t, _ in TEXT_ONLY]
+    texts += [" ".join(YES_NO), " ".join(s + "s" for s in SHAPES)]
+    for t in TEMPLATES.values():
+        texts += [t.system, *t.roles, ":"]
+    return texts
+
+
+def _conversation(pairs: list[tuple[str, str]], image: bool) -> list[dict]:
+    conv = []
+    for i, (q, a) in enumerate(pairs):
+        value = f"<image>\n{q}" if (image and i == 0) else q
+        conv += [{"from": "human", "value": value}, {"from": "gpt", "value": a}]
+    return conv
+
+
+def write_toy_llava(
+    root: str | Path,
+    seed: int,
+    image_size: int,
+    n_pretrain: int,
+    n_finetune: int,
+    n_eval: int,
+    text_only_fraction: float = 0.1,
+) -> dict[str, Path]:
+    """Write ``root/images/*.jpg``, ``pretrain.json``, ``finetune.json`` and ``eval.json``.
+
+    Pretraining, finetuning and evaluation use disjoint scene indices. Rewrites nothing when
+    ``root/manifest.json`` already records the same arguments (resume regenerates nothing).
+    """
+    root = Path(root)
+    args = {
+        "seed": seed,
+        "image_size": image_size,
+        "n_pretrain": n_pretrain,
+        "n_finetune": n_finetune,
+        "n_eval": n_eval,
+        "text_only_fraction": text_only_fraction,
+        "version": 1,
+    }
+    paths = {k: root / f"{k}.json" for k in ("pretrain", "finetune", "eval")}
+    manifest = root / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()) == args:
+        return paths
+    world = ToyWorld(seed=seed, image_size=image_size, max_count=MAX_COUNT)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+
+    def image(index: int):
+        s = world.sample(index)
+        rel = f"images/{s.key}.jpg"
+        s.image.save(root / rel, format="JPEG", quality=95)
+        return s, rel
+
+    rng = random.Random(derive_seed("toy-llava", seed))
+    pretrain = []
+    for i in range(n_pretrain):
+        s, rel = image(i)
+        prompt = rng.choice(CAPTION_PROMPTS)
+        pretrain.append(
+            {"id": f"pt-{s.key}", "image": rel, "conversations": _conversation([(prompt, s.caption)], True)}
+        )
+    finetune = []
+    for i in range(n_pretrain, n_pretrain + n_finetune):
+        if rng.random() < text_only_fraction:
+            finetune.append(
+                {"id": f"ft-text-{i}", "conversations": _conversation(text_only_sample(rng), False)}
+            )
+            continue
+        s, rel = image(i)
+        qs = image_questions(s.attributes, rng)
+        rng.shuffle(qs)
+        pairs = [(f"{q.text}\n{SHORT}", q.answer) for q in qs[: rng.randint(1, 2)]]
+        if rng.random() < 0.1:
+            pairs.append((rng.choice(CAPTION_PROMPTS), s.caption))
+        finetune.append({"id": f"ft-{s.key}", "image": rel, "conversations": _conversation(pairs, True)})
+    evals = []
+    start = n_pretrain + n_finetune
+    for i in range(start, start + n_eval):
+        s, rel = image(i)
+        for q in image_questions(s.attributes, rng):
+            evals.append(
+                {
+                    "id": f"ev-{s.key}-{q.kind}",
+                    "image": rel,
+                    "kind": q.kind,
+                    "question": f"{q.text}\n{SHORT}",
+                    "answer": q.answer,
+                    "options": list(q.options),
+                }
+            )
+    paths["pretrain"].write_text(json.dumps(pretrain))
+    paths["finetune"].write_text(json.dumps(finetune))
+    paths["eval"].write_text(json.dumps(evals))
+    manifest.write_text(json.dumps(args))
+    return paths
+
+
+def toy_accuracy(runner, eval_json: str | Path, image_root: str | Path, limit: int = 0) -> dict:
+    """Accuracy on held-out toy questions, picking the option with the highest likelihood.
+
+    Returns per-kind and overall accuracy next to chance (the mean of 1 / number of options).
+    """
+    from PIL import Image
+
+    items = json.loads(Path(eval_json).read_text())
+    if limit:
+        items = items[:limit]
+    per: dict[str, list[tuple[bool, float]]] = {}
+    for item in items:
+        with Image.open(Path(image_root) / item["image"]) as im:
+            img = im.convert("RGB")
+        scores = runner.choice_likelihood(img, item["question"], item["options"])
+        pick = item["options"][max(range(len(scores)), key=scores.__getitem__)]
+        per.setdefault(item["kind"], []).append((pick == item["answer"], 1.0 / len(item["options"])))
+    report: dict = {"per_kind": {}}
+    all_rows = [r for rows in per.values() for r in rows]
+    for kind, rows in sorted(per.items()):
+        report["per_kind"][kind] = {
+            "accuracy": sum(ok for ok, _ in rows) / len(rows),
+            "chance": sum(c for _, c in rows) / len(rows),
+            "n": len(rows),
+        }
+    if all_rows:
+        report["accuracy"] = sum(ok for ok, _ in all_rows) / len(all_rows)
+        report["chance"] = sum(c for _, c in all_rows) / len(all_rows)
+        report["n"] = len(all_rows)
+    return report

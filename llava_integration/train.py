@@ -1,0 +1,319 @@
+"""LLaVA-1.5 training (pretrain, then finetune) from a resolved :class:`LlavaTrainConfig`.
+
+Reads top to bottom: compute, run folder and resume checks, data, model, one pass of
+``enhance``'s shared loop per stage, save ``DIR/final``, the toy accuracy report.
+``llava_integration.cli`` is the command-line front end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from enhance import checkpoint as ckpt
+from enhance import configtools
+from enhance.data.seeding import derive_seed
+from enhance.errors import UserError
+from enhance.trainer import LoopSpec, LoopState, MetricsWriter, cosine_lambda, restore, run_loop
+from llava_integration.config import RESUME_ALLOWED_CHANGES, STAGES, LlavaTrainConfig, StageConfig
+
+log = logging.getLogger("llava_integration")
+
+
+def stage_index(name: str) -> int:
+    return STAGES.index(name) + 1
+
+
+# --- run folder -------------------------------------------------------------------------------
+
+
+def check_run_dir(run_dir: Path, cfg: LlavaTrainConfig, resume: bool) -> Path | None:
+    """Refuse to overwrite a run; on --resume return the latest complete checkpoint after checking
+    that the config changed only where that is safe (the LR schedule depends on the step count,
+    so steps and batch sizes may not change)."""
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    saved = run_dir / "config.yaml"
+    if not resume:
+        if latest is not None or saved.exists():
+            raise UserError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
+            )
+        return None
+    if latest is None:
+        if saved.exists():
+            return None
+        raise UserError(f"--resume: {run_dir} holds no run to resume (no config.yaml, no checkpoints)")
+    if saved.exists():
+        allowed = list(RESUME_ALLOWED_CHANGES)
+        meta = ckpt.read_state(latest)
+        if meta.get("stage") == "pretrain" and meta.get("final"):
+            allowed.append("finetune")  # finetune has not started: its settings are free
+        changed = [
+            k
+            for k in configtools.diff_keys(configtools.load_yaml(saved), configtools.to_dict(cfg))
+            if not any(k == a or k.startswith(a + ".") for a in allowed)
+        ]
+        if changed:
+            raise UserError(
+                f"--resume: the config differs from the run in {run_dir} at {', '.join(changed)}; "
+                "resume with the original settings or start a new --output-dir"
+            )
+    return latest
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def stage_paths(cfg: LlavaTrainConfig, st: StageConfig, name: str, run_dir: Path) -> tuple[Path, Path]:
+    """(JSON file, image folder) of a stage; toyworld data lives in ``DIR/data``."""
+    if cfg.data.source == "toyworld":
+        root = run_dir / "data"
+        return root / f"{name}.json", root
+    if not cfg.data.root and not Path(st.data_path).is_absolute():
+        raise UserError(f"data.root is empty: point --data-root at the LLaVA data for {name}")
+    root = Path(cfg.data.root)
+    return root / st.data_path, root / st.image_folder
+
+
+def prepare_toy_data(cfg: LlavaTrainConfig, run_dir: Path, image_size: int) -> None:
+    from llava_integration.toydata import write_toy_llava
+
+    d = cfg.data
+    write_toy_llava(
+        run_dir / "data",
+        d.toy_seed,
+        image_size,
+        d.toy_pretrain_size,
+        d.toy_finetune_size,
+        d.toy_eval_size,
+        d.toy_text_only_fraction,
+    )
+
+
+def stage_steps(st: StageConfig, n_records: int) -> int:
+    return st.steps or max(1, math.ceil(st.epochs * n_records / st.global_batch_size))
+
+
+def _tally(stream, counts: dict):
+    """Pass batches through while summing their data counters (workers cannot share a counter)."""
+    for batch in stream:
+        for k in ("skipped", "truncated", "dropped", "num_samples"):
+            counts[k] = counts.get(k, 0) + int(batch.get(k, 0))
+        yield batch
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> dict:
+    """Train the configured stages and save ``DIR/final``. Returns paths and the toy report."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from llava_integration import model as llava_model
+    from llava_integration.data import LlavaStream, load_records
+    from llava_integration.stages import (
+        LlavaTask,
+        configure_stage,
+        load_trainable_state,
+        merge_lora,
+        trainable_state,
+    )
+    from llava_integration.templates import check_tokenizer, get_template
+
+    # --- compute
+    use_cuda = torch.cuda.is_available()
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision if use_cuda else "no", cpu=not use_cuda
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    zero3 = accelerator.distributed_type.value == "DEEPSPEED"
+    if zero3 and any(getattr(cfg, s).trainable == "lora" for s in cfg.train.stages):
+        raise UserError(
+            "trainable=lora under DeepSpeed is not supported yet (the LoRA merge needs gathered weights); "
+            "launch the LoRA recipe without DeepSpeed"
+        )
+
+    # --- run folder
+    run_dir = Path(output_dir)
+    latest = check_run_dir(run_dir, cfg, resume)
+    resume_meta = ckpt.read_state(latest) if latest is not None else None
+    first = cfg.train.stages[0]
+    if first == "finetune" and not cfg.model.pretrained_projector:
+        has_pretrain = resume_meta is not None and (
+            resume_meta["stage"] == "finetune" or resume_meta.get("final")
+        )
+        if not has_pretrain:
+            raise UserError(
+                "finetune needs a pretrained projector: pass --projector DIR/pretrain of a pretrain run, "
+                f"or run --stage pretrain first in {run_dir} (then --stage finetune --resume)"
+            )
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(configtools.dump_yaml(cfg))
+    accelerator.wait_for_everyone()
+    config_hash = configtools.config_hash(cfg, ignore=RESUME_ALLOWED_CHANGES)
+
+    # --- model
+    llava, processor = llava_model.build(
+        cfg.model, cfg.cache_dir or None, seed=cfg.train.seed, pad=cfg.data.image_aspect_ratio == "pad"
+    )
+    llava.model.vision_tower.requires_grad_(False)
+    tokenizer = processor.tokenizer
+    n_image = llava_model.num_image_tokens(llava.config)
+    vc = llava.config.vision_config
+    if cfg.data.source == "toyworld":
+        if accelerator.is_main_process:
+            prepare_toy_data(cfg, run_dir, vc.image_size)
+        accelerator.wait_for_everyone()
+    task = LlavaTask(llava).to(accelerator.device)
+    metrics = MetricsWriter(run_dir, accelerator.is_main_process, cfg.logging.tensorboard)
+    protect: set[str] = set()
+    report: dict = {"stages": {}}
+    gathered: dict | None = None  # ZeRO-3 only: the full weights, gathered after each stage
+
+    for name in cfg.train.stages:
+        idx = stage_index(name)
+        st: StageConfig = getattr(cfg, name)
+        template = get_template(st.template)
+        check_tokenizer(tokenizer, template, f"model.llm '{cfg.model.llm}'")
+        json_path, image_root = stage_paths(cfg, st, name, run_dir)
+        records = load_records(json_path, n_image)
+        steps = stage_steps(st, len(records))
+        per_step = st.per_device_batch_size * world
+        if st.global_batch_size % per_step:
+            raise UserError(
+                f"{name}.global_batch_size {st.global_batch_size} is not a multiple of per-device batch "
+                f"{st.per_device_batch_size} x {world} processes"
+            )
+        groups = configure_stage(llava, name, st)
+        start = LoopState(positions=[0] * world)
+
+        # --- resume bookkeeping
+        if resume_meta is not None:
+            ck = resume_meta["stage_index"]
+            if ck > idx:
+                log.info("%s: done in the checkpoint being resumed, skipped", name)
+                continue
+            if ck < idx or (resume_meta["step"] >= steps and resume_meta.get("final")):
+                load_trainable_state(task, ckpt.load_weights(latest))  # earlier stage's product
+                protect.add(latest.name)
+                if ck == idx:
+                    log.info("%s: finished at step %d in %s, skipped", name, resume_meta["step"], latest.name)
+                    continue
+                resume_meta = None
+
+        optimizer = torch.optim.AdamW(
+            groups, lr=st.lr, betas=tuple(st.betas), weight_decay=st.weight_decay, fused=use_cuda
+        )
+        warmup = math.ceil(st.warmup_ratio * steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(warmup, steps))
+        prepared, optimizer = accelerator.prepare(task, optimizer)
+        if resume_meta is not None and resume_meta["stage_index"] == idx:
+            start = restore(
+                accelerator, prepared, optimizer, scheduler, latest, lambda w: load_trainable_state(task, w)
+            )
+            resume_meta = None
+
+        spec = LoopSpec(
+            name=name,
+            index=idx,
+            steps=steps,
+            grad_accum=st.global_batch_size // per_step,
+            grad_clip=st.grad_clip,
+            seed=cfg.train.seed,
+            log_every=cfg.logging.every,
+            checkpoint_every=cfg.checkpoint.every,
+            keep_last=cfg.checkpoint.keep_last,
+            config_hash=config_hash,
+            progress=cfg.logging.progress,
+            max_skip_fraction=cfg.train.max_skip_fraction,
+        )
+        counts: dict[str, int] = {}
+
+        def factory(
+            start_position: int, _st=st, _records=records, _root=image_root, _t=template, _n=name, _c=counts
+        ):
+            stream = LlavaStream(
+                _records,
+                _root,
+                tokenizer,
+                processor.image_processor,
+                _t,
+                llava.config.image_token_id,
+                n_image,
+                cfg.data.max_length,
+                _st.per_device_batch_size,
+                seed=derive_seed("data", cfg.train.seed, _n),
+                rank=rank,
+                world_size=world,
+                start=start_position,
+                group_by_modality=cfg.data.group_by_modality_length,
+            )
+            loader = DataLoader(
+                stream, batch_size=None, num_workers=cfg.data.num_workers, pin_memory=use_cuda
+            )
+            return _tally(iter(loader), _c)
+
+        log.info(
+            "%s: %d samples, %d steps of %d (template %s)",
+            name,
+            len(records),
+            steps,
+            st.global_batch_size,
+            st.template,
+        )
+        run_loop(
+            accelerator,
+            prepared,
+            optimizer,
+            scheduler,
+            factory,
+            spec,
+            run_dir,
+            metrics,
+            lambda: trainable_state(task),
+            start,
+            protect=protect,
+        )
+        if zero3:  # parameters are partitioned across ranks: gather them (collective) before saving
+            full = accelerator.get_state_dict(prepared)
+            gathered = {k.removeprefix("llava."): v for k, v in (full or {}).items()}
+        accelerator.free_memory()
+        totals = {
+            k: int(accelerator.reduce(torch.tensor(v, device=accelerator.device), "sum").item())
+            for k, v in sorted(counts.items())
+        }
+        report["stages"][name] = {"samples": len(records), "steps": steps, **totals}
+        if totals.get("truncated") or totals.get("dropped"):
+            log.info(
+                "%s: %d samples truncated to %d tokens, %d dropped",
+                name,
+                totals.get("truncated", 0),
+                cfg.data.max_length,
+                totals.get("dropped", 0),
+            )
+        if name == "pretrain" and accelerator.is_main_process:
+            llava_model.save_projector(llava, run_dir / "pretrain", cfg.model.vision_tower, gathered)
+
+    metrics.close()
+    out: dict = {}
+    if accelerator.is_main_process:
+        merge_lora(llava)
+        llava.eval()
+        final = llava_model.save(llava, processor, run_dir / "final", state_dict=gathered)
+        out["final"] = str(final)
+        if cfg.data.source == "toyworld" and cfg.train.eval_toy and not zero3:
+            from llava_integration.inference import LlavaRunner
+            from llava_integration.toydata import toy_accuracy
+
+            runner = LlavaRunner(llava, processor, device=accelerator.device)
+            report["toy_eval"] = toy_accuracy(runner, run_dir / "data" / "eval.json", run_dir / "data")
+            out["toy_eval"] = report["toy_eval"]
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    accelerator.wait_for_everyone()
+    return out

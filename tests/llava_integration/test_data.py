@@ -1,0 +1,164 @@
+"""LLaVA JSON data: validation errors, pad-to-square, skipped images, truncation, grouping, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from enhance.errors import UserError
+from llava_integration.data import LlavaStream, encode, epoch_order, load_records, parse_records
+from llava_integration.model import build_image_processor, num_image_tokens
+from llava_integration.templates import IGNORE_INDEX, TEMPLATES
+
+
+def _conv(q="<image>\nWhat color?", a="red"):
+    return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+
+
+@pytest.mark.parametrize(
+    "sample, message",
+    [
+        ({"id": "s1", "image": "a.jpg"}, "sample 's1' has no 'conversations'"),
+        ({"id": "s2", "conversations": _conv()}, "sample 's2' has an <image> token but no 'image'"),
+        ({"id": "s3", "image": "../etc/a.jpg", "conversations": _conv()}, "sample 's3' has image path"),
+        ({"id": "s4", "image": "/abs/a.jpg", "conversations": _conv()}, "sample 's4' has image path"),
+        ({"id": "s5", "image": "a.jpg", "conversations": _conv("<image> <image>")}, "'s5' needs exactly one"),
+        (
+            {"id": "s6", "conversations": [{"from": "gpt", "value": "x"}]},
+            "'s6' turn 0 should come from human",
+        ),
+    ],
+)
+def test_bad_samples_name_the_id(sample, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        parse_records([sample], "data.json")
+
+
+def test_image_without_token_gets_it_first():
+    (r,) = parse_records([{"id": "x", "image": "sub/../a.jpg", "conversations": _conv("What?")}], "d")
+    assert r.turns[0].text == "<image>\nWhat?" and r.image == "a.jpg"
+
+
+def test_missing_file_and_bad_json(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_records(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_records(tmp_path / "bad.json")
+
+
+def test_pad_to_square_uses_the_processor_mean():
+    from transformers import CLIPImageProcessor
+
+    ip = build_image_processor(
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), pad=True
+    )
+    wide = Image.new("RGB", (64, 32), (255, 0, 0))  # padded to 64x64: 16 rows of mean on top and bottom
+    pv = ip([wide], return_tensors="pt")["pixel_values"][0]
+    mean, std = np.array(ip.image_mean), np.array(ip.image_std)
+    pad_value = (np.array([int(m * 255) for m in mean]) / 255 - mean) / std  # LLaVA: int(mean * 255)
+    top = pv[:, 1, :].numpy()
+    assert np.allclose(top, pad_value[:, None], atol=0.03)
+    red = (np.array([1.0, 0.0, 0.0]) - mean) / std
+    assert np.allclose(pv[:, 16, 16].numpy(), red, atol=0.03)
+    unpadded = build_image_processor(ip, pad=False)([wide], return_tensors="pt")["pixel_values"][0]
+    assert np.allclose(unpadded[:, 1, 16].numpy(), red, atol=0.03)  # resize+crop: no mean band
+
+
+def _stream(records, root, tiny_llava, **kw):
+    model, proc = tiny_llava
+    args = dict(max_length=256, batch_size=4, seed=0)
+    args.update(kw)
+    return LlavaStream(
+        records,
+        root,
+        proc.tokenizer,
+        proc.image_processor,
+        TEMPLATES["vicuna_v1"],
+        model.config.image_token_id,
+        num_image_tokens(model.config),
+        **args,
+    )
+
+
+def test_encode_expands_image_and_counts_truncation(tiny_llava):
+    model, proc = tiny_llava
+    (r,) = parse_records([{"id": "a", "image": "x.jpg", "conversations": _conv(a="two red circles")}], "d")
+    n = num_image_tokens(model.config)
+    assert n == 16
+    img_id = model.config.image_token_id
+    enc = encode(r, proc.tokenizer, TEMPLATES["vicuna_v1"], img_id, n, 512)
+    assert enc.input_ids.count(img_id) == n and not enc.truncated
+    assert all(lab == IGNORE_INDEX for i, lab in zip(enc.input_ids, enc.labels) if i == img_id)
+    cut = encode(r, proc.tokenizer, TEMPLATES["vicuna_v1"], img_id, n, len(enc.input_ids) - 1)
+    assert cut.truncated and len(cut.input_ids) == len(enc.input_ids) - 1
+    assert encode(r, proc.tokenizer, TEMPLATES["vicuna_v1"], img_id, n, 40) is None  # image cut: dropped
+
+
+def test_broken_and_missing_images_are_skipped_and_counted(tmp_path, tiny_llava):
+    Image.new("RGB", (20, 30), "blue").save(tmp_path / "ok.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    samples = [
+        {"id": "ok", "image": "ok.jpg", "conversations": _conv()},
+        {"id": "broken", "image": "broken.jpg", "conversations": _conv()},
+        {"id": "missing", "image": "missing.jpg", "conversations": _conv()},
+        {"id": "text", "conversations": _conv("Is red a color?", "yes")},
+    ]
+    records = parse_records(samples, "d", 16)
+    batch = _stream(records, tmp_path, tiny_llava).collate(records)
+    assert batch["skipped"] == 2 and batch["num_samples"] == 2
+    assert batch["pixel_values"].shape == (1, 3, 32, 32)
+    assert batch["input_ids"].shape[0] == 2
+
+
+def test_grouping_keeps_modalities_apart(toy_data):
+    records = load_records(toy_data / "finetune.json", 16)
+    assert any(r.image is None for r in records) and any(r.image for r in records)
+    order = epoch_order(records, seed=0, epoch=0, group=4, by_modality=True)
+    assert sorted(order) == list(range(len(records)))
+    full = len(order) - (
+        sum(r.image is None for r in records) % 4 + sum(r.image is not None for r in records) % 4
+    )
+    for s in range(0, full, 4):
+        kinds = {records[i].image is None for i in order[s : s + 4]}
+        assert len(kinds) == 1
+        lengths = [records[i].length for i in order[s : s + 4]]
+        assert lengths == sorted(lengths, reverse=True)
+    assert order != epoch_order(records, seed=0, epoch=1, group=4, by_modality=True)
+
+
+def test_stream_resumes_at_a_position(toy_data, tiny_llava):
+    records = load_records(toy_data / "finetune.json", 16)
+    first = iter(_stream(records, toy_data, tiny_llava, world_size=2, rank=1))
+    batches = [next(first) for _ in range(14)]  # > one epoch for this rank (40 samples / 4 / 2)
+    position = batches[5]["position"]
+    again = iter(_stream(records, toy_data, tiny_llava, world_size=2, rank=1, start=position))
+    for want in batches[6:10]:
+        got = next(again)
+        assert got["position"] == want["position"]
+        assert torch.equal(got["input_ids"], want["input_ids"])
+        assert torch.equal(got["pixel_values"], want["pixel_values"])
+
+
+def test_ranks_see_disjoint_samples(toy_data, tiny_llava):
+    records = load_records(toy_data / "finetune.json", 16)
+    seen = []
+    for rank in (0, 1):
+        it = iter(_stream(records, toy_data, tiny_llava, world_size=2, rank=rank))
+        seen.append([next(it)["input_ids"] for _ in range(2)])
+    assert not torch.equal(seen[0][0], seen[1][0])
+
+
+def test_toy_json_is_llava_format(toy_data):
+    for name in ("pretrain", "finetune"):
+        data = json.loads((toy_data / f"{name}.json").read_text())
+        for s in data:
+            assert set(s) <= {"id", "image", "conversations"}
+            if "image" in s:
+                assert (toy_data / s["image"]).is_file()
+                assert Path(s["image"]).parts[0] == "images"

@@ -1,0 +1,254 @@
+"""Training: frozen tower, what moves per stage, exact resume, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from enhance import checkpoint as ckpt
+from llava_integration.cli import main
+from llava_integration.config import LlavaTrainConfig, load_config
+from llava_integration.stages import LlavaTask, configure_stage
+
+
+def _cfg(tiny_dirs, *extra: str) -> LlavaTrainConfig:
+    return load_config(
+        "tiny",
+        None,
+        [
+            f"model.vision_tower={tiny_dirs['tower']}",
+            f"model.llm={tiny_dirs['llm']}",
+            "data.toy_pretrain_size=16",
+            "data.toy_finetune_size=24",
+            "data.toy_eval_size=2",
+            "data.max_length=96",
+            "pretrain.global_batch_size=4",
+            "pretrain.per_device_batch_size=2",
+            "finetune.global_batch_size=4",
+            "finetune.per_device_batch_size=4",
+            "logging.progress=false",
+            "logging.every=1",
+            "train.eval_toy=false",
+            *extra,
+        ],
+    )
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module):
+    after = module.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize("trainable", ["projector", "full", "lora"])
+def test_tower_frozen_and_the_right_parts_move(tiny_llava, toy_data, trainable):
+    from llava_integration.data import LlavaStream, load_records
+    from llava_integration.model import num_image_tokens
+    from llava_integration.templates import TEMPLATES
+
+    model, proc = tiny_llava
+    st = LlavaTrainConfig().finetune
+    st.trainable, st.lora_r, st.lora_alpha = trainable, 4, 8
+    groups = configure_stage(model, "finetune", st)
+    task = LlavaTask(model).train()
+    assert not model.model.vision_tower.training
+    parts = {
+        "tower": model.model.vision_tower,
+        "projector": model.model.multi_modal_projector,
+        "lm": model.model.language_model,
+    }
+    before = {k: _snapshot(m) for k, m in parts.items()}
+    opt = torch.optim.AdamW(groups, lr=1e-2)
+    records = load_records(toy_data / "finetune.json", 16)
+    stream = iter(
+        LlavaStream(
+            records,
+            toy_data,
+            proc.tokenizer,
+            proc.image_processor,
+            TEMPLATES["vicuna_v1"],
+            model.config.image_token_id,
+            num_image_tokens(model.config),
+            128,
+            4,
+            0,
+        )
+    )
+    for _ in range(3):
+        batch = next(stream)
+        task.training_forward(batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+    assert _changed(before["tower"], parts["tower"]) == set()
+    assert _changed(before["projector"], parts["projector"])
+    moved_lm = _changed(before["lm"], parts["lm"])
+    if trainable == "projector":
+        assert moved_lm == set()
+    elif trainable == "full":
+        assert moved_lm
+    else:
+        assert moved_lm and all("lora_" in k for k in moved_lm)
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_is_exact(tiny_dirs, tmp_path, monkeypatch):
+    """pretrain 4 + finetune 4 uninterrupted == the same run killed after finetune step 2, resumed."""
+    import llava_integration.train as T
+
+    cfg = _cfg(tiny_dirs, "pretrain.steps=4", "finetune.steps=4", "checkpoint.every=2")
+    T.run(cfg, tmp_path / "whole")
+
+    real = T.run_loop
+
+    def dying(*args, **kwargs):
+        if args[5].name == "finetune":
+
+            def kill(step: int) -> None:
+                if step == 2:
+                    raise Killed
+
+            kwargs["on_checkpoint"] = kill
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "run_loop", dying)
+    part = tmp_path / "part"
+    with pytest.raises(Killed):
+        T.run(cfg, part)
+    assert ckpt.latest_checkpoint(part / "checkpoints").name == "finetune_step0000002"
+    assert not (part / "final").exists()
+    monkeypatch.setattr(T, "run_loop", real)
+    T.run(cfg, part, resume=True)
+
+    a, b = _weights(tmp_path / "whole"), _weights(part)
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m["stage"] == "finetune"] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_changed_config(tiny_dirs, tmp_path):
+    from enhance.errors import UserError
+    from llava_integration.train import run
+
+    run(_cfg(tiny_dirs, "pretrain.steps=2", "train.stages=[pretrain]"), tmp_path / "r")
+    with pytest.raises(UserError, match="pretrain.lr"):
+        run(
+            _cfg(tiny_dirs, "pretrain.steps=2", "pretrain.lr=0.5", "train.stages=[pretrain]"),
+            tmp_path / "r",
+            resume=True,
+        )
+    with pytest.raises(UserError, match="already holds a run"):
+        run(_cfg(tiny_dirs, "pretrain.steps=2"), tmp_path / "r")
+
+
+def test_cli_end_to_end(tiny_dirs, tmp_path, capsys):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    out = tmp_path / "run"
+    args = ["--preset", "tiny", "--vision-tower", str(tiny_dirs["tower"]), "--output-dir", str(out)]
+    sets = [
+        "--set",
+        f"model.llm={tiny_dirs['llm']}",
+        "--set",
+        "pretrain.steps=2",
+        "--set",
+        "finetune.steps=2",
+    ]
+    sets += [x for kv in _small_sets() for x in ("--set", kv)]
+    assert main(args + sets) == 0
+    for name in ("config.yaml", "metrics.jsonl", "report.json", "pretrain/projector.safetensors"):
+        assert (out / name).is_file(), name
+    assert ckpt.list_checkpoints(out / "checkpoints")
+    LlavaForConditionalGeneration.from_pretrained(out / "final")
+    AutoProcessor.from_pretrained(out / "final")
+    report = json.loads(capsys.readouterr().out)
+    assert report["toy_eval"]["n"] == 2 * 5 and 0 <= report["toy_eval"]["accuracy"] <= 1
+
+    # finetune alone from the pretrain product (--projector), and without it: a clear error
+    args2 = ["--preset", "tiny", "--vision-tower", str(tiny_dirs["tower"]), "--stage", "finetune"]
+    assert (
+        main(args2 + sets + ["--projector", str(out / "pretrain"), "--output-dir", str(tmp_path / "ft")]) == 0
+    )
+    assert main(args2 + sets + ["--output-dir", str(tmp_path / "ft2")]) == 2
+    assert "--projector" in capsys.readouterr().err
+
+
+def _small_sets() -> list[str]:
+    return [
+        "data.toy_pretrain_size=8",
+        "data.toy_finetune_size=8",
+        "data.toy_eval_size=2",
+        "data.max_length=96",
+        "pretrain.global_batch_size=4",
+        "pretrain.per_device_batch_size=4",
+        "finetune.global_batch_size=4",
+        "finetune.per_device_batch_size=4",
+        "logging.progress=false",
+    ]
+
+
+def test_lora_finetune_saves_a_merged_plain_model(tiny_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    from llava_integration.train import run
+
+    cfg = _cfg(
+        tiny_dirs,
+        "pretrain.steps=1",
+        "finetune.steps=2",
+        "finetune.trainable=lora",
+        "finetune.lora_r=4",
+        "finetune.lora_alpha=8",
+    )
+    run(cfg, tmp_path / "lora")
+    keys = load_file(tmp_path / "lora" / "final" / "model.safetensors").keys()
+    assert not any("lora_" in k or "base_model" in k for k in keys)
+    state = ckpt.load_weights(ckpt.latest_checkpoint(tmp_path / "lora" / "checkpoints"))
+    assert state and all("lora_" in k or "multi_modal_projector" in k for k in state)
+
+
+def test_cosine_schedule_with_warmup():
+    from enhance.trainer import cosine_lambda
+
+    f = cosine_lambda(3, 100)
+    assert [f(0), f(1), f(2)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert f(3) == pytest.approx(1.0) and f(100) == pytest.approx(0.0)
+    assert f(51) == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_accelerate_launch(tiny_dirs, tmp_path):
+    """The same tiny run as two data-parallel CPU processes (gloo): finishes and loads back.
+
+    torchrun, not ``accelerate launch --cpu --num_processes 2``: accelerate 1.15 starts a single
+    process for that command line."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import LlavaForConditionalGeneration
+
+    out = tmp_path / "ddp"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2"]
+    cmd += ["-m", "llava_integration", "--preset", "tiny", "--vision-tower", str(tiny_dirs["tower"])]
+    cmd += ["--output-dir", str(out), "--set", f"model.llm={tiny_dirs['llm']}"]
+    cmd += [x for kv in [*_small_sets(), "pretrain.steps=2", "finetune.steps=2"] for x in ("--set", kv)]
+    cmd += ["--set", "pretrain.per_device_batch_size=2", "--set", "finetune.per_device_batch_size=2"]
+    subprocess.run(cmd, check=True, timeout=600)
+    LlavaForConditionalGeneration.from_pretrained(out / "final")
+    state = ckpt.read_state(ckpt.latest_checkpoint(out / "checkpoints"))
+    assert state["world_size"] == 2 and len(state["positions"]) == 2
