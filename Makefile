@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/quickstart
 
-.PHONY: quickstart test test-slow lint bench clean venv
+.PHONY: quickstart test test-slow lint bench clean venv demo
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 2; }
@@ -22,7 +22,8 @@ quickstart: $(STAMP)
 	$(BIN)/llava-train --preset tiny --vision-tower genhancer-tiny:clip --output-dir $(OUT)/llava-original
 	$(BIN)/llava-train --preset tiny --vision-tower $(OUT)/enhance/export/vision_tower --output-dir $(OUT)/llava-enhanced
 	$(BIN)/leaderboard --preset tiny --clip original=genhancer-tiny:clip enhanced=$(OUT)/enhance/export/hf \
-	    --output-dir $(OUT)/board
+	    --mllm original=$(OUT)/llava-original/final enhanced=$(OUT)/llava-enhanced/final --output-dir $(OUT)/board
+	@echo "Next: genhancer-demo --preset tiny   (serves http://127.0.0.1:7860)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -36,6 +37,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --preset tiny --steps 5
+
+demo: $(STAMP)
+	$(BIN)/genhancer-demo --preset tiny
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,16 +1,138 @@
-"""``genhancer-demo``: not yet available (its issue has not landed)."""
+"""``genhancer-demo``: a web page that compares the original and the enhanced encoder side by side.
+
+Examples::
+
+    genhancer-demo --preset tiny                      # offline, CPU, right after `make quickstart`
+    genhancer-demo --original openai/clip-vit-large-patch14 --enhanced runs/oai224 \\
+                   --llava-original runs/llava-oai/final --llava-enhanced runs/llava-oai224/final \\
+                   --results runs/board --data-root /data/bench
+
+Tabs: pair test (MMVP-style, with a one-click gallery), heat maps, reconstruction from the
+global token (needs --enhanced to be an `enhance` run dir), chat (needs the two LLaVA dirs),
+leaderboard (needs --results). Models load on first use; a missing one is reported in the page.
+Serves on 127.0.0.1:7860 unless --host/--port say otherwise. Exit code 2 with a one-line message
+on bad input.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from enhance.errors import UserError
+
+#: Flags that map one-to-one onto DemoConfig keys (flag name with - for _).
+CONFIG_FLAGS = (
+    "original",
+    "enhanced",
+    "denoiser",
+    "llava_original",
+    "llava_enhanced",
+    "results",
+    "data_root",
+    "host",
+    "port",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="genhancer-demo",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument(
+        "--original", metavar="ID_OR_DIR", help="original dual encoder (HF id, dir, genhancer-tiny:clip)"
+    )
+    p.add_argument(
+        "--enhanced", metavar="DIR", help="enhanced encoder: an `enhance` run dir or its export/hf"
+    )
+    p.add_argument(
+        "--denoiser",
+        metavar="DIR",
+        help="run dir or export/denoiser for reconstructions (default: from --enhanced)",
+    )
+    p.add_argument(
+        "--llava-original", metavar="DIR", help="LLaVA (llava-train DIR/final) on the original tower"
+    )
+    p.add_argument("--llava-enhanced", metavar="DIR", help="LLaVA on the enhanced tower")
+    p.add_argument("--results", metavar="DIR", help="leaderboard --output-dir to show")
+    p.add_argument("--data-root", metavar="DIR", help="benchmark data root; DIR/mmvp_vlm feeds the gallery")
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 7860)")
+    p.add_argument("--share", action="store_true", default=None, help="also ask Gradio for a public link")
+    p.add_argument("--preset", help="named preset (see --list-presets)")
+    p.add_argument("--config", help="YAML file overriding the preset")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (e.g. device=cuda, max_upload_mb=5), repeatable",
+    )
+    p.add_argument("--list-presets", action="store_true", help="list presets and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    return p
+
+
+def resolve_config(argv: list[str] | None = None):
+    """The :class:`~demo.config.DemoConfig` that ``argv`` asks for (UserError on bad input)."""
+    from demo.config import load_config
+
+    args = build_parser().parse_args(argv)
+    flags = {k: getattr(args, k) for k in CONFIG_FLAGS}
+    flags["share"] = args.share
+    return args, load_config(args.preset, args.config, args.overrides, flags)
+
+
+def _warn_missing(cfg, preset: str | None) -> None:
+    """Point at wrong paths at start-up too (the page says the same when the model is used)."""
+    from pathlib import Path
+
+    from demo.config import QUICKSTART
+
+    if preset == "tiny" and not Path(QUICKSTART).is_dir():
+        print(f"genhancer-demo: note: {QUICKSTART} not found; run `make quickstart` first", file=sys.stderr)
+
+    for key in ("enhanced", "denoiser", "llava_original", "llava_enhanced", "results", "data_root"):
+        value = getattr(cfg, key)
+        if value and not Path(value).expanduser().exists():
+            print(f"genhancer-demo: note: --{key.replace('_', '-')} {value} does not exist", file=sys.stderr)
+    if not cfg.original and not cfg.enhanced:
+        print(
+            "genhancer-demo: note: no models given (--original/--enhanced or --preset tiny)", file=sys.stderr
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "genhancer-demo is not yet available in this version of genhancer; see the README roadmap.",
-        file=sys.stderr,
-    )
-    return 2
+    try:
+        args, cfg = resolve_config(argv)
+        if args.list_presets:
+            from demo.config import list_presets
+
+            for name, text in list_presets():
+                print(f"{name:16s} {text}")
+            return 0
+        if args.print_config:
+            from enhance import configtools
+
+            print(configtools.dump_yaml(cfg), end="")
+            return 0
+        _warn_missing(cfg, args.preset)
+        from demo.app import build_app, launch
+
+        app = build_app(cfg)
+        print(f"genhancer-demo: serving on http://{cfg.host}:{cfg.port}", file=sys.stderr)
+        launch(app, cfg, block=True)
+        return 0
+    except UserError as exc:
+        print(f"genhancer-demo: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # e.g. the port is taken
+        print(f"genhancer-demo: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

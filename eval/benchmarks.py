@@ -4,7 +4,8 @@ A benchmark is prepared once per run (data loaded and validated before any model
 bad data fails fast) and then run per model. ``run`` returns metric dicts
 ``{"metric", "value", "dataset", "revision", "seed"}``; the leaderboard adds the model and
 bookkeeping fields. CLIP-level benchmarks take a :class:`~eval.encoders.DualEncoder`;
-MLLM benchmarks (issue 9: ``mmvp``, ``cv_bench``, ...) register here with ``model_kind="mllm"``.
+MLLM benchmarks (``mmvp``, ``cv_bench``, ...; ``model_kind="mllm"``) take a
+:class:`~eval.lmms_model.GenhancerLlava` and run through lmms-eval (:mod:`eval.mllm_run`).
 
 Registration is explicit (a plain dict), and an unknown name lists the valid ones.
 """
@@ -20,8 +21,8 @@ from typing import Any
 from enhance.errors import UserError
 from eval.config import DatasetConfig, LeaderboardConfig
 
-#: Benchmark names DESIGN.md reserves for the MLLM side (issue 9); not runnable yet.
-PLANNED_MLLM_BENCHMARKS = ("mmvp", "cv_bench", "naturalbench", "pope", "hallusion_bench", "scienceqa_img")
+#: The MLLM benchmarks (issue 9), run through lmms-eval's task code by :mod:`eval.mllm_run`.
+MLLM_BENCHMARKS = ("mmvp", "cv_bench", "naturalbench", "pope", "hallusion_bench", "scienceqa_img")
 
 
 @dataclass
@@ -32,6 +33,9 @@ class BenchmarkContext:
     data_root: Path | None
     limit: int | None = None
     fixture: bool = False  # data_root holds generated toy fixtures
+    output_dir: Path | None = None  # the leaderboard's output folder (MLLM fixtures, task YAMLs)
+    audit_dir: Path | None = None  # per (model, benchmark, cache key): MLLM per-sample logs
+    api_key: str = ""  # OPENAI key for lmms.hallusion_judge=gpt (read by the CLI, never here)
 
     def folder(self, benchmark: str) -> Path:
         if self.data_root is None:
@@ -196,6 +200,73 @@ def _probe_inputs(ctx: BenchmarkContext) -> dict:
     return {"probe": dataclasses.asdict(ctx.cfg.probe)}
 
 
+# --- MLLM benchmarks (lmms-eval) ----------------------------------------------------------------
+
+
+def _mllm_root(ctx: BenchmarkContext) -> Path | None:
+    """Where the MLLM data is: toy fixtures, DATA_ROOT, or None (the hub ids of the built-in tasks)."""
+    if ctx.fixture:
+        base = ctx.output_dir or Path(ctx.cfg.cache_dir or ".")
+        return base / "fixtures_mllm"
+    return ctx.data_root
+
+
+def _mllm_prepare_for(name: str):
+    def prepare(ctx: BenchmarkContext):
+        from eval.mllm_tasks import write_tasks
+
+        root = _mllm_root(ctx)
+        if ctx.fixture:
+            from eval.mllm_fixtures import MllmFixtureRecipe, ensure_mllm_fixtures
+
+            f = ctx.cfg.lmms.fixtures
+            ensure_mllm_fixtures(root, MllmFixtureRecipe(**dataclasses.asdict(f)), [name])
+        base = ctx.output_dir or Path(".")
+        return write_tasks(base / "lmms_tasks", [name], root, tuple(ctx.cfg.lmms.naturalbench_modes))
+
+    return prepare
+
+
+def _mllm_run_for(name: str):
+    def run(model, tasks, ctx: BenchmarkContext) -> list[dict]:
+        from eval.mllm_run import ScoreSettings, run_benchmark
+
+        lm = ctx.cfg.lmms
+        settings = ScoreSettings(lm.mmvp_answer_key, lm.hallusion_judge, ctx.api_key)
+        audit = ctx.audit_dir or (ctx.output_dir or Path(".")) / "mllm" / name
+        dataset = "toy:" + name if ctx.fixture else tasks.data[name]
+        revision = "generated" if ctx.fixture else ("local" if ctx.data_root else "hub")
+        answer_key = {"mmvp": lm.mmvp_answer_key, "hallusion_bench": f"judge={lm.hallusion_judge}"}.get(name)
+        return [
+            {"dataset": dataset, "revision": revision, "seed": None, "answer_key": answer_key, **r}
+            for r in run_benchmark(model, name, tasks, audit, ctx.limit, settings)
+        ]
+
+    return run
+
+
+def _mllm_inputs_for(name: str):
+    def inputs(ctx: BenchmarkContext) -> dict:
+        from importlib.metadata import version
+
+        lm = dataclasses.asdict(ctx.cfg.lmms)
+        if not ctx.fixture:
+            lm.pop("fixtures")
+        return {"lmms": lm, "root": str(_mllm_root(ctx)), "lmms_eval": version("lmms_eval")}
+
+    return inputs
+
+
+_MLLM_ORDER = {
+    "mmvp": ("pair_accuracy", "question_accuracy"),
+    "cv_bench": ("ADE20K", "COCO", "Omni3D", "2D", "3D", "overall", "micro"),
+    "naturalbench": ("Acc", "Q_Acc", "I_Acc", "G_Acc"),
+    "pope": ("f1_mean",),
+    "hallusion_bench": ("aAcc", "fAcc", "qAcc", "avg"),
+    "scienceqa_img": ("accuracy",),
+}
+
+
 # --- registry -----------------------------------------------------------------------------------
 
 
@@ -209,6 +280,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "mmvp_vlm": Benchmark("mmvp_vlm", "clip", _mmvp_prepare, _mmvp_run, _mmvp_inputs, _mmvp_order()),
     "zeroshot": Benchmark("zeroshot", "clip", _zeroshot_prepare, _zeroshot_run, _zeroshot_inputs),
     "probe": Benchmark("probe", "clip", _probe_prepare, _probe_run, _probe_inputs),
+    **{
+        n: Benchmark(n, "mllm", _mllm_prepare_for(n), _mllm_run_for(n), _mllm_inputs_for(n), _MLLM_ORDER[n])
+        for n in MLLM_BENCHMARKS
+    },
 }
 
 
@@ -220,9 +295,4 @@ def get_benchmark(name: str) -> Benchmark:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        pass
-    if name in PLANNED_MLLM_BENCHMARKS:
-        raise UserError(
-            f"benchmark '{name}' (MLLM) is not yet available; available now: {', '.join(BENCHMARKS)}"
-        )
-    raise UserError(f"unknown benchmark '{name}'; choose from: {', '.join(BENCHMARKS)}")
+        raise UserError(f"unknown benchmark '{name}'; choose from: {', '.join(BENCHMARKS)}") from None

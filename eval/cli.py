@@ -1,4 +1,5 @@
-"""``leaderboard``: score CLIP-style encoders on MMVP-VLM, zero-shot tasks and linear probes.
+"""``leaderboard``: score CLIP-style encoders (MMVP-VLM, zero-shot, probes) and LLaVA models (MMVP,
+CV-Bench, NaturalBench, POPE, HallusionBench, ScienceQA-IMG through lmms-eval) beside the paper.
 
 Examples::
 
@@ -9,6 +10,14 @@ Examples::
                 --benchmarks mmvp_vlm --data-root /data/bench --output-dir runs/board
     leaderboard --clip siglip=google/siglip-so400m-patch14-224 --benchmarks mmvp_vlm \\
                 --set mmvp_vlm.source=MMVP/MMVP_VLM --output-dir runs/board
+    leaderboard --preset tiny --mllm original=runs/llava-orig/final enhanced=runs/llava-enh/final \\
+                --output-dir runs/board                       # + the six MLLM benchmarks (toy data)
+    leaderboard --mllm enhanced=runs/llava-oai224/final --benchmarks mmvp,pope --data-root /data/bench \\
+                --output-dir runs/board                       # DATA_ROOT/pope/random.parquet ...
+    leaderboard rescore --benchmark pope --samples out/*_samples_pope_*.jsonl --output-dir runs/board
+
+``rescore`` reads lmms-eval ``--log_samples`` files of any model and prints and records the
+official metrics (``leaderboard rescore --help``).
 
 Writes DIR/results.json (one record per number), DIR/leaderboard.md, DIR/mmvp_vlm_patterns.png
 and DIR/config.yaml, and prints the markdown table. Re-running reuses cached numbers (--force
@@ -20,6 +29,7 @@ message on bad input.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from enhance.errors import UserError
@@ -46,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         metavar="NAME=DIR",
-        help="LLaVA models (MLLM benchmarks; not yet available)",
+        help="LLaVA model dirs (llava-train RUN/final) for the MLLM benchmarks",
     )
-    p.add_argument("--benchmarks", help="comma-separated: mmvp_vlm,zeroshot,probe (default: the config's)")
+    p.add_argument(
+        "--benchmarks",
+        help="comma-separated: mmvp_vlm,zeroshot,probe (CLIP) and mmvp,cv_bench,naturalbench,pope,"
+        "hallusion_bench,scienceqa_img (MLLM) (default: the config's)",
+    )
     p.add_argument(
         "--data-root", help="benchmark data, one folder per benchmark (DIR/mmvp_vlm/Questions.csv ...)"
     )
@@ -83,6 +97,11 @@ def parse_named(items: list[str], flag: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["rescore"]:
+        from eval.rescore import main as rescore_main
+
+        return rescore_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         from pathlib import Path
@@ -95,17 +114,15 @@ def main(argv: list[str] | None = None) -> int:
             for name in list_presets(PRESETS_DIR):
                 print(f"{name:16s} {preset_description(PRESETS_DIR, name)}")
             return 0
-        if args.mllm:
-            raise UserError("--mllm is not yet available (MLLM benchmarks land with issue 9); use --clip")
         if not args.output_dir:
             raise UserError("--output-dir is required")
         if args.limit is not None and args.limit < 1:
             raise UserError("--limit must be >= 1")
         cfg = load_config(args.preset, args.config, args.overrides)
+        from eval.benchmarks import get_benchmark
+
         benchmarks = None
         if args.benchmarks:
-            from eval.benchmarks import get_benchmark
-
             benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
             for b in benchmarks:
                 get_benchmark(b)
@@ -116,14 +133,26 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.clip:
             models = [ModelSpec(n, s) for n, s in parse_named(args.clip, "--clip").items()]
+        elif args.mllm and args.benchmarks and all(get_benchmark(b).model_kind == "mllm" for b in benchmarks):
+            models = []  # only MLLM benchmarks asked for: no default CLIP models
         else:
             models, skipped = default_models(cfg)
             for item in skipped:
                 print(f"leaderboard: note: skipping {item} (not found)", file=sys.stderr)
+        mllm = parse_named(args.mllm, "--mllm") if args.mllm else dict(cfg.mllm)
+        models += [ModelSpec(n, s, "mllm") for n, s in mllm.items()]
+        if benchmarks is not None:  # models of a kind no chosen benchmark needs are left out
+            kinds = {get_benchmark(b).model_kind for b in benchmarks}
+            models = [m for m in models if m.kind in kinds]
+        api_key = os.environ.get("OPENAI_API_KEY", "") if cfg.lmms.hallusion_judge == "gpt" else ""
+        if cfg.lmms.hallusion_judge == "gpt" and not api_key:
+            raise UserError("lmms.hallusion_judge=gpt needs OPENAI_API_KEY in the environment")
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(configtools.dump_yaml(cfg))
-        summary = run_leaderboard(cfg, models, out, benchmarks, args.data_root, args.force, args.limit)
+        summary = run_leaderboard(
+            cfg, models, out, benchmarks, args.data_root, args.force, args.limit, api_key=api_key
+        )
         markdown = render_markdown(summary.records)
         (out / "leaderboard.md").write_text(markdown)
         plot_mmvp_patterns(summary.records, out / "mmvp_vlm_patterns.png")

@@ -89,9 +89,47 @@ class FixturesConfig:
 
 
 @dataclass
+class MllmFixturesConfig:
+    seed: int = doc(0, "toy MLLM benchmark world seed (fixtures.enabled)")
+    image_size: int = doc(64, "rendered size of the toy MLLM benchmark images")
+    mmvp_pairs: int = doc(6, "toy MMVP pairs (2 questions each)")
+    cv_bench_per_source: int = doc(4, "toy CV-Bench questions per source (ADE20K, COCO, Omni3D)")
+    naturalbench_groups: int = doc(3, "toy NaturalBench groups (2 images x 2 questions)")
+    pope_per_split: int = doc(6, "toy POPE questions per split")
+    hallusion_sets: int = doc(2, "toy HallusionBench sets (2 figures x 2 questions)")
+    scienceqa: int = doc(6, "toy ScienceQA-IMG questions")
+
+
+@dataclass
+class LmmsConfig:
+    batch_size: int = doc(8, "requests per forward pass of the LLaVA model")
+    dtype: str = doc("auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    max_new_tokens: int = doc(0, "cap on every task's max_new_tokens (0: the task's own)")
+    naturalbench_modes: list[str] = doc(
+        ["likelihood", "generation"],
+        "NaturalBench answer modes: likelihood (paper Table 2: the likelier option; metrics Acc..) "
+        "and/or generation (metrics gen_Acc..)",
+    )
+    mmvp_answer_key: str = doc(
+        "lmms-lab-eval",
+        "lmms-lab-eval (data already fixed, issue #1018) | original (MMVP/MMVP copies: swap the key of "
+        "Index 99/100 and 279/280)",
+    )
+    hallusion_judge: str = doc(
+        "rule", "rule (first yes/no word) | gpt (lmms-eval's GPT-4 judge; needs OPENAI_API_KEY)"
+    )
+    fixtures: MllmFixturesConfig = field(default_factory=MllmFixturesConfig)
+
+
+@dataclass
 class LeaderboardConfig:
-    benchmarks: list[str] = doc(["mmvp_vlm", "zeroshot", "probe"], "benchmarks to run (--benchmarks)")
+    benchmarks: list[str] = doc(["mmvp_vlm", "zeroshot", "probe"], "CLIP benchmarks to run (--benchmarks)")
+    mllm_benchmarks: list[str] = doc(
+        ["mmvp", "cv_bench", "naturalbench", "pope", "hallusion_bench", "scienceqa_img"],
+        "MLLM benchmarks to run for --mllm models when --benchmarks is not given",
+    )
     clip: dict = doc({}, "default CLIP models NAME -> spec when --clip is not given")
+    mllm: dict = doc({}, "default LLaVA models NAME -> DIR when --mllm is not given")
     skip_missing: bool = doc(False, "skip default models whose local path does not exist (tiny preset)")
     data_root: str = doc("", "benchmark data root (--data-root); each benchmark under a folder of its name")
     device: str = doc("auto", "auto | cpu | cuda[:N]")
@@ -103,6 +141,7 @@ class LeaderboardConfig:
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     fixtures: FixturesConfig = field(default_factory=FixturesConfig)
+    lmms: LmmsConfig = field(default_factory=LmmsConfig)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -120,6 +159,18 @@ class LeaderboardConfig:
             for i, ds in enumerate(getattr(self.zeroshot, kind)):
                 if not ds.name:
                     raise UserError(f"config key 'zeroshot.{kind}[{i}].name' is empty")
+        if self.lmms.batch_size < 1:
+            raise UserError("config key 'lmms.batch_size' must be >= 1")
+        bad = [m for m in self.lmms.naturalbench_modes if m not in ("likelihood", "generation")]
+        if bad or not self.lmms.naturalbench_modes:
+            raise UserError("config key 'lmms.naturalbench_modes' takes likelihood and/or generation")
+        if self.lmms.mmvp_answer_key not in ("lmms-lab-eval", "original"):
+            raise UserError("config key 'lmms.mmvp_answer_key' must be lmms-lab-eval or original")
+        if self.lmms.hallusion_judge not in ("rule", "gpt"):
+            raise UserError("config key 'lmms.hallusion_judge' must be rule or gpt")
+        for name, spec in self.mllm.items():
+            if not isinstance(spec, str):
+                raise UserError(f"config key 'mllm.{name}': expected a directory string, got {spec!r}")
         for name, spec in self.clip.items():
             if not isinstance(spec, str):
                 raise UserError(f"config key 'clip.{name}': expected a model spec string, got {spec!r}")

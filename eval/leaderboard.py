@@ -114,6 +114,44 @@ def default_models(cfg: LeaderboardConfig) -> tuple[list[ModelSpec], list[str]]:
     return models, skipped
 
 
+def _fingerprint(m: ModelSpec, cfg: LeaderboardConfig) -> str:
+    from eval.encoders import files_fingerprint, model_fingerprint
+
+    if m.kind == "mllm":
+        from eval.lmms_model import check_llava_dir
+
+        path = check_llava_dir(m.spec)
+        return f"{path.resolve()}@{files_fingerprint(path)}"
+    return model_fingerprint(m.spec, cfg.cache_dir or None)
+
+
+def _load_model(m: ModelSpec, cfg: LeaderboardConfig):
+    """A CLIP-style dual encoder, or for ``mllm`` specs the lmms-eval model over a LLaVA dir."""
+    if m.kind == "mllm":
+        from eval.lmms_model import GenhancerLlava, register
+
+        register()
+        lm = cfg.lmms
+        return GenhancerLlava(
+            pretrained=m.spec,
+            device=None if cfg.device == "auto" else cfg.device,
+            batch_size=lm.batch_size,
+            dtype=lm.dtype,
+            max_new_tokens=lm.max_new_tokens or None,
+            progress=cfg.progress,
+        )
+    from eval.encoders import load_encoder
+
+    return load_encoder(
+        m.spec,
+        cfg.device,
+        cfg.batch_size,
+        cfg.cache_dir or None,
+        trust_remote_code=cfg.trust_remote_code,
+        progress=cfg.progress,
+    )
+
+
 def run_leaderboard(
     cfg: LeaderboardConfig,
     models: list[ModelSpec],
@@ -122,55 +160,60 @@ def run_leaderboard(
     data_root: str | Path | None = None,
     force: bool = False,
     limit: int | None = None,
+    api_key: str = "",
 ) -> RunSummary:
     """Evaluate ``models`` on ``benchmarks`` (default: ``cfg.benchmarks``), updating ``results.json``.
 
     Order: validate model specs and prepare every benchmark's data first (bad input fails
     before any model loads), then per model, per benchmark: reuse or compute, and save.
     """
-    from eval.encoders import load_encoder, model_fingerprint
-
     output_dir = Path(output_dir)
-    names = benchmarks if benchmarks is not None else list(cfg.benchmarks)
+    kinds = {m.kind for m in models}
+    if benchmarks is not None:
+        names = list(benchmarks)
+    else:
+        names = list(cfg.benchmarks) if "clip" in kinds else []
+        names += list(cfg.mllm_benchmarks) if "mllm" in kinds else []
     if not names:
         raise UserError("no benchmarks selected")
     benches = [get_benchmark(n) for n in names]
+    for b in benches:
+        if b.model_kind not in kinds:
+            flag = "--mllm NAME=DIR" if b.model_kind == "mllm" else "--clip NAME=PATH_OR_ID"
+            raise UserError(f"benchmark '{b.name}' needs a {b.model_kind} model: give {flag}")
     if not models:
-        raise UserError("no models to evaluate: give --clip NAME=PATH_OR_ID")
+        raise UserError("no models to evaluate: give --clip NAME=PATH_OR_ID or --mllm NAME=DIR")
     seen = set()
     for m in models:
-        if m.name in seen:
+        if (m.kind, m.name) in seen:
             raise UserError(f"model name '{m.name}' given twice")
-        seen.add(m.name)
-    fingerprints = {m.name: model_fingerprint(m.spec, cfg.cache_dir or None) for m in models}
+        seen.add((m.kind, m.name))
+    fingerprints = {(m.kind, m.name): _fingerprint(m, cfg) for m in models}
 
     fixture = cfg.fixtures.enabled and data_root is None and not cfg.data_root
     if fixture:
         from eval.fixtures import FixtureRecipe, ensure_toy_fixtures
 
         f = cfg.fixtures
-        root: Path | None = ensure_toy_fixtures(
-            output_dir / "fixtures",
-            FixtureRecipe(f.seed, f.image_size, f.pairs_per_pattern, f.class_images, f.retrieval_images),
-        )
+        root: Path | None = output_dir / "fixtures"
+        if any(b.model_kind == "clip" for b in benches):  # MLLM fixtures are made by their prepare
+            ensure_toy_fixtures(
+                root,
+                FixtureRecipe(f.seed, f.image_size, f.pairs_per_pattern, f.class_images, f.retrieval_images),
+            )
     else:
         given = data_root or cfg.data_root
         root = Path(given).expanduser() if given else None
-    ctx = BenchmarkContext(cfg, root, limit, fixture)
+    ctx = BenchmarkContext(cfg, root, limit, fixture, output_dir=output_dir, api_key=api_key)
 
     store = ResultsStore(output_dir / RESULTS_NAME)
     summary = RunSummary(records=store.records)
     prepared: dict[str, object] = {}
     keys: dict[tuple[str, str], str] = {}
-    for m in models:
-        for b in benches:
-            keys[m.name, b.name] = cache_key(fingerprints[m.name], b.name, b.cache_inputs(ctx), limit)
-    todo = [
-        (m, b)
-        for m in models
-        for b in benches
-        if force or not store.is_cached(m.name, b.name, keys[m.name, b.name])
-    ]
+    pairs = [(m, b) for m in models for b in benches if b.model_kind == m.kind]
+    for m, b in pairs:
+        keys[m.name, b.name] = cache_key(fingerprints[m.kind, m.name], b.name, b.cache_inputs(ctx), limit)
+    todo = [(m, b) for m, b in pairs if force or not store.is_cached(m.name, b.name, keys[m.name, b.name])]
     for b in benches:  # prepare only what will run, but all of it before any model loads
         if any(tb.name == b.name for _, tb in todo):
             prepared[b.name] = b.prepare(ctx)
@@ -178,21 +221,15 @@ def run_leaderboard(
     for m in models:
         encoder = None
         for b in benches:
+            if b.model_kind != m.kind:
+                continue
             key = keys[m.name, b.name]
             if (m, b) not in todo:
                 summary.reused.append((m.name, b.name))
                 continue
-            if b.model_kind != m.kind:
-                raise UserError(f"benchmark '{b.name}' needs a {b.model_kind} model; '{m.name}' is {m.kind}")
             if encoder is None:
-                encoder = load_encoder(
-                    m.spec,
-                    cfg.device,
-                    cfg.batch_size,
-                    cfg.cache_dir or None,
-                    trust_remote_code=cfg.trust_remote_code,
-                    progress=cfg.progress,
-                )
+                encoder = _load_model(m, cfg)
+            ctx.audit_dir = output_dir / "mllm" / m.name / b.name / key
             now = time.strftime("%Y-%m-%dT%H:%M:%S")
             records = [
                 {
@@ -202,7 +239,7 @@ def run_leaderboard(
                     **{k: v for k, v in r.items() if k not in RECORD_KEYS},  # benchmark extras
                     "model_spec": m.spec,
                     "model_kind": m.kind,
-                    "model_revision": encoder.revision,
+                    "model_revision": getattr(encoder, "revision", fingerprints[m.kind, m.name]),
                     "limit": limit,
                     "cache_key": key,
                     "genhancer_version": _version(),

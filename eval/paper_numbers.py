@@ -149,3 +149,37 @@ def match_paper_row(spec: str) -> PaperRow | None:
     label, res = BACKBONES[base]
     numbers = {b: t[(label, res, method)] for b, t in TABLES.items() if (label, res, method) in t}
     return PaperRow(label, res, method, numbers) if numbers else None
+
+
+# --- MLLM (paper Table 2: LLaVA-1.5 Vicuna-7B; the DCR row from the DCR paper) -------------------
+
+#: Table 2 columns: (header, benchmark, metric as our scorers record it). NaturalBench columns are
+#: the highest-likelihood mode; POPE columns are F1 per split; Hallusion avg = mean(aAcc, fAcc, qAcc).
+TABLE2_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("MMVP", "mmvp", "pair_accuracy"),
+    ("NB Acc", "naturalbench", "Acc"),
+    ("NB Q", "naturalbench", "Q_Acc"),
+    ("NB I", "naturalbench", "I_Acc"),
+    ("NB G", "naturalbench", "G_Acc"),
+    ("CV-2D ADE", "cv_bench", "ADE20K"),
+    ("CV-2D COCO", "cv_bench", "COCO"),
+    ("CV-3D", "cv_bench", "3D"),
+    ("POPE rand", "pope", "random/f1"),
+    ("POPE pop", "pope", "popular/f1"),
+    ("POPE adv", "pope", "adversarial/f1"),
+    ("SciQA-IMG", "scienceqa_img", "accuracy"),
+    ("Hallusion avg", "hallusion_bench", "avg"),
+)
+
+
+def _t2(values: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in values.split())
+
+
+#: vision tower of LLaVA-1.5 Vicuna-7B -> Table 2 row, in TABLE2_COLUMNS order.
+LLAVA_TABLE2: dict[str, tuple[float, ...]] = {
+    "original": _t2("24.7 76.4 53.6 56.4 17.6 49.6 60.9 58.7 87.3 86.1 84.2 66.8 27.6"),
+    "DIVA": _t2("31.3 75.3 51.7 56.1 22.3 51.3 63.4 60.2 87.9 87.0 84.6 66.3 28.6"),
+    "GenHancer": _t2("30.7 77.3 55.6 59.1 24.4 52.9 63.6 63.2 88.1 86.7 84.6 66.5 28.4"),
+    "DCR": _t2("31.3 78.6 57.8 61.2 25.3 54.1 65.5 63.5 88.0 87.4 85.8 67.5 28.6"),
+}

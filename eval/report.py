@@ -11,13 +11,50 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.mmvp_vlm import PATTERN_KEYS, PATTERN_TITLES, PROMPT_PREFIX
-from eval.paper_numbers import match_paper_row
+from eval.paper_numbers import LLAVA_TABLE2, TABLE2_COLUMNS, match_paper_row
 
 _TITLES = {
     "mmvp_vlm": "MMVP-VLM (pair accuracy %, official scoring)",
     "zeroshot": "Zero-shot classification (top-k %) and retrieval (R@K %)",
     "probe": "Linear probes on toy-world attributes (test accuracy %, global token)",
+    "mmvp": "MMVP (pair / question accuracy %, rule parser instead of the GPT-4 grader)",
+    "cv_bench": "CV-Bench (accuracy %; 2D = mean(ADE20K, COCO), overall = (2D + 3D) / 2; micro = lmms-eval's)",
+    "naturalbench": "NaturalBench (%; Acc.. = highest-likelihood answers, gen_Acc.. = generated answers)",
+    "pope": "POPE (%, per split; LLaVA yes/no rule; yes_ratio of the predictions)",
+    "hallusion_bench": "HallusionBench, image part (%; rule-based yes/no judge unless noted)",
+    "scienceqa_img": "ScienceQA-IMG (accuracy %, LLaVA's parser)",
 }
+_TABLE2_BENCHES = {b for _, b, _ in TABLE2_COLUMNS}
+
+
+def render_table2(records: list[dict]) -> list[str]:
+    """The paper's Table 2 layout: our LLaVA models, then the published LLaVA-1.5-7B rows (italics)."""
+    rows = [r for r in records if r["benchmark"] in _TABLE2_BENCHES]
+    if not rows:
+        return []
+    value = {(r["model"], r["benchmark"], r["metric"]): r["value"] for r in rows}
+    models = _ordered(r["model"] for r in rows)
+    heads = [h for h, _, _ in TABLE2_COLUMNS]
+    lines = ["## MLLM benchmarks in the layout of the paper's Table 2", ""]
+    lines.append("| model | " + " | ".join(heads) + " |")
+    lines.append("|---|" + "---|" * len(heads))
+    for m in models:
+        cells = [_fmt(value.get((m, b, met))) for _, b, met in TABLE2_COLUMNS]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    for tower, nums in LLAVA_TABLE2.items():
+        lines.append(
+            f"| *paper: LLaVA-1.5-7B, {tower} tower* | " + " | ".join(f"*{v:.1f}*" for v in nums) + " |"
+        )
+    limits = _ordered(str(r.get("limit")) for r in rows if r.get("limit"))
+    lines += [
+        "",
+        "NB = NaturalBench (highest-likelihood answers), POPE = F1 per split, Hallusion avg = mean of "
+        "aAcc, fAcc, qAcc (image part). Published rows: GenHancer paper Table 2 (LLaVA-1.5 "
+        "Vicuna-7B, OpenAI CLIP ViT-L/14 towers; DCR row from the DCR paper) on the full benchmarks; ours follow the data named under each benchmark below"
+        + (f" (--limit {', '.join(limits)})." if limits else "."),
+        "",
+    ]
+    return lines
 
 
 def _ordered(items) -> list:
@@ -39,7 +76,7 @@ def render_markdown(records: list[dict]) -> str:
     """The leaderboard as markdown (empty results give a one-line note)."""
     if not records:
         return "# Leaderboard\n\nNo results yet.\n"
-    lines = ["# Leaderboard", ""]
+    lines = ["# Leaderboard", "", *render_table2(records)]
     for bench in _ordered(r["benchmark"] for r in records):
         rows = [r for r in records if r["benchmark"] == bench]
         models = _ordered(r["model"] for r in rows)

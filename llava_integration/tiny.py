@@ -133,11 +133,11 @@ def resolve_tiny_llm(name_or_path: str, cache_dir: str | Path | None = None) -> 
         return name_or_path
     import hashlib
 
-    from enhance.backbones.tiny import _build_cached, default_cache_dir
+    from enhance.backbones.tiny import build_cached, default_cache_dir
     from llava_integration.toydata import corpus
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     # the vocabulary comes from the toy corpus: a changed corpus must not reuse a stale tokenizer
     words = hashlib.sha256("\x1f".join(corpus()).encode()).hexdigest()[:12]
     recipe = {**TINY_LLM_RECIPE, "corpus": words}
-    return str(_build_cached(cache, "tiny-llm", recipe, lambda out: build_tiny_llm(out, recipe)))
+    return str(build_cached(cache, "tiny-llm", recipe, lambda out: build_tiny_llm(out, recipe)))

@@ -83,7 +83,7 @@ def _recipe_dir(cache_dir: Path, name: str, recipe: dict) -> Path:
     return cache_dir / f"{name}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
-def _build_cached(cache_dir: Path, name: str, recipe: dict, build: Callable[[Path], None]) -> Path:
+def build_cached(cache_dir: Path, name: str, recipe: dict, build: Callable[[Path], None]) -> Path:
     target = _recipe_dir(cache_dir, name, recipe)
     if (target / "COMPLETE").is_file():
         return target
@@ -110,11 +110,11 @@ def resolve_tiny(name_or_path: str, cache_dir: str | Path | None = None) -> str:
     what = name_or_path[len(TINY_PREFIX) :]
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if what == "clip":
-        return str(_build_cached(cache, "tiny-clip", TINY_CLIP_RECIPE, build_tiny_clip))
+        return str(build_cached(cache, "tiny-clip", TINY_CLIP_RECIPE, build_tiny_clip))
     if what == "vae":
-        return str(_build_cached(cache, "tiny-vae", TINY_VAE_RECIPE, build_tiny_vae))
+        return str(build_cached(cache, "tiny-vae", TINY_VAE_RECIPE, build_tiny_vae))
     if what == "vq":
-        return str(_build_cached(cache, "tiny-vq", TINY_VQ_RECIPE, build_tiny_vq))
+        return str(build_cached(cache, "tiny-vq", TINY_VQ_RECIPE, build_tiny_vq))
     from enhance.errors import UserError
 
     raise UserError(f"unknown tiny model '{name_or_path}'; choose {TINY_PREFIX}clip, vae or vq")

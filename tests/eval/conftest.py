@@ -100,3 +100,51 @@ class FakeEncoder(DualEncoder):
 def fake_encoder():
     """Factory for :class:`FakeEncoder`."""
     return FakeEncoder
+
+
+# --- MLLM benchmarks (issue 9) ---------------------------------------------------------------------
+
+SMALL_MLLM_RECIPE = dict(
+    seed=0,
+    image_size=TEST_IMAGE_SIZE,
+    mmvp_pairs=3,
+    cv_bench_per_source=2,
+    naturalbench_groups=2,
+    pope_per_split=4,
+    hallusion_sets=2,
+    scienceqa=4,
+)
+
+
+@pytest.fixture(scope="session")
+def mllm_recipe() -> dict:
+    return dict(SMALL_MLLM_RECIPE)
+
+
+@pytest.fixture(scope="session")
+def mllm_fixture_root(tmp_path_factory) -> Path:
+    """The six toy MLLM benchmarks, small (6 MMVP rows, 6 CV-Bench, 8 NaturalBench, 3x4 POPE, 8 Hallusion, 4 SciQA)."""
+    from eval.mllm_fixtures import MllmFixtureRecipe, ensure_mllm_fixtures
+
+    return ensure_mllm_fixtures(tmp_path_factory.mktemp("mllm_data"), MllmFixtureRecipe(**SMALL_MLLM_RECIPE))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory) -> Path:
+    """A random-weight tiny LLaVA saved like ``llava-train``'s ``final/`` (built from the
+    llava_integration test factories; seconds)."""
+    import importlib.util
+
+    here = Path(__file__).resolve().parents[1] / "llava_integration" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_llava_test_factories", here)
+    factories = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factories)
+    from llava_integration.config import ModelConfig
+    from llava_integration.model import build, save
+
+    root = tmp_path_factory.mktemp("tiny_llava")
+    tower, llm = factories.make_tower(root / "tower"), factories.make_llm(root / "llm")
+    model, processor = build(
+        ModelConfig(vision_tower=str(tower), llm=str(llm), gradient_checkpointing=False), seed=0
+    )
+    return save(model, processor, root / "final")

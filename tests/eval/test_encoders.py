@@ -81,8 +81,8 @@ def test_open_clip_export_folder_and_json_spec(open_clip_export):
     txt = enc.encode_texts(["a photo of a cat", "a dog"])
     assert img.shape == (2, 16) and txt.shape == (2, 16)
     with torch.no_grad():
-        # enhance's OpenCLIPBackbone switches the tower to (pooled, tokens) outputs
-        pooled = enc.model.visual(torch.stack([enc._transform(im) for im in _images(2)]))[0]
+        # open_clip's own API is untouched: ``visual`` returns the pooled, projected token
+        pooled = enc.model.visual(torch.stack([enc._transform(im) for im in _images(2)]))
     assert torch.allclose(img, pooled, atol=1e-5)
     spec_enc = load_encoder(
         f"open_clip:{open_clip_export.parent / 'genhancer-eval-openclip.json'}", device="cpu"

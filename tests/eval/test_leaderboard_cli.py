@@ -163,8 +163,8 @@ def test_other_bad_flags_are_exit_2(tmp_model_dirs, tmp_path, capsys):
     assert "choose from: mmvp_vlm, zeroshot, probe" in _run_expect_2(
         ["--clip", f"m={tmp_model_dirs.clip}", "--benchmarks", "mmvp_vlm,nope", *out], capsys
     )
-    assert "not yet available" in _run_expect_2(["--mllm", "a=b", *out], capsys)
-    assert "not yet available" in _run_expect_2(
+    assert "'b' is not a LLaVA checkpoint" in _run_expect_2(["--mllm", "a=b", *out], capsys)
+    assert "needs a mllm model" in _run_expect_2(
         ["--clip", f"m={tmp_model_dirs.clip}", "--benchmarks", "pope", *out], capsys
     )
     assert "NAME=PATH_OR_ID" in _run_expect_2(["--clip", "justapath", *out], capsys)

@@ -1,0 +1,380 @@
+"""The Gradio page: five tabs over the plain functions in ``demo/``.
+
+Every button calls one function from a sibling module (:func:`demo.pair_test.score_pair`,
+:func:`demo.heatmap.heatmap_views`, ...) through a thin handler here that only turns results
+into component values, so the logic is tested without a browser. Any failure a handler did not
+expect is shown as a one-line note in the page, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import gradio as gr
+
+from demo.config import DemoConfig
+from demo.gallery import Gallery, load_gallery
+from demo.models import SIDES, TITLES, ModelRegistry
+from demo.pair_test import TRUTH_CHOICES, message_html
+
+log = logging.getLogger("demo")
+
+#: Tab ids (also the screenshot names under docs/screenshots/).
+TABS: tuple[tuple[str, str], ...] = (
+    ("pair", "Pair test"),
+    ("heatmap", "Where each model looks"),
+    ("reconstruction", "What the global token keeps"),
+    ("chat", "Chat"),
+    ("leaderboard", "Leaderboard"),
+)
+
+CSS = """
+.gh-message { margin: 6px 0; }
+#gh-status table { font-size: 0.85em; }
+"""
+
+
+def _unexpected(exc: Exception) -> str:
+    log.exception("demo handler failed")
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"something went wrong: {type(exc).__name__}: {text}"
+
+
+def status_markdown(registry: ModelRegistry) -> str:
+    rows = ["| role | model | state |", "|---|---|---|"]
+    for role, where, state in registry.status():
+        rows.append(f"| {role} | `{where or '-'}` | {state} |")
+    return "\n".join(rows)
+
+
+def _note(text: str) -> str:
+    return message_html(text) if text else ""
+
+
+# --- handlers (component values in, component values out) ----------------------------------------
+
+
+def _pair_handler(registry: ModelRegistry) -> Callable:
+    from demo.pair_test import render_pair, score_pair
+
+    def run(image_a, image_b, s1, s2, t1, t2):
+        try:
+            return render_pair(score_pair(registry, image_a, image_b, [s1 or "", s2 or ""], [t1, t2]))
+        except Exception as exc:
+            return message_html(_unexpected(exc), "error")
+
+    return run
+
+
+def _heatmap_handler(registry: ModelRegistry) -> Callable:
+    from demo.heatmap import heatmap_views
+
+    def run(image, statement):
+        try:
+            views, message = heatmap_views(registry, image, statement)
+        except Exception as exc:
+            views, message = [], _unexpected(exc)
+        out = []
+        by_side = {v.side: v for v in views}
+        notes = [message] if message else []
+        for side in SIDES:
+            v = by_side.get(side)
+            if v is None:
+                out.append(gr.update(value=None, label=TITLES[side]))
+                continue
+            if v.error:
+                notes.append(f"{TITLES[side]}: {v.error}")
+            out.append(gr.update(value=v.overlay, label=f"{TITLES[side]}: {v.caption}"))
+        return (*out, _note("\n".join(notes)))
+
+    return run
+
+
+def _reconstruction_handler(registry: ModelRegistry) -> Callable:
+    from demo.images import enlarge
+    from demo.reconstruct import reconstruction_views
+
+    def run(image):
+        try:
+            shown, views, message = reconstruction_views(registry, image)
+        except Exception as exc:
+            shown, views, message = None, [], _unexpected(exc)
+        by_side = {v.side: v for v in views}
+        notes = [message] if message else []
+        images = []
+        for side in SIDES:
+            v = by_side.get(side)
+            if v is not None and v.error:
+                notes.append(f"{TITLES[side]}: {v.error}")
+            images.append(enlarge(v.image) if v is not None else None)
+        return (enlarge(shown), *images, _note("\n".join(notes)))
+
+    return run
+
+
+def _chat_handler(registry: ModelRegistry) -> Callable:
+    from demo.chat import chat_turn
+
+    def run(image, question):
+        try:
+            yield from chat_turn(registry, image, question)
+        except Exception as exc:
+            text = "⚠ " + _unexpected(exc)
+            yield text, text
+
+    return run
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+
+def build_app(
+    cfg: DemoConfig, registry: ModelRegistry | None = None, gallery: Gallery | None = None
+) -> gr.Blocks:
+    """The whole page; models load on first use, so this returns in about a second."""
+    from demo.leaderboard_view import load_leaderboard
+
+    registry = registry or ModelRegistry(cfg)
+    if gallery is None:
+        gallery = load_gallery(cfg.data_root, cfg.gallery_size)
+    examples = gallery.examples
+    labels = [f"{e.pattern}: {e.statement_a} / {e.statement_b}" for e in examples]
+
+    with gr.Blocks(title="GenHancer: original vs enhanced", analytics_enabled=False) as app:
+        app.registry = registry  # for tests and callers that embed the page
+        app.gallery = gallery
+        gr.Markdown(
+            "# GenHancer: original vs enhanced vision encoder\n"
+            "Both models answer every question side by side. Models load on first use."
+        )
+        with gr.Accordion("Models", open=False, elem_id="gh-status"):
+            status = gr.Markdown(status_markdown(registry))
+            gr.Button("refresh", size="sm").click(
+                lambda: status_markdown(registry), None, status, queue=False
+            )
+
+        with gr.Tabs():
+            # --- pair test ---
+            with gr.Tab(TABS[0][1], id=TABS[0][0], elem_id="tab-pair"):
+                gr.Markdown(
+                    "Two images, one or two statements. For each statement, each model's softmax over the two "
+                    "images says which image it thinks the statement describes. Mark the truth to colour the "
+                    "picks green (right) or red (wrong)."
+                )
+                with gr.Row():
+                    image_a = gr.Image(
+                        type="filepath",
+                        label="image A",
+                        sources=["upload", "clipboard"],
+                        height=260,
+                        elem_id="image-a",
+                    )
+                    image_b = gr.Image(
+                        type="filepath",
+                        label="image B",
+                        sources=["upload", "clipboard"],
+                        height=260,
+                        elem_id="image-b",
+                    )
+                with gr.Row():
+                    with gr.Column():
+                        s1 = gr.Textbox(
+                            label="statement 1", placeholder="the arrow points left", elem_id="statement-1"
+                        )
+                        t1 = gr.Radio(
+                            list(TRUTH_CHOICES),
+                            value=TRUTH_CHOICES[0],
+                            label="statement 1 is true of",
+                            elem_id="truth-1",
+                        )
+                    with gr.Column():
+                        s2 = gr.Textbox(label="statement 2 (optional)", elem_id="statement-2")
+                        t2 = gr.Radio(
+                            list(TRUTH_CHOICES),
+                            value=TRUTH_CHOICES[0],
+                            label="statement 2 is true of",
+                            elem_id="truth-2",
+                        )
+                compare = gr.Button("Compare", variant="primary", elem_id="compare")
+                pair_out = gr.HTML(elem_id="pair-result")
+                compare.click(
+                    _pair_handler(registry),
+                    [image_a, image_b, s1, s2, t1, t2],
+                    pair_out,
+                    api_name="pair_test",
+                )
+                if examples:
+                    gr.Examples(
+                        [e.row() for e in examples],
+                        [image_a, image_b, s1, s2, t1, t2],
+                        label=f"Gallery: {gallery.source} (one click fills the form)",
+                        example_labels=labels,
+                        examples_per_page=max(9, len(examples)),
+                    )
+
+            # --- heat map ---
+            with gr.Tab(TABS[1][1], id=TABS[1][0], elem_id="tab-heatmap"):
+                gr.Markdown(
+                    "What drives each model's score for a statement: how strongly each patch moves the score "
+                    "(gradient norm at the patch tokens entering the last block; brighter = more influence). "
+                    "Each map is scaled to its own range; the scores are in the labels."
+                )
+                with gr.Row():
+                    with gr.Column():
+                        hm_image = gr.Image(
+                            type="filepath",
+                            label="image",
+                            sources=["upload", "clipboard"],
+                            height=260,
+                            elem_id="hm-image",
+                        )
+                        hm_text = gr.Textbox(label="statement", elem_id="hm-statement")
+                        hm_go = gr.Button("Explain", variant="primary", elem_id="hm-go")
+                    hm_views = [
+                        gr.Image(label=TITLES[s], interactive=False, height=280, elem_id=f"hm-{s}")
+                        for s in SIDES
+                    ]
+                hm_note = gr.HTML()
+                hm_go.click(
+                    _heatmap_handler(registry), [hm_image, hm_text], [*hm_views, hm_note], api_name="heatmap"
+                )
+                if examples:
+                    gr.Examples(
+                        [[e.image_a, e.statement_a] for e in examples],
+                        [hm_image, hm_text],
+                        example_labels=labels,
+                    )
+
+            # --- reconstruction ---
+            with gr.Tab(TABS[2][1], id=TABS[2][0], elem_id="tab-reconstruction"):
+                gr.Markdown(
+                    "The enhanced run's denoiser rebuilds an image from a global token alone, a picture of what "
+                    "the token remembers. The same denoiser is fed each model's token (seeded noise)."
+                )
+                with gr.Row():
+                    with gr.Column():
+                        rec_image = gr.Image(
+                            type="filepath",
+                            label="image",
+                            sources=["upload", "clipboard"],
+                            height=260,
+                            elem_id="rec-image",
+                        )
+                        rec_go = gr.Button("Reconstruct", variant="primary", elem_id="rec-go")
+                    rec_input = gr.Image(label="input, as the tower sees it", interactive=False, height=220)
+                    rec_views = [
+                        gr.Image(
+                            label=f"from the {TITLES[s].lower()} token",
+                            interactive=False,
+                            height=220,
+                            elem_id=f"rec-{s}",
+                        )
+                        for s in SIDES
+                    ]
+                rec_note = gr.HTML()
+                rec_go.click(
+                    _reconstruction_handler(registry),
+                    rec_image,
+                    [rec_input, *rec_views, rec_note],
+                    api_name="reconstruct",
+                )
+                if examples:
+                    gr.Examples(
+                        [[e.image_a] for e in examples] + [[e.image_b] for e in examples[:3]], rec_image
+                    )
+
+            # --- chat ---
+            with gr.Tab(TABS[3][1], id=TABS[3][0], elem_id="tab-chat"):
+                if not registry.has_chat():
+                    gr.HTML(
+                        message_html(
+                            "chat needs two LLaVA models: start the demo with --llava-original DIR "
+                            "--llava-enhanced DIR (each a llava-train DIR/final)"
+                        )
+                    )
+                gr.Markdown(
+                    "One question goes to the LLaVA built on each tower; the answers stream side by side."
+                )
+                with gr.Row():
+                    with gr.Column():
+                        chat_image = gr.Image(
+                            type="filepath",
+                            label="image (optional)",
+                            sources=["upload", "clipboard"],
+                            height=240,
+                            elem_id="chat-image",
+                        )
+                        question = gr.Textbox(
+                            label="question", placeholder="What color are the shapes?", elem_id="question"
+                        )
+                        ask = gr.Button("Ask both", variant="primary", elem_id="ask")
+                    answers = [
+                        gr.Textbox(
+                            label=f"{TITLES[s]} LLaVA", lines=6, interactive=False, elem_id=f"answer-{s}"
+                        )
+                        for s in SIDES
+                    ]
+                ask.click(_chat_handler(registry), [chat_image, question], answers, api_name="chat")
+                question.submit(_chat_handler(registry), [chat_image, question], answers)
+                if examples:
+                    gr.Examples(
+                        [[e.image_a, "What color are the shapes?"] for e in examples[:3]],
+                        [chat_image, question],
+                    )
+
+            # --- leaderboard ---
+            with gr.Tab(TABS[4][1], id=TABS[4][0], elem_id="tab-leaderboard"):
+                board = load_leaderboard(cfg.results)
+                board_note = gr.HTML(_note(board.message))
+                board_md = gr.Markdown(board.markdown, elem_id="leaderboard-md")
+                board_plots = gr.Gallery(
+                    board.plots,
+                    label="plots",
+                    columns=1,
+                    height=520,
+                    object_fit="contain",
+                    visible=bool(board.plots),
+                    elem_id="leaderboard-plots",
+                )
+
+                def reload():
+                    b = load_leaderboard(cfg.results)
+                    return _note(b.message), b.markdown, gr.update(value=b.plots, visible=bool(b.plots))
+
+                gr.Button("reload", size="sm").click(
+                    reload, None, [board_note, board_md, board_plots], queue=False
+                )
+        gr.HTML(
+            '<p style="font-size:0.8em;color:#777">original: '
+            f"<code>{html.escape(cfg.original or '-')}</code> · enhanced: <code>{html.escape(cfg.enhanced or '-')}</code></p>"
+        )
+    return app
+
+
+def allowed_paths(cfg: DemoConfig, gallery: Gallery) -> list[str]:
+    """Folders the server may serve files from: the gallery and the results plots."""
+    paths = [str(gallery.root)]
+    if cfg.results and Path(cfg.results).is_dir():
+        paths.append(str(Path(cfg.results).resolve()))
+    return paths
+
+
+def launch(app: gr.Blocks, cfg: DemoConfig, block: bool = True, quiet: bool = False):
+    """Queue and serve ``app`` on ``cfg.host:cfg.port``; with ``block=False`` return at once
+    (call ``app.close()`` to stop). Returns Gradio's ``(app, local_url, share_url)``."""
+    app.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size)
+    return app.launch(
+        server_name=cfg.host,
+        server_port=cfg.port,
+        share=cfg.share,
+        max_file_size=int(cfg.max_upload_mb * 1e6),
+        allowed_paths=allowed_paths(cfg, app.gallery),
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        show_error=False,
+        footer_links=[],
+        css=CSS,
+    )

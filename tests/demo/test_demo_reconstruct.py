@@ -1,0 +1,79 @@
+"""Reconstruction from the global token: the exported denoiser rebuilt, seeded, one view per side."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from demo.models import ModelRegistry, Unavailable
+from demo.reconstruct import Reconstructor, reconstruction_views
+from enhance.errors import UserError
+from eval.encoders import load_encoder
+
+SIZE = 32  # tests/conftest.py TINY_IMAGE_SIZE
+
+
+def test_views_for_both_sides(registry, two_images):
+    shown, views, message = reconstruction_views(registry, two_images[0])
+    assert message == "" and shown.size == (SIZE, SIZE)
+    assert [v.side for v in views] == ["original", "enhanced"]
+    for v in views:
+        assert v.error == "" and v.image.size == (SIZE, SIZE)
+    again = reconstruction_views(registry, two_images[0])[1]
+    assert all(
+        np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(views, again)
+    )  # seeded
+    # different tokens condition the same denoiser differently
+    assert not np.array_equal(np.asarray(views[0].image), np.asarray(views[1].image))
+
+
+def test_matches_the_training_model(demo_run, two_images):
+    """The rebuilt pieces equal the run's exported ones: same output as GenHancerModel.reconstruct
+    with the exported tower as its backbone."""
+    from PIL import Image
+
+    from enhance.backbones.hf import load_hf_backbone
+    from enhance.model import GenHancerModel
+
+    rec = Reconstructor.load(demo_run / "export" / "denoiser", steps=3)
+    enc = load_encoder(str(demo_run), device="cpu")
+    image = Image.open(two_images[1]).convert("RGB")
+    ours = np.asarray(rec.reconstruct(enc, image, seed=3))
+    backbone = load_hf_backbone("openai-clip", str(demo_run / "export" / "hf"), SIZE)
+    model = GenHancerModel(backbone, rec.projector, rec.denoiser, rec.codec)
+    pixels = enc._pixels([image])
+    ref = model.reconstruct(pixels, torch.Generator().manual_seed(3), steps=3)[0]
+    ref = ((ref.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_without_a_denoiser_the_page_says_what_to_pass(demo_cfg, two_images, tmp_model_dirs):
+    reg = ModelRegistry(demo_cfg(enhanced=str(tmp_model_dirs.clip)))
+    shown, views, message = reconstruction_views(reg, two_images[0])
+    assert shown is None and views == []
+    assert "--enhanced RUN_DIR" in message and "no export/denoiser" in message
+
+
+def test_discrete_and_mismatched_runs_are_explained(demo_run, tmp_path, tmp_model_dirs, two_images):
+    den = tmp_path / "denoiser"
+    shutil.copytree(demo_run / "export" / "denoiser", den)
+    meta = json.loads((den / "genhancer.json").read_text())
+    with pytest.raises(Unavailable, match="'discrete' denoiser"):
+        (den / "genhancer.json").write_text(
+            json.dumps({**meta, "denoiser": {**meta["denoiser"], "kind": "discrete"}})
+        )
+        Reconstructor.load(den)
+    (den / "genhancer.json").write_text(json.dumps(meta))
+    rec = Reconstructor.load(den)
+    siglip = load_encoder(str(tmp_model_dirs.siglip), device="cpu")  # a 32-d token, not the CLIP's 24-d one
+    from PIL import Image
+
+    with pytest.raises(UserError, match="global token is 32-d; the denoiser was trained on 24-d"):
+        rec.reconstruct(siglip, Image.open(two_images[0]))
+    shutil.rmtree(den / "transformer")
+    with pytest.raises(Unavailable, match="no transformer/"):
+        Reconstructor.load(den)
