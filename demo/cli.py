@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from enhance.cliutils import add_config_flags, make_parser, report
 from enhance.errors import UserError
 
 #: Flags that map one-to-one onto DemoConfig keys (flag name with - for _).
@@ -36,12 +37,7 @@ CONFIG_FLAGS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="genhancer-demo",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    p = make_parser("genhancer-demo", __doc__)
     p.add_argument(
         "--original", metavar="ID_OR_DIR", help="original dual encoder (HF id, dir, genhancer-tiny:clip)"
     )
@@ -62,17 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 7860)")
     p.add_argument("--share", action="store_true", default=None, help="also ask Gradio for a public link")
-    p.add_argument("--preset", help="named preset (see --list-presets)")
-    p.add_argument("--config", help="YAML file overriding the preset")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (e.g. device=cuda, max_upload_mb=5), repeatable",
-    )
-    p.add_argument("--list-presets", action="store_true", help="list presets and exit")
+    add_config_flags(p, set_help="override one config key (e.g. device=cuda, max_upload_mb=5), repeatable")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     return p
 
@@ -128,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         launch(app, cfg, block=True)
         return 0
     except UserError as exc:
-        print(f"genhancer-demo: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report("genhancer-demo", exc)
     except OSError as exc:  # e.g. the port is taken
         print(f"genhancer-demo: error: {exc}", file=sys.stderr)
         return 2

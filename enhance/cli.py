@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 
+from enhance.cliutils import add_config_flags, make_parser, report
 from enhance.errors import UserError
 
 # Widths of the global / local tokens of the paper backbones, so --describe needs no download.
@@ -33,27 +34,12 @@ KNOWN_DIMS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="enhance",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
-    p.add_argument("--preset", help="named preset (see --list-presets)")
-    p.add_argument("--config", help="YAML file overriding the preset")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (dotted), repeatable",
-    )
+    p = make_parser("enhance", __doc__)
+    add_config_flags(p)
     p.add_argument("--output-dir", help="run folder (config.yaml, metrics.jsonl, checkpoints/, export/)")
     p.add_argument("--stage", choices=["1", "2", "all"], default=None, help="run one stage only")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     p.add_argument("--describe", action="store_true", help="print resolved config and parameter counts")
-    p.add_argument("--list-presets", action="store_true", help="list presets and exit")
     return p
 
 
@@ -134,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=2))
         return 0
     except UserError as exc:
-        print(f"enhance: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report("enhance", exc)
 
 
 def _setup_logging() -> None:

@@ -180,9 +180,7 @@ class EnhanceConfig:
     def validate(self) -> None:
         """Check the whole tree at start-up, including parts used only late in the run."""
 
-        def choice(key: str, value: str, options: tuple[str, ...]) -> None:
-            if value not in options:
-                raise UserError(f"config key '{key}': '{value}' is not one of {list(options)}")
+        choice = configtools.check_choice
 
         choice("backbone.family", self.backbone.family, BACKBONE_FAMILIES)
         choice("denoiser.kind", self.denoiser.kind, DENOISER_KINDS)

@@ -279,3 +279,9 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
         return out
     return [] if a == b else [prefix]
+
+
+def check_choice(key: str, value: str, options: tuple[str, ...] | list[str]) -> None:
+    """Raise a UserError naming ``key`` unless ``value`` is one of ``options``."""
+    if value not in options:
+        raise UserError(f"config key '{key}': '{value}' is not one of {list(options)}")

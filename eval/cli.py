@@ -32,16 +32,12 @@ import argparse
 import os
 import sys
 
+from enhance.cliutils import add_config_flags, make_parser, report
 from enhance.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="leaderboard",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    p = make_parser("leaderboard", __doc__)
     p.add_argument(
         "--clip",
         nargs="+",
@@ -67,19 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", help="benchmark data, one folder per benchmark (DIR/mmvp_vlm/Questions.csv ...)"
     )
     p.add_argument("--output-dir", help="where results.json, leaderboard.md and plots go")
-    p.add_argument("--preset", help="named preset (see --list-presets)")
-    p.add_argument("--config", help="YAML file overriding the preset")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (dotted), repeatable",
-    )
+    add_config_flags(p)
     p.add_argument("--force", action="store_true", help="recompute numbers already in results.json")
     p.add_argument("--limit", type=int, help="score at most N examples per dataset (quick checks)")
-    p.add_argument("--list-presets", action="store_true", help="list presets and exit")
     return p
 
 
@@ -162,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown)
         return 0
     except UserError as exc:
-        print(f"leaderboard: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report("leaderboard", exc)
 
 
 if __name__ == "__main__":

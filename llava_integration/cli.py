@@ -24,26 +24,13 @@ import argparse
 import json
 import sys
 
+from enhance.cliutils import add_config_flags, make_parser, report
 from enhance.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="llava-train",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
-    p.add_argument("--preset", help="named preset (see --list-presets)")
-    p.add_argument("--config", help="YAML file overriding the preset")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (dotted), repeatable",
-    )
+    p = make_parser("llava-train", __doc__)
+    add_config_flags(p)
     p.add_argument("--output-dir", help="run folder (config.yaml, metrics.jsonl, checkpoints/, final/)")
     p.add_argument("--vision-tower", help="vision tower dir or HF id (sets model.vision_tower)")
     p.add_argument("--data-root", help="LLaVA data root (sets data.root)")
@@ -53,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--projector", help="DIR/pretrain of a pretrain run (sets model.pretrained_projector)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     p.add_argument("--describe", action="store_true", help="print resolved config and parameter counts")
-    p.add_argument("--list-presets", action="store_true", help="list presets and exit")
     return p
 
 
@@ -135,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     except UserError as exc:
-        print(f"llava-train: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report("llava-train", exc)
 
 
 def _setup_logging() -> None:

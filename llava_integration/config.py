@@ -137,9 +137,7 @@ class LlavaTrainConfig:
     def validate(self) -> None:
         """Check the whole tree at start-up, including the stage that runs last."""
 
-        def choice(key: str, value: str, options: tuple[str, ...]) -> None:
-            if value not in options:
-                raise UserError(f"config key '{key}': '{value}' is not one of {list(options)}")
+        choice = configtools.check_choice
 
         from llava_integration.templates import TEMPLATES
 

@@ -1,0 +1,38 @@
+"""Pieces every console script shares: the DESIGN.md flag contract and the one-line error.
+
+Each command (``enhance``, ``llava-train``, ``leaderboard``, ``genhancer-demo``) builds its parser
+with :func:`make_parser` and :func:`add_config_flags`, and turns a :class:`UserError` into
+``prog: error: message`` on stderr with exit code 2 through :func:`report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from enhance.errors import UserError
+
+
+def make_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A parser whose description is the module docstring's first paragraph, examples as epilog."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc,
+    )
+
+
+def add_config_flags(
+    p: argparse.ArgumentParser, set_help: str = "override one config key (dotted), repeatable"
+) -> None:
+    """``--preset``, ``--config``, ``--set KEY=VALUE`` (repeatable) and ``--list-presets``."""
+    p.add_argument("--preset", help="named preset (see --list-presets)")
+    p.add_argument("--config", help="YAML file overriding the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--list-presets", action="store_true", help="list presets and exit")
+
+
+def report(prog: str, exc: UserError) -> int:
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return exc.exit_code
