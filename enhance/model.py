@@ -6,8 +6,11 @@ stages differ only in which parameters train, see :mod:`enhance.stages`).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from enhance import flow
 from enhance.backbones import VisionBackbone
@@ -43,18 +46,25 @@ class GenHancerModel(nn.Module):
             local = select_local_tokens(out.local_tokens, self.local_token_ratio)
         return self.projector(out.global_token, local)
 
+    def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """What DDP/DeepSpeed wrappers call: their gradient-sync hooks need the call to go through
+        the wrapper's ``forward``, so the trainer calls ``model(batch, generator)``."""
+        return self.training_forward(batch, generator)
+
     def training_forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Flow-matching loss on one micro-batch; all randomness comes from ``generator``."""
         pixel_values = batch["pixel_values"]
-        with torch.autocast(device_type=pixel_values.device.type, enabled=False):
+        with record_function("vae_encode"), torch.autocast(pixel_values.device.type, enabled=False):
             z = self.codec.encode(batch["vae_pixels"].float(), generator=generator)  # Alg. 1, step 3
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         t = flow.sample_timesteps(
             z.shape[0], self.timestep_sampler, self.timestep_scale, generator=generator, device=z.device
         )
         z_t = flow.interpolate(z, noise, t)  # step 4
-        pooled, context = self.condition(pixel_values)  # step 5
-        prediction = self.denoiser(z_t, t, pooled, context)
+        with record_function("tower_projector"):
+            pooled, context = self.condition(pixel_values)  # step 5
+        with record_function("denoiser"):
+            prediction = self.denoiser(z_t, t, pooled, context)
         loss = flow.flow_loss(prediction, flow.flow_target(z, noise))  # step 7
         return {"loss": loss}
 
@@ -69,6 +79,51 @@ class GenHancerModel(nn.Module):
         noise = torch.randn(shape, generator=generator, device=pixel_values.device)
         z = flow.euler_sample(lambda x, t: self.denoiser(x, t, pooled, context).float(), noise, steps)
         return self.codec.decode(z)
+
+
+# --- speed switches (enhance.config.PerfConfig) ------------------------------------------------
+
+log = logging.getLogger("enhance")
+
+
+def resolve_vae_dtype(name: str, device_type: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device_type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def set_vae_dtype(model: GenHancerModel, name: str, device_type: str) -> None:
+    """Cast the frozen VAE (continuous codec only; a VQ tokenizer stays float32)."""
+    if isinstance(model.codec, LatentCodec):
+        model.codec.vae.to(resolve_vae_dtype(name, device_type))
+
+
+def enable_gradient_checkpointing(model: GenHancerModel) -> list[str]:
+    """Turn on activation checkpointing in the tower and the denoiser where the module supports it
+    (transformers ``gradient_checkpointing_enable``, open_clip ``set_grad_checkpointing``, diffusers
+    ``enable_gradient_checkpointing``). Returns the parts it was enabled for."""
+    done = []
+    tower = getattr(model.backbone, "model", None)
+    if hasattr(tower, "gradient_checkpointing_enable"):
+        tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        done.append("tower")
+    elif hasattr(tower, "set_grad_checkpointing"):
+        tower.set_grad_checkpointing(True)
+        done.append("tower")
+    if hasattr(model.denoiser, "enable_gradient_checkpointing"):
+        model.denoiser.enable_gradient_checkpointing()
+        done.append("denoiser")
+    missing = {"tower", "denoiser"} - set(done)
+    if missing:
+        log.warning("perf.gradient_checkpointing: not supported by the %s, left off there", ", ".join(missing))
+    return done
+
+
+def compile_modules(model: GenHancerModel, backend: str = "inductor") -> None:
+    """``torch.compile`` the denoiser and the vision tower in place (``nn.Module.compile``), so
+    parameter names, checkpoints and exports are unchanged. Call after LoRA is added."""
+    model.denoiser.compile(backend=backend)
+    model.backbone.vision_module().compile(backend=backend)
 
 
 class DiscreteGenHancerModel(GenHancerModel):

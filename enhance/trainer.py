@@ -195,7 +195,7 @@ def run_loop(
             # Gradients are all-reduced only on the last micro-batch of the accumulation.
             sync = micro == spec.grad_accum - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                out = _unwrap(model).training_forward(batch, gen)
+                out = model(batch, gen)  # through the DDP/DeepSpeed wrapper: its hooks sync gradients
                 loss = out["loss"]
                 accelerator.backward(loss / spec.grad_accum)
             step_loss += loss.detach().float()
@@ -296,10 +296,6 @@ def run_loop(
     if pbar is not None:
         pbar.close()
     return state
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)
 
 
 def save(

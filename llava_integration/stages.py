@@ -25,6 +25,10 @@ class LlavaTask(nn.Module):
         self.llava.model.vision_tower.eval()  # frozen: no dropout, whatever the loop asks
         return self
 
+    def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Routes wrapper calls (DDP/DeepSpeed) to :meth:`training_forward`."""
+        return self.training_forward(batch, generator)
+
     def training_forward(
         self, batch: dict, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:

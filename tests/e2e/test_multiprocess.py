@@ -112,3 +112,67 @@ def test_two_cpu_processes_match_one(tmp_path, tmp_model_dirs):
         "rng_rank0.safetensors",
         "rng_rank1.safetensors",
     ]
+
+
+_SYNC_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, {tests!r})
+from conftest import TinyModelDirs, build_tiny_enhance_config
+
+import enhance.train as train
+import enhance.trainer as trainer
+
+root = Path({root!r})
+dirs = TinyModelDirs(root=root, clip=Path({clip!r}), siglip=Path({clip!r}), open_clip_json=root / "x.json",
+                     vae=Path({vae!r}), cache=root / "cache")
+cfg = build_tiny_enhance_config(dirs, ["train.stages=[1]", "stage1.steps=3", "stage1.global_batch_size=8",
+                                       "stage1.per_device_batch_size=4", "logging.preview_count=0"])
+real = trainer.run_loop
+
+
+def spy(accelerator, model, *args, **kwargs):
+    state = real(accelerator, model, *args, **kwargs)
+    inner = getattr(model, "module", model)
+    weights = {{k: v.detach().clone() for k, v in inner.projector.state_dict().items()}}
+    torch.save(weights, root / f"rank{{accelerator.process_index}}.pt")
+    return state
+
+
+train.run_loop = spy
+train.run(cfg, root / "run")
+"""
+
+
+def test_ranks_hold_identical_weights_after_training(tmp_path, tmp_model_dirs):
+    """DDP syncs gradients only when the trainer calls the wrapper's forward; a direct call to the
+    inner module's method trains each rank on its own gradients and the ranks drift apart."""
+    import torch
+
+    script = tmp_path / "sync.py"
+    tests_dir = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    script.write_text(
+        _SYNC_SCRIPT.format(
+            tests=tests_dir, root=str(tmp_path), clip=str(tmp_model_dirs.clip), vae=str(tmp_model_dirs.vae)
+        )
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29519",
+            str(script),
+        ],
+        check=True,
+        timeout=900,
+    )
+    a = torch.load(tmp_path / "rank0.pt")
+    b = torch.load(tmp_path / "rank1.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
