@@ -24,11 +24,11 @@ def _inputs(runner, image, question: str) -> dict:
     """``generate`` keyword arguments for one (image, question), as ``LlavaRunner.generate`` builds them."""
     import torch
 
-    ids = runner._encode(image, question)[0]
+    ids = runner.encode(image, question)[0]
     input_ids = torch.tensor([ids], dtype=torch.long, device=runner.device)
     extra = {}
     if image is not None:
-        extra["pixel_values"] = runner._pixels([image])
+        extra["pixel_values"] = runner.preprocess([image])
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), **extra}
 
 
@@ -56,7 +56,7 @@ def _streamer(tokenizer, emit):
 
 def stream_answer(runner, image, question: str, max_new_tokens: int = 48) -> Iterator[str]:
     """Yield the answer so far after each token (greedy, like ``LlavaRunner.generate``)."""
-    if not (hasattr(runner, "_encode") and hasattr(runner, "_pixels") and hasattr(runner, "model")):
+    if not (hasattr(runner, "encode") and hasattr(runner, "preprocess") and hasattr(runner, "model")):
         yield runner.generate([image], question, max_new_tokens=max_new_tokens)[0]
         return
     pieces: queue.Queue = queue.Queue()

@@ -10,7 +10,7 @@ shapes consistently.) Each map is stretched to [0, 1] (its own min to its own ma
 panels compare *where*, not *how much*; the raw scores are in the captions.
 
 Works for every :class:`eval.encoders.DualEncoder` kind (HF CLIP, SigLIP, open_clip): it uses
-the encoder's own preprocessing and global-token hooks (``_pixels``, ``_global_token``).
+the encoder's own preprocessing and global-token hooks (``preprocess``, ``global_token``).
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def patch_relevance(encoder, image: Image.Image, text: str) -> tuple[np.ndarray,
         handle = blocks[0].register_forward_pre_hook(grab_input, with_kwargs=True)
     try:
         text_emb = encoder.encode_texts([text]).to(encoder.device)
-        pixels = encoder._pixels([image]).to(encoder.device, torch.float32)
+        pixels = encoder.preprocess([image]).to(encoder.device, torch.float32)
         with torch.enable_grad():
-            global_token = encoder._global_token(pixels).float()
+            global_token = encoder.global_token(pixels).float()
             cos = torch.nn.functional.cosine_similarity(global_token, text_emb.float(), dim=-1)[0]
             scale, bias = encoder.logit_scale_bias()
             score = cos * scale + bias

@@ -104,8 +104,8 @@ class Reconstructor:
             )
         if self.local_token_ratio > 0:
             raise UserError("the run conditioned on local tokens too; the demo shows global-token runs only")
-        pixels = encoder._pixels([image]).to(self.device, torch.float32)
-        token = encoder._global_token(pixels).float()
+        pixels = encoder.preprocess([image]).to(self.device, torch.float32)
+        token = encoder.global_token(pixels).float()
         if token.shape[-1] != self.global_dim:
             raise UserError(
                 f"this tower's global token is {token.shape[-1]}-d; the denoiser was trained on {self.global_dim}-d"

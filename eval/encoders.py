@@ -77,7 +77,7 @@ class DualEncoder:
     ):
         self.spec = spec
         self.model = model.eval().to(device)
-        self._global_token = global_token
+        self.global_token = global_token
         self.image_size = image_size
         self.revision = revision
         self.device = device
@@ -86,7 +86,7 @@ class DualEncoder:
         self._text_cache: dict[str, torch.Tensor] = {}
 
     # --- subclass hooks -----------------------------------------------------------------------
-    def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         raise NotImplementedError
 
     def _text_batch(self, texts: Sequence[str]) -> torch.Tensor:
@@ -106,8 +106,8 @@ class DualEncoder:
         starts = range(0, len(images), self.batch_size)
         for start in tqdm(starts, desc=desc, disable=not self.progress, leave=False):
             batch = [im.convert("RGB") for im in images[start : start + self.batch_size]]
-            pixels = self._pixels(batch).to(self.device, torch.float32)
-            out.append(self._global_token(pixels).float().cpu())
+            pixels = self.preprocess(batch).to(self.device, torch.float32)
+            out.append(self.global_token(pixels).float().cpu())
         if not out:
             return torch.zeros(0, 0)
         return torch.cat(out)
@@ -159,7 +159,7 @@ class HFDualEncoder(DualEncoder):
         tcfg = model.config.text_config
         self._max_len = min(int(processor.tokenizer.model_max_length), int(tcfg.max_position_embeddings))
 
-    def _pixels(self, images):
+    def preprocess(self, images):
         return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
     def _text_batch(self, texts):
@@ -209,7 +209,7 @@ class OpenCLIPDualEncoder(DualEncoder):
         )
         self._tokenizer = open_clip.get_tokenizer(model_name)
 
-    def _pixels(self, images):
+    def preprocess(self, images):
         return torch.stack([self._transform(im) for im in images])
 
     def _text_batch(self, texts):

@@ -196,7 +196,7 @@ class GenhancerLlava(lmms):
         """``wanted`` new tokens, clipped by ``max_new_tokens`` and the positions left after the prompt."""
         n = wanted if self.max_new_tokens is None else min(wanted, self.max_new_tokens)
         if self.max_positions:
-            encode: Callable | None = getattr(self.runner, "_encode", None)  # no public length API yet
+            encode: Callable | None = getattr(self.runner, "encode", None)
             used = len(encode(image, prompt)[0]) if encode is not None else 0
             n = min(n, self.max_positions - used)
         return max(1, n)

@@ -52,7 +52,7 @@ class LlavaRunner:
 
     # --- encoding
 
-    def _encode(self, image, prompt: str, answer: str | None = None) -> tuple[list[int], list[int]]:
+    def encode(self, image, prompt: str, answer: str | None = None) -> tuple[list[int], list[int]]:
         text = f"{IMAGE_TOKEN}\n{prompt}" if image is not None else prompt
         turns = [Turn("human", text)]
         if answer is not None:
@@ -67,7 +67,7 @@ class LlavaRunner:
             labels = labels[:pos] + [IGNORE_INDEX] * n + labels[pos + 1 :]
         return ids, labels
 
-    def _pixels(self, images: list):
+    def preprocess(self, images: list):
         images = [im.convert("RGB") for im in images if im is not None]
         if not images:
             return None
@@ -89,7 +89,7 @@ class LlavaRunner:
         prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        seqs = [self._encode(im, p)[0] for im, p in zip(images, prompts)]
+        seqs = [self.encode(im, p)[0] for im, p in zip(images, prompts)]
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -97,7 +97,7 @@ class LlavaRunner:
         for i, s in enumerate(seqs):
             input_ids[i, width - len(s) :] = torch.tensor(s)
             mask[i, width - len(s) :] = 1
-        pixels = self._pixels(list(images))
+        pixels = self.preprocess(list(images))
         extra = {"pixel_values": pixels} if pixels is not None else {}  # generate chokes on None
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
@@ -116,7 +116,7 @@ class LlavaRunner:
         """Log-likelihood (summed over its tokens, end token excluded) of each option as the answer."""
         if not options:
             return []
-        rows = [self._encode(image, prompt, opt) for opt in options]
+        rows = [self.encode(image, prompt, opt) for opt in options]
         width = max(len(ids) for ids, _ in rows)
         n = len(rows)
         input_ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -126,7 +126,7 @@ class LlavaRunner:
             input_ids[i, : len(ids)] = torch.tensor(ids)
             labels[i, : len(lab)] = torch.tensor(lab)
             mask[i, : len(ids)] = 1
-        pixels = self._pixels([image] * n) if image is not None else None
+        pixels = self.preprocess([image] * n) if image is not None else None
         logits = self.model(
             input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels
         ).logits.float()

@@ -22,7 +22,7 @@ def test_map_equals_the_gradient_norm_at_the_last_block_input(tmp_model_dirs):
     rel, score = patch_relevance(enc, _image(), "a photo of a red square")
     assert rel.shape == (4, 4) and rel.min() == 0.0 and rel.max() == pytest.approx(1.0)
     # by hand: run the tower with hidden states, differentiate w.r.t. the last block's input
-    pixels = enc._pixels([_image()])
+    pixels = enc.preprocess([_image()])
     text = enc.encode_texts(["a photo of a red square"])
     vision = enc.model.vision_model
     with torch.enable_grad():

@@ -45,7 +45,7 @@ def test_matches_the_training_model(demo_run, two_images):
     ours = np.asarray(rec.reconstruct(enc, image, seed=3))
     backbone = load_hf_backbone("openai-clip", str(demo_run / "export" / "hf"), SIZE)
     model = GenHancerModel(backbone, rec.projector, rec.denoiser, rec.codec)
-    pixels = enc._pixels([image])
+    pixels = enc.preprocess([image])
     ref = model.reconstruct(pixels, torch.Generator().manual_seed(3), steps=3)[0]
     ref = ((ref.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(ours, ref)

@@ -85,7 +85,7 @@ class FakeEncoder(DualEncoder):
         self.scale, self.bias = scale, bias
         self.text_calls = 0
 
-    def _pixels(self, images):
+    def preprocess(self, images):
         return torch.tensor([self.image_vec(im) for im in images], dtype=torch.float32)
 
     def _text_batch(self, texts):

@@ -43,12 +43,12 @@ def test_choice_likelihood(runner):
     assert len(scores) == 3 and all(s < 0 for s in scores)
     assert runner.choice_likelihood(image, "What color are the shapes?", options) == scores
     # the same number computed by hand for the single-token option
-    ids, labels = runner._encode(image, "What color are the shapes?", "blue")
+    ids, labels = runner.encode(image, "What color are the shapes?", "blue")
     pos = [i for i, lab in enumerate(labels) if lab != -100]
     assert len(pos) == 1
     with torch.no_grad():
         logits = (
-            runner.model(input_ids=torch.tensor([ids]), pixel_values=runner._pixels([image]))
+            runner.model(input_ids=torch.tensor([ids]), pixel_values=runner.preprocess([image]))
             .logits[0]
             .float()
         )
