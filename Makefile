@@ -35,8 +35,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(STAMP)
-	$(BIN)/python bench/train_step.py --preset tiny --steps 5
+bench: $(STAMP)  # CPU part (tiny preset); GPU commands: BENCHMARKS.md
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/train_step.py --preset tiny --stage 1 --steps 5
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/train_step.py --preset tiny --stage 2 --steps 5 --profile
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/eval_speed.py
 
 demo: $(STAMP)
 	$(BIN)/genhancer-demo --preset tiny

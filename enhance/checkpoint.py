@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from enhance.errors import UserError
+
 STATE_FILE = "state.json"
 
 
@@ -95,6 +97,23 @@ def write_payload(
     optimizer_state: dict | None = None,
     rank: int = 0,
 ) -> None:
+    """Write the payload into ``tmp``; on an OS error (a full disk) remove ``tmp`` and raise a
+    :class:`UserError` naming the failed checkpoint and the last complete one, which stays valid."""
+    try:
+        _write_payload(tmp, weights, optimizer_state, rank)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest = latest_checkpoint(tmp.parent)
+        kept = (
+            f"the last complete checkpoint {latest} is intact" if latest else "no earlier checkpoint exists"
+        )
+        raise UserError(
+            f"cannot write checkpoint {tmp.name[1:-4]} in {tmp.parent}: {exc.strerror or exc}; "
+            f"{kept}. Free space (or fix the folder) and run again with --resume"
+        ) from exc
+
+
+def _write_payload(tmp: Path, weights, optimizer_state, rank: int) -> None:
     if weights is not None:
         save_file(weights, tmp / "weights.safetensors")
     if optimizer_state is not None:

@@ -43,6 +43,9 @@ class BackboneConfig:
     image_size: int = doc(224, "input resolution; must match the tower's position embeddings")
     revision: str = doc("", "HF revision to load (empty: default branch)")
     trust_remote_code: bool = doc(False, "allow custom model code from the model dir (off unless asked)")
+    allow_pickle: bool = doc(
+        False, "allow a pickled pytorch_model.bin (loading it can run code); off: safetensors only"
+    )
     local_token_ratio: float = doc(
         0.0, "ablation (paper Fig. 1 iii): fraction of local patch tokens appended to the condition"
     )
@@ -148,6 +151,28 @@ class TrainConfig:
     )
 
 
+PERF_VAE_DTYPES = ("float32", "bfloat16", "auto")
+
+
+@dataclass
+class PerfConfig:
+    """Speed switches. None changes the objective; each is checked by tests/enhance/test_perf_flags.py
+    (same loss as without it) and measured by bench/train_step.py (see BENCHMARKS.md)."""
+
+    compile: bool = doc(
+        False, "torch.compile the denoiser and the vision tower (in place: checkpoint keys unchanged)"
+    )
+    compile_backend: str = doc("inductor", "torch.compile backend (inductor; aot_eager to debug)")
+    gradient_checkpointing: bool = doc(
+        False, "recompute tower and denoiser activations in backward: less memory, ~30% more compute"
+    )
+    vae_dtype: str = doc(
+        "float32",
+        "dtype of the frozen VAE (encode runs under no_grad, latents return as float32): "
+        "float32 | bfloat16 | auto (bfloat16 on CUDA, float32 on CPU)",
+    )
+
+
 @dataclass
 class CheckpointConfig:
     every: int = doc(1000, "save every N optimizer steps (and always at the end of a stage)")
@@ -173,6 +198,7 @@ class EnhanceConfig:
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     train: TrainConfig = field(default_factory=TrainConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cache_dir: str = doc("", "where tiny base models are cached (empty: ~/.cache/genhancer)")
@@ -189,6 +215,7 @@ class EnhanceConfig:
         choice("data.source", self.data.source, DATA_SOURCES)
         choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
         choice("train.nonfinite", self.train.nonfinite, ("stop", "skip"))
+        choice("perf.vae_dtype", self.perf.vae_dtype, PERF_VAE_DTYPES)
         d = self.denoiser
         if d.kind == "discrete":
             lo_hi = d.mask_ratio
@@ -241,6 +268,9 @@ RESUME_ALLOWED_CHANGES = (
     "logging",
     "data.num_workers",
     "data.path",
+    "perf.compile",
+    "perf.compile_backend",
+    "perf.gradient_checkpointing",
     "stage1.steps",
     "stage2.steps",
     "train.stages",

@@ -55,7 +55,10 @@ class GenHancerModel(nn.Module):
         """Flow-matching loss on one micro-batch; all randomness comes from ``generator``."""
         pixel_values = batch["pixel_values"]
         with record_function("vae_encode"), torch.autocast(pixel_values.device.type, enabled=False):
-            z = self.codec.encode(batch["vae_pixels"].float(), generator=generator)  # Alg. 1, step 3
+            if "latent_mean" in batch:  # pre-encoded posterior (latent cache): no VAE forward
+                z = sample_posterior(self.codec, batch["latent_mean"], batch["latent_logvar"], generator)
+            else:
+                z = self.codec.encode(batch["vae_pixels"].float(), generator=generator)  # Alg. 1, step 3
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         t = flow.sample_timesteps(
             z.shape[0], self.timestep_sampler, self.timestep_scale, generator=generator, device=z.device
@@ -79,6 +82,31 @@ class GenHancerModel(nn.Module):
         noise = torch.randn(shape, generator=generator, device=pixel_values.device)
         z = flow.euler_sample(lambda x, t: self.denoiser(x, t, pooled, context).float(), noise, steps)
         return self.codec.decode(z)
+
+
+# --- latent cache building blocks (issue 8 item 3) ----------------------------------------------
+
+
+@torch.no_grad()
+def encode_posterior(codec: LatentCodec, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior (mean, logvar) of ``pixels`` in [-1, 1], float32: what a latent cache stores."""
+    dist = codec.vae.encode(pixels.to(codec.vae.dtype)).latent_dist
+    return dist.mean.float(), dist.logvar.float()
+
+
+def sample_posterior(
+    codec: LatentCodec, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Normalised latents from a stored posterior, drawing the same noise as ``codec.encode``
+    (diffusers ``DiagonalGaussianDistribution.sample``), so a cached run matches on-the-fly."""
+    mean = mean.float()
+    if codec.sample_posterior:
+        std = torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0))
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        latent = mean + std * eps
+    else:
+        latent = mean
+    return (latent - codec.shift_factor) * codec.scaling_factor
 
 
 # --- speed switches (enhance.config.PerfConfig) ------------------------------------------------
@@ -110,12 +138,15 @@ def enable_gradient_checkpointing(model: GenHancerModel) -> list[str]:
     elif hasattr(tower, "set_grad_checkpointing"):
         tower.set_grad_checkpointing(True)
         done.append("tower")
-    if hasattr(model.denoiser, "enable_gradient_checkpointing"):
-        model.denoiser.enable_gradient_checkpointing()
+    inner = getattr(model.denoiser, "transformer", model.denoiser)  # ContinuousDenoiser wraps Flux
+    if hasattr(inner, "enable_gradient_checkpointing"):
+        inner.enable_gradient_checkpointing()
         done.append("denoiser")
     missing = {"tower", "denoiser"} - set(done)
     if missing:
-        log.warning("perf.gradient_checkpointing: not supported by the %s, left off there", ", ".join(missing))
+        log.warning(
+            "perf.gradient_checkpointing: not supported by the %s, left off there", ", ".join(missing)
+        )
     return done
 
 
@@ -123,7 +154,7 @@ def compile_modules(model: GenHancerModel, backend: str = "inductor") -> None:
     """``torch.compile`` the denoiser and the vision tower in place (``nn.Module.compile``), so
     parameter names, checkpoints and exports are unchanged. Call after LoRA is added."""
     model.denoiser.compile(backend=backend)
-    model.backbone.vision_module().compile(backend=backend)
+    model.backbone.vision_module.compile(backend=backend)
 
 
 class DiscreteGenHancerModel(GenHancerModel):

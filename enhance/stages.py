@@ -27,7 +27,11 @@ def add_lora(model: GenHancerModel, cfg) -> None:
         target_modules=backbone.lora_target_regex(names),
         bias="none",
     )
-    backbone.model = get_peft_model(backbone.model, lora_cfg)
+    # LoRA A is drawn from its own seeded stream: a run resumed at the stage boundary must start
+    # stage 2 from the same adapter as an uninterrupted one, whatever the global RNG went through.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed + 2)
+        backbone.model = get_peft_model(backbone.model, lora_cfg)
 
 
 def has_lora(model: GenHancerModel) -> bool:

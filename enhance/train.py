@@ -16,7 +16,7 @@ from enhance import configtools
 from enhance.config import RESUME_ALLOWED_CHANGES, EnhanceConfig
 from enhance.data.seeding import derive_seed
 from enhance.errors import UserError
-from enhance.model import GenHancerModel
+from enhance.model import GenHancerModel, compile_modules, enable_gradient_checkpointing, set_vae_dtype
 from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
 from enhance.trainer import LoopSpec, LoopState, MetricsWriter, lr_lambda, restore, run_loop
 
@@ -136,6 +136,14 @@ def preview_batch(cfg: EnhanceConfig, model: GenHancerModel, source) -> dict | N
     return next(iter(build_dataloader(stream, cfg.logging.preview_count, num_workers=0)))
 
 
+def apply_stage_perf(model: GenHancerModel, cfg: EnhanceConfig) -> None:
+    """``perf.*`` switches that must follow :func:`configure_stage` (LoRA changes the tower)."""
+    if cfg.perf.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if cfg.perf.compile:
+        compile_modules(model, cfg.perf.compile_backend)
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -170,6 +178,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
             )
     # --- model and data, before anything is written: a bad path fails with nothing on disk
     model = build_model(cfg).to(accelerator.device)
+    set_vae_dtype(model, cfg.perf.vae_dtype, accelerator.device.type)
     source = build_data_source(cfg, model.backbone.image_size)
     preview = preview_batch(cfg, model, source) if accelerator.is_main_process else None
     if accelerator.is_main_process:
@@ -178,6 +187,10 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     accelerator.wait_for_everyone()
     config_hash = configtools.config_hash(cfg, ignore=RESUME_ALLOWED_CHANGES)
     metrics = MetricsWriter(run_dir, accelerator.is_main_process, cfg.logging.tensorboard)
+    if resume:
+        upto = (resume_meta["stage_index"], resume_meta["step"]) if resume_meta else (0, -1)
+        index = {name: i for i, name in STAGE_NAMES.items()}
+        metrics.rewind(lambda r: (index.get(r.get("stage"), 99), r.get("step", 0)) <= upto)
     protect: set[str] = set()
     final_loss = None
 
@@ -191,6 +204,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
                 f"{scfg.per_device_batch_size} x {world} processes"
             )
         params = configure_stage(model, stage, cfg)
+        apply_stage_perf(model, cfg)
         start = LoopState(positions=[0] * world)
 
         # --- resume bookkeeping

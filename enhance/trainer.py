@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -103,6 +104,23 @@ class MetricsWriter:
                 raise UserError(
                     "logging.tensorboard=true needs `pip install genhancer[tensorboard]`"
                 ) from exc
+
+    def rewind(self, keep: Callable[[dict], bool]) -> None:
+        """On resume, drop records the checkpoint does not cover (a crash between logging a step and
+        committing its checkpoint would otherwise log it twice) and any half-written last line."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if keep(record):
+                kept.append(line)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(x + "\n" for x in kept))
+        os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         if not self.enabled:

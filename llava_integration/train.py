@@ -172,6 +172,13 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
         accelerator.wait_for_everyone()
     task = LlavaTask(llava).to(accelerator.device)
     metrics = MetricsWriter(run_dir, accelerator.is_main_process, cfg.logging.tensorboard)
+    if resume:  # drop log lines the checkpoint does not cover (see MetricsWriter.rewind)
+        upto = (resume_meta["stage_index"], resume_meta["step"]) if resume_meta else (0, -1)
+        metrics.rewind(
+            lambda r: (
+                (STAGES.index(r["stage"]) + 1 if r.get("stage") in STAGES else 99, r.get("step", 0)) <= upto
+            )
+        )
     protect: set[str] = set()
     report: dict = {"stages": {}}
     gathered: dict | None = None  # ZeRO-3 only: the full weights, gathered after each stage

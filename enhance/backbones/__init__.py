@@ -13,7 +13,9 @@ def _load_hf(cfg, cache_dir) -> VisionBackbone:
     from enhance.backbones.tiny import resolve_tiny
 
     path = resolve_tiny(cfg.name_or_path, cache_dir)
-    return load_hf_backbone(cfg.family, path, cfg.image_size, cfg.revision, cfg.trust_remote_code)
+    return load_hf_backbone(
+        cfg.family, path, cfg.image_size, cfg.revision, cfg.trust_remote_code, cfg.allow_pickle
+    )
 
 
 def _load_open_clip(cfg, cache_dir) -> VisionBackbone:

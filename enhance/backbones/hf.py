@@ -144,14 +144,39 @@ def _check_model_type(family: str, name_or_path: str, revision: str) -> None:
         )
 
 
+def _refuse_pickle(name_or_path: str) -> None:
+    """A local model dir with pickled weights only (``pytorch_model.bin``) is refused: unpickling
+    can run arbitrary code. Hub ids get ``use_safetensors=True`` in the loader instead."""
+    local = Path(name_or_path)
+    if not local.is_dir() or any(local.glob("*.safetensors")) or any(local.glob("*.safetensors.index.json")):
+        return
+    pickled = sorted(p.name for p in local.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickled:
+        raise UserError(
+            f"'{name_or_path}' holds pickled weights only ({', '.join(pickled)}), which can run code "
+            "when loaded; convert them to safetensors, or set backbone.allow_pickle=true if you trust "
+            "the source"
+        )
+
+
 def load_hf_backbone(
-    family: str, name_or_path: str, image_size: int, revision: str = "", trust_remote_code: bool = False
+    family: str,
+    name_or_path: str,
+    image_size: int,
+    revision: str = "",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> VisionBackbone:
-    """Load an HF CLIP/SigLIP checkpoint with its processor; errors name the path."""
+    """Load an HF CLIP/SigLIP checkpoint with its processor; errors name the path.
+
+    Safetensors only unless ``allow_pickle`` (a pickled ``.bin`` can execute code when loaded)."""
     from transformers import CLIPModel, SiglipModel
 
     model_cls = SiglipModel if family == "siglip" else CLIPModel
     kwargs = {"revision": revision} if revision else {}
+    if not allow_pickle:
+        _refuse_pickle(name_or_path)
+        kwargs["use_safetensors"] = True
     _check_model_type(family, name_or_path, revision)
     try:
         model = model_cls.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)

@@ -13,24 +13,12 @@ Fixtures:
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from testkit import load_test_module
 
 TESTS = Path(__file__).resolve().parents[1]
-
-
-def load_test_module(relative: str, name: str):
-    """Import a sibling test helper file by path (``tests/`` is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, TESTS / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")

@@ -131,9 +131,12 @@ def _upload(page, target: str, path: str) -> None:
 
 
 def _shoot(page, tab: str, artefacts: Path) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    """Always a test artefact; the README's copies in docs/screenshots are refreshed only with
+    GENHANCER_UPDATE_SCREENSHOTS=1, so a test run leaves the working tree clean."""
     page.screenshot(path=str(artefacts / f"{tab}.png"), full_page=True)
-    shutil.copyfile(artefacts / f"{tab}.png", SCREENSHOTS / f"{tab}.png")
+    if os.environ.get("GENHANCER_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artefacts / f"{tab}.png", SCREENSHOTS / f"{tab}.png")
 
 
 def _open_tab(page, title: str) -> None:

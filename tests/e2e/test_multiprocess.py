@@ -35,7 +35,12 @@ COMMON = [
 
 
 def _tiny_overrides(dirs) -> list[str]:
-    from conftest import TINY_DENOISER_OVERRIDES, TINY_IMAGE_SIZE
+    from testkit import root_conftest
+
+    TINY_DENOISER_OVERRIDES, TINY_IMAGE_SIZE = (
+        root_conftest().TINY_DENOISER_OVERRIDES,
+        root_conftest().TINY_IMAGE_SIZE,
+    )
 
     out = []
     for item in [

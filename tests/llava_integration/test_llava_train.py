@@ -176,7 +176,7 @@ def test_cli_end_to_end(tiny_dirs, tmp_path, capsys):
     LlavaForConditionalGeneration.from_pretrained(out / "final")
     AutoProcessor.from_pretrained(out / "final")
     report = json.loads(capsys.readouterr().out)
-    assert report["toy_eval"]["n"] == 2 * 5 and 0 <= report["toy_eval"]["accuracy"] <= 1
+    assert report["toy_eval"]["n"] == 2 * 6 and 0 <= report["toy_eval"]["accuracy"] <= 1
 
     # finetune alone from the pretrain product (--projector), and without it: a clear error
     args2 = ["--preset", "tiny", "--vision-tower", str(tiny_dirs["tower"]), "--stage", "finetune"]

@@ -1,0 +1,35 @@
+"""Helpers test files import by this unique name (``tests/`` is on ``sys.path`` because the root
+``conftest.py`` lives there). A bare ``from conftest import ...`` is ambiguous: several folders have
+a ``conftest.py`` and whichever was imported first wins, depending on collection order."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+
+def load_test_module(relative: str, name: str):
+    """Import a test helper file by path under a unique module name (loaded once)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, TESTS / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def root_conftest():
+    """``tests/conftest.py`` (the tiny factories) as a module."""
+    return load_test_module("conftest.py", "_genhancer_tests_root_conftest")
+
+
+def subprocess_env() -> dict[str, str]:
+    """One CPU thread (bit-identical numerics across runs), offline hub."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
