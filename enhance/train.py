@@ -19,6 +19,7 @@ from enhance.errors import UserError
 from enhance.model import GenHancerModel, compile_modules, enable_gradient_checkpointing, set_vae_dtype
 from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
 from enhance.trainer import LoopSpec, LoopState, MetricsWriter, lr_lambda, restore, run_loop
+from enhance.trainer import check_run_dir as trainer_check_run_dir
 
 log = logging.getLogger("enhance")
 
@@ -29,39 +30,10 @@ STAGE_NAMES = {1: "stage1", 2: "stage2"}
 
 
 def check_run_dir(run_dir: Path, cfg: EnhanceConfig, resume: bool) -> Path | None:
-    """Refuse to overwrite a run; on --resume, return the latest complete checkpoint after
-    checking that the config only changed in keys that are safe to change."""
-    root = run_dir / "checkpoints"
-    latest = ckpt.latest_checkpoint(root)
-    saved_cfg = run_dir / "config.yaml"
-    if not resume:
-        if latest is not None or saved_cfg.exists():
-            raise UserError(
-                f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
-            )
-        return None
-    if latest is None:
-        if saved_cfg.exists():
-            return None  # started but never checkpointed: begin again with the same folder
-        raise UserError(f"--resume: {run_dir} holds no run to resume (no config.yaml, no checkpoints)")
-    if saved_cfg.exists():
-        old = configtools.load_yaml(saved_cfg)
-        new = configtools.to_dict(cfg)
-        allowed = list(RESUME_ALLOWED_CHANGES)
-        meta = ckpt.read_state(latest)
-        if meta.get("stage") == "stage1" and meta.get("final"):
-            allowed += ["stage2", "train.one_stage"]  # stage 2 has not started: its settings are free
-        changed = [
-            k
-            for k in configtools.diff_keys(old, new)
-            if not any(k == a or k.startswith(a + ".") for a in allowed)
-        ]
-        if changed:
-            raise UserError(
-                f"--resume: the config differs from the run in {run_dir} at {', '.join(changed)}; "
-                "resume with the original settings or start a new --output-dir"
-            )
-    return latest
+    """See :func:`enhance.trainer.check_run_dir`; stage-2 settings are free once stage 1 finished."""
+    return trainer_check_run_dir(
+        run_dir, cfg, resume, RESUME_ALLOWED_CHANGES, "stage1", ["stage2", "train.one_stage"]
+    )
 
 
 # --- building ---------------------------------------------------------------------------------

@@ -393,3 +393,46 @@ def restore(
     return LoopState(
         step=meta["step"], positions=list(meta.get("positions", [])), skipped=meta.get("skipped", 0)
     )
+
+
+def check_run_dir(
+    run_dir: Path,
+    cfg: Any,
+    resume: bool,
+    allowed_changes: tuple[str, ...] | list[str],
+    first_stage: str,
+    freed_after_first_stage: tuple[str, ...] | list[str],
+) -> Path | None:
+    """Refuse to overwrite a run; on --resume return the latest complete checkpoint after checking
+    that the config changed only in ``allowed_changes`` (plus ``freed_after_first_stage`` once
+    ``first_stage`` has finished, since the next stage has not used its settings yet)."""
+    from enhance import configtools
+
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    saved = run_dir / "config.yaml"
+    if not resume:
+        if latest is not None or saved.exists():
+            raise UserError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
+            )
+        return None
+    if latest is None:
+        if saved.exists():
+            return None  # started but never checkpointed: begin again with the same folder
+        raise UserError(f"--resume: {run_dir} holds no run to resume (no config.yaml, no checkpoints)")
+    if saved.exists():
+        allowed = list(allowed_changes)
+        meta = ckpt.read_state(latest)
+        if meta.get("stage") == first_stage and meta.get("final"):
+            allowed += list(freed_after_first_stage)
+        changed = [
+            k
+            for k in configtools.diff_keys(configtools.load_yaml(saved), configtools.to_dict(cfg))
+            if not any(k == a or k.startswith(a + ".") for a in allowed)
+        ]
+        if changed:
+            raise UserError(
+                f"--resume: the config differs from the run in {run_dir} at {', '.join(changed)}; "
+                "resume with the original settings or start a new --output-dir"
+            )
+    return latest

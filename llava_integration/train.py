@@ -19,6 +19,7 @@ from enhance import configtools
 from enhance.data.seeding import derive_seed
 from enhance.errors import UserError
 from enhance.trainer import LoopSpec, LoopState, MetricsWriter, cosine_lambda, restore, run_loop
+from enhance.trainer import check_run_dir as trainer_check_run_dir
 from llava_integration.config import RESUME_ALLOWED_CHANGES, STAGES, LlavaTrainConfig, StageConfig
 
 log = logging.getLogger("llava_integration")
@@ -32,37 +33,9 @@ def stage_index(name: str) -> int:
 
 
 def check_run_dir(run_dir: Path, cfg: LlavaTrainConfig, resume: bool) -> Path | None:
-    """Refuse to overwrite a run; on --resume return the latest complete checkpoint after checking
-    that the config changed only where that is safe (the LR schedule depends on the step count,
-    so steps and batch sizes may not change)."""
-    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    saved = run_dir / "config.yaml"
-    if not resume:
-        if latest is not None or saved.exists():
-            raise UserError(
-                f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
-            )
-        return None
-    if latest is None:
-        if saved.exists():
-            return None
-        raise UserError(f"--resume: {run_dir} holds no run to resume (no config.yaml, no checkpoints)")
-    if saved.exists():
-        allowed = list(RESUME_ALLOWED_CHANGES)
-        meta = ckpt.read_state(latest)
-        if meta.get("stage") == "pretrain" and meta.get("final"):
-            allowed.append("finetune")  # finetune has not started: its settings are free
-        changed = [
-            k
-            for k in configtools.diff_keys(configtools.load_yaml(saved), configtools.to_dict(cfg))
-            if not any(k == a or k.startswith(a + ".") for a in allowed)
-        ]
-        if changed:
-            raise UserError(
-                f"--resume: the config differs from the run in {run_dir} at {', '.join(changed)}; "
-                "resume with the original settings or start a new --output-dir"
-            )
-    return latest
+    """See :func:`enhance.trainer.check_run_dir`; finetune settings are free once pretraining finished
+    (the LR schedule depends on the step count, so steps and batch sizes may not change mid-stage)."""
+    return trainer_check_run_dir(run_dir, cfg, resume, RESUME_ALLOWED_CHANGES, "pretrain", ["finetune"])
 
 
 # --- data -------------------------------------------------------------------------------------
