@@ -231,57 +231,11 @@ def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
     processor.save_pretrained(out_dir)
 
 
-# --- tiny VAE ---------------------------------------------------------------------------------
+# --- tiny VAE and VQ tokenizer: small diffusers autoencoders fitted to toy images ---------------
 
 
-def tiny_vae_config(recipe: dict = TINY_VAE_RECIPE) -> dict:
-    n = len(recipe["block_out_channels"])
-    return {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * n,
-        "up_block_types": ["UpDecoderBlock2D"] * n,
-        "block_out_channels": list(recipe["block_out_channels"]),
-        "layers_per_block": 1,
-        "latent_channels": recipe["latent_channels"],
-        "norm_num_groups": 8,
-        "sample_size": recipe["image_size"],
-        "scaling_factor": 0.3611,
-        "shift_factor": 0.1159,
-        "use_quant_conv": False,
-        "use_post_quant_conv": False,
-        "mid_block_add_attention": False,
-    }
-
-
-def build_tiny_vae(out_dir: Path, recipe: dict = TINY_VAE_RECIPE) -> None:
-    """A FLUX-shaped (16-channel, no quant convs) AutoencoderKL trained briefly on toy images."""
-    from diffusers import AutoencoderKL
-
-    r = recipe
-    torch.manual_seed(r["seed"])
-    vae = AutoencoderKL(**tiny_vae_config(r))
-    images = _toy_images(r["seed"], r["image_size"], r["num_images"])
-    gen = torch.Generator().manual_seed(r["seed"])
-    opt = torch.optim.AdamW(vae.parameters(), lr=r["lr"])
-    vae.train()
-    for _ in range(r["train_steps"]):
-        idx = torch.randint(0, len(images), (r["batch_size"],), generator=gen)
-        x = images[idx]
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=gen)).sample
-        loss = torch.nn.functional.mse_loss(recon, x) + r["kl_weight"] * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    vae.eval()
-    vae.save_pretrained(out_dir / "vae", safe_serialization=True)
-
-
-# --- tiny VQ tokenizer ----------------------------------------------------------------------------
-
-
-def tiny_vq_config(recipe: dict = TINY_VQ_RECIPE) -> dict:
+def _autoencoder_blocks(recipe: dict) -> dict:
+    """The encoder/decoder layout both tiny autoencoders share (no attention, 8 norm groups)."""
     n = len(recipe["block_out_channels"])
     return {
         "in_channels": 3,
@@ -290,8 +244,6 @@ def tiny_vq_config(recipe: dict = TINY_VQ_RECIPE) -> dict:
         "up_block_types": ["UpDecoderBlock2D"] * n,
         "block_out_channels": list(recipe["block_out_channels"]),
         "latent_channels": recipe["latent_channels"],
-        "vq_embed_dim": recipe["latent_channels"],
-        "num_vq_embeddings": recipe["codebook_size"],
         "norm_num_groups": 8,
         "sample_size": recipe["image_size"],
         "mid_block_add_attention": False,
@@ -308,24 +260,68 @@ def _toy_images(seed: int, image_size: int, n: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
+def _fit_on_toy_images(
+    model: torch.nn.Module,
+    recipe: dict,
+    loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Generator], torch.Tensor],
+    out_dir: Path,
+) -> None:
+    """Train ``model`` for ``recipe["train_steps"]`` AdamW steps on seeded toy batches, then save it."""
+    r = recipe
+    images = _toy_images(r["seed"], r["image_size"], r["num_images"])
+    gen = torch.Generator().manual_seed(r["seed"])
+    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"])
+    model.train()
+    for _ in range(r["train_steps"]):
+        x = images[torch.randint(0, len(images), (r["batch_size"],), generator=gen)]
+        loss = loss_fn(model, x, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+
+
+def tiny_vae_config(recipe: dict = TINY_VAE_RECIPE) -> dict:
+    return {
+        **_autoencoder_blocks(recipe),
+        "layers_per_block": 1,
+        "scaling_factor": 0.3611,
+        "shift_factor": 0.1159,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+    }
+
+
+def build_tiny_vae(out_dir: Path, recipe: dict = TINY_VAE_RECIPE) -> None:
+    """A FLUX-shaped (16-channel, no quant convs) AutoencoderKL trained briefly on toy images."""
+    from diffusers import AutoencoderKL
+
+    def loss_fn(vae, x, gen):
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        return torch.nn.functional.mse_loss(recon, x) + recipe["kl_weight"] * posterior.kl().mean()
+
+    torch.manual_seed(recipe["seed"])
+    _fit_on_toy_images(AutoencoderKL(**tiny_vae_config(recipe)), recipe, loss_fn, out_dir / "vae")
+
+
+def tiny_vq_config(recipe: dict = TINY_VQ_RECIPE) -> dict:
+    return {
+        **_autoencoder_blocks(recipe),
+        "vq_embed_dim": recipe["latent_channels"],
+        "num_vq_embeddings": recipe["codebook_size"],
+    }
+
+
 def build_tiny_vq(out_dir: Path, recipe: dict = TINY_VQ_RECIPE) -> None:
     """A small ``VQModel`` (VQ-GAN-style tokenizer, no adversarial loss) trained on toy images,
     so its codes mean something (colours, edges) for the tiny discrete preset."""
     from diffusers import VQModel
 
-    r = recipe
-    torch.manual_seed(r["seed"])
-    vq = VQModel(**tiny_vq_config(r))
-    images = _toy_images(r["seed"], r["image_size"], r["num_images"])
-    gen = torch.Generator().manual_seed(r["seed"])
-    opt = torch.optim.AdamW(vq.parameters(), lr=r["lr"])
-    vq.train()
-    for _ in range(r["train_steps"]):
-        x = images[torch.randint(0, len(images), (r["batch_size"],), generator=gen)]
+    def loss_fn(vq, x, gen):
         out = vq(x)
-        loss = torch.nn.functional.mse_loss(out.sample, x) + out.commit_loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    vq.eval()
-    vq.save_pretrained(out_dir / "vqvae", safe_serialization=True)
+        return torch.nn.functional.mse_loss(out.sample, x) + out.commit_loss.mean()
+
+    torch.manual_seed(recipe["seed"])
+    _fit_on_toy_images(VQModel(**tiny_vq_config(recipe)), recipe, loss_fn, out_dir / "vqvae")
