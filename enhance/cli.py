@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from enhance.cliutils import add_config_flags, make_parser, report
+from enhance.cliutils import add_config_flags, make_parser, print_presets, report, setup_logging
 from enhance.errors import UserError
 
 # Widths of the global / local tokens of the paper backbones, so --describe needs no download.
@@ -96,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         from enhance.config import PRESETS_DIR, load_config
 
         if args.list_presets:
-            from enhance.configtools import list_presets, preset_description
-
-            for name in list_presets(PRESETS_DIR):
-                print(f"{name:32s} {preset_description(PRESETS_DIR, name)}")
+            print_presets(PRESETS_DIR, width=32)
             return 0
         if not args.preset and not args.config:
             raise UserError("give --preset NAME or --config FILE (see --list-presets)")
@@ -112,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.output_dir:
             raise UserError("--output-dir is required to train")
-        _setup_logging()
+        setup_logging()
         from enhance.train import run
 
         result = run(cfg, args.output_dir, resume=args.resume)
@@ -121,12 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except UserError as exc:
         return report("enhance", exc)
-
-
-def _setup_logging() -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

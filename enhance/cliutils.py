@@ -33,6 +33,21 @@ def add_config_flags(
     p.add_argument("--list-presets", action="store_true", help="list presets and exit")
 
 
+def print_presets(presets_dir, width: int = 24) -> None:
+    """``--list-presets``: one line per preset, name then its description."""
+    from enhance.configtools import list_presets, preset_description
+
+    for name in list_presets(presets_dir):
+        print(f"{name:{width}s} {preset_description(presets_dir, name)}")
+
+
+def setup_logging() -> None:
+    """INFO logs with timestamps for the long-running commands (called by the CLI, never a library)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
 def report(prog: str, exc: UserError) -> int:
     print(f"{prog}: error: {exc}", file=sys.stderr)
     return exc.exit_code

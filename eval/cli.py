@@ -32,7 +32,7 @@ import argparse
 import os
 import sys
 
-from enhance.cliutils import add_config_flags, make_parser, report
+from enhance.cliutils import add_config_flags, make_parser, print_presets, report
 from enhance.errors import UserError
 
 
@@ -95,10 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         from eval.config import PRESETS_DIR, load_config
 
         if args.list_presets:
-            from enhance.configtools import list_presets, preset_description
-
-            for name in list_presets(PRESETS_DIR):
-                print(f"{name:16s} {preset_description(PRESETS_DIR, name)}")
+            print_presets(PRESETS_DIR, width=16)
             return 0
         if not args.output_dir:
             raise UserError("--output-dir is required")
