@@ -123,6 +123,17 @@ def _write_payload(tmp: Path, weights, optimizer_state, rank: int) -> None:
     save_file(rng_state(), tmp / f"rng_rank{rank}.safetensors")
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small file so that readers see the old content or the new, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def commit(root: Path, name: str, state: dict) -> Path:
     """Write ``state.json`` last, then rename the temp folder into place."""
     tmp = temp_dir_for(root, name)

@@ -8,6 +8,8 @@ Examples::
     accelerate launch -m enhance --preset openai-clip-l14-224 ...     # many GPUs
     enhance --config my.yaml --set stage2.lr=2e-5 --stage 2 --resume --output-dir runs/x
     enhance --preset openai-clip-l14-224 --describe                   # config + parameter counts
+    enhance --preset openai-clip-l14-224 --set data.path=/data/cc3m \
+        --set latent_cache.path=/data/cc3m-latents --build-latent-cache  # encode once (see README)
 
 Exit code 2 with a one-line message on bad input.
 """
@@ -40,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=["1", "2", "all"], default=None, help="run one stage only")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     p.add_argument("--describe", action="store_true", help="print resolved config and parameter counts")
+    p.add_argument(
+        "--build-latent-cache",
+        action="store_true",
+        help="only encode the data's VAE posteriors into latent_cache.path (training builds it too)",
+    )
     return p
 
 
@@ -106,6 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.preset, args.config, overrides)
         if args.describe:
             print(json.dumps(describe(cfg), indent=2))
+            return 0
+        if args.build_latent_cache:
+            setup_logging()
+            from enhance.train import build_latent_cache_only
+
+            manifest = build_latent_cache_only(cfg)
+            if manifest:
+                summary = {k: manifest[k] for k in ("images", "skipped", "source_items")}
+                print(json.dumps({"latent_cache": cfg.latent_cache.path, **summary}, indent=2))
             return 0
         if not args.output_dir:
             raise UserError("--output-dir is required to train")

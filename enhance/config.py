@@ -114,6 +114,20 @@ class DataConfig:
 
 
 @dataclass
+class LatentCacheConfig:
+    path: str = doc(
+        "",
+        "folder of pre-encoded VAE posteriors to train from (built there first if it holds no finished "
+        "cache; `enhance --build-latent-cache` builds it only). Empty: encode on the fly",
+    )
+    crops: int = doc(4, "fixed RandomResizedCrop crops cached per image (a cached run cycles through them)")
+    dtype: str = doc("bfloat16", "storage dtype of the posterior mean/logvar: bfloat16 | float16 | float32")
+    seed: int = doc(0, "seed of the cached crop boxes")
+    shard_size: int = doc(256, "images per shard file (the build resumes shard by shard)")
+    batch_size: int = doc(64, "crops per VAE forward while building")
+
+
+@dataclass
 class StageConfig:
     steps: int = doc(11500, "optimizer steps (11.5k = one epoch of CC3M at global batch 256)")
     lr: float = doc(1e-4, "constant learning rate")
@@ -195,6 +209,7 @@ class EnhanceConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    latent_cache: LatentCacheConfig = field(default_factory=LatentCacheConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -216,6 +231,18 @@ class EnhanceConfig:
         choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
         choice("train.nonfinite", self.train.nonfinite, ("stop", "skip"))
         choice("perf.vae_dtype", self.perf.vae_dtype, PERF_VAE_DTYPES)
+        choice("latent_cache.dtype", self.latent_cache.dtype, ("bfloat16", "float16", "float32"))
+        c = self.latent_cache
+        if c.crops < 1 or c.shard_size < 1 or c.batch_size < 1:
+            raise UserError(
+                f"latent_cache.crops, shard_size and batch_size must be >= 1, got {c.crops}, "
+                f"{c.shard_size}, {c.batch_size}"
+            )
+        if c.path and self.denoiser.kind == "discrete":
+            raise UserError(
+                "latent_cache.path caches VAE posteriors for the continuous denoiser; the discrete "
+                "denoiser's VQ codes are not cached (leave latent_cache.path empty)"
+            )
         d = self.denoiser
         if d.kind == "discrete":
             lo_hi = d.mask_ratio
@@ -268,6 +295,8 @@ RESUME_ALLOWED_CHANGES = (
     "logging",
     "data.num_workers",
     "data.path",
+    "latent_cache.batch_size",
+    "latent_cache.shard_size",
     "perf.compile",
     "perf.compile_backend",
     "perf.gradient_checkpointing",

@@ -16,7 +16,13 @@ from enhance import configtools
 from enhance.config import RESUME_ALLOWED_CHANGES, EnhanceConfig
 from enhance.data.seeding import derive_seed
 from enhance.errors import UserError
-from enhance.model import GenHancerModel, compile_modules, enable_gradient_checkpointing, set_vae_dtype
+from enhance.model import (
+    GenHancerModel,
+    compile_modules,
+    enable_gradient_checkpointing,
+    resolve_vae_dtype,
+    set_vae_dtype,
+)
 from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
 from enhance.trainer import LoopSpec, LoopState, MetricsWriter, lr_lambda, restore, run_loop
 from enhance.trainer import check_run_dir as trainer_check_run_dir
@@ -73,8 +79,10 @@ def build_stream_factory(
     world: int,
     batch_size: int,
     pin_memory: bool,
+    cache=None,
 ):
-    """``start_position -> iterator of micro-batches`` for this rank and stage."""
+    """``start_position -> iterator of micro-batches`` for this rank and stage (crops and latents
+    from ``cache``, a :class:`~enhance.latent_cache.LatentCache`, when given)."""
     from enhance.data.loading import ImageStream, build_dataloader
     from enhance.data.transforms import make_transform
 
@@ -82,6 +90,10 @@ def build_stream_factory(
     transform = make_transform(
         b.image_size, b.image_mean, b.image_std, scale=tuple(cfg.data.crop_scale), train=True
     )
+    if cache is not None:
+        from enhance.latent_cache import CachedCropTransform
+
+        transform = CachedCropTransform(transform, cache)
     seed = derive_seed("data", cfg.train.seed, stage)
 
     def factory(start_position: int):
@@ -106,6 +118,57 @@ def preview_batch(cfg: EnhanceConfig, model: GenHancerModel, source) -> dict | N
     transform = make_transform(b.image_size, b.image_mean, b.image_std, train=False)
     stream = ImageStream(source, transform, seed=0, rank=0, world_size=1, start_position=0)
     return next(iter(build_dataloader(stream, cfg.logging.preview_count, num_workers=0)))
+
+
+def prepare_latent_cache(cfg: EnhanceConfig, codec, image_size: int, source, accelerator):
+    """The run's :class:`~enhance.latent_cache.LatentCache` (None without ``latent_cache.path``),
+    built first when the folder holds no finished cache: every process encodes its share of the
+    shards, then the main process writes the manifest."""
+    if not cfg.latent_cache.path:
+        return None
+    from enhance import latent_cache as lc
+
+    c, path = cfg.latent_cache, Path(cfg.latent_cache.path)
+    spec = lc.cache_spec(cfg, image_size)
+    manifest = lc.read_manifest(path)
+    if manifest is None:
+        log.info("building the latent cache in %s (%d crops per image)", path, c.crops)
+        num_shards = lc.build_shards(
+            codec,
+            source,
+            path,
+            spec,
+            shard_size=c.shard_size,
+            batch_size=c.batch_size,
+            workers=max(1, cfg.data.num_workers),
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            progress=cfg.logging.progress and accelerator.is_local_main_process,
+        )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            lc.finish_latent_cache(path, spec, num_shards, lc.source_size(source))
+        accelerator.wait_for_everyone()
+    return lc.LatentCache(path, spec)
+
+
+def build_latent_cache_only(cfg: EnhanceConfig) -> dict:
+    """``enhance --build-latent-cache``: encode the configured data into ``latent_cache.path``."""
+    from accelerate import Accelerator
+
+    from enhance import latent_cache as lc
+    from enhance.vae import build_codec
+
+    if not cfg.latent_cache.path:
+        raise UserError("--build-latent-cache needs --set latent_cache.path=DIR")
+    if cfg.data.source != "toyworld" and not cfg.data.path:
+        raise UserError(f"data.path is empty: point it at your {cfg.data.source} data (--set data.path=...)")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    codec = build_codec(cfg.vae, cfg.cache_dir or None).to(accelerator.device)
+    codec.vae.to(resolve_vae_dtype(cfg.perf.vae_dtype, accelerator.device.type))
+    source = build_data_source(cfg, cfg.backbone.image_size)
+    cache = prepare_latent_cache(cfg, codec, cfg.backbone.image_size, source, accelerator)
+    return lc.read_manifest(cache.path) if accelerator.is_main_process else {}
 
 
 def apply_stage_perf(model: GenHancerModel, cfg: EnhanceConfig) -> None:
@@ -155,8 +218,9 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     preview = preview_batch(cfg, model, source) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(configtools.dump_yaml(cfg))
+        ckpt.atomic_write_text(run_dir / "config.yaml", configtools.dump_yaml(cfg))
     accelerator.wait_for_everyone()
+    cache = prepare_latent_cache(cfg, model.codec, model.backbone.image_size, source, accelerator)
     config_hash = configtools.config_hash(cfg, ignore=RESUME_ALLOWED_CHANGES)
     metrics = MetricsWriter(run_dir, accelerator.is_main_process, cfg.logging.tensorboard)
     if resume:
@@ -220,7 +284,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
             nonfinite=cfg.train.nonfinite,
         )
         factory = build_stream_factory(
-            cfg, model, source, stage, rank, world, scfg.per_device_batch_size, use_cuda
+            cfg, model, source, stage, rank, world, scfg.per_device_batch_size, use_cuda, cache
         )
 
         def on_checkpoint(step: int, _name=name) -> None:

@@ -135,6 +135,11 @@ class ImageStream(IterableDataset):
                     try:
                         key, data = ref.fetch()
                         image = decode_image(data, self.max_pixels)
+                        rng = random.Random(derive_seed("augment", self.seed, epoch, ref.uid))
+                        if getattr(self.transform, "takes_uid", False):  # e.g. the latent-cache view
+                            sample = self.transform(image, rng, ref.uid)
+                        else:
+                            sample = self.transform(image, rng)
                     except UnreadableImage as exc:
                         error = exc
                     meta = {"key": key, "position": position, "epoch": epoch}
@@ -148,8 +153,7 @@ class ImageStream(IterableDataset):
                             yield {**meta, "skipped": skipped, "unreadable": True}
                         continue
                     readable += 1
-                    rng = random.Random(derive_seed("augment", self.seed, epoch, ref.uid))
-                    yield {**self.transform(image, rng), **meta, "skipped": skipped}
+                    yield {**sample, **meta, "skipped": skipped}
             if epoch_items == 0:
                 raise UserError(
                     f"data source {self.source.path!r} gives rank {self.rank} of {self.world_size} no items; "
@@ -163,22 +167,31 @@ class ImageStream(IterableDataset):
             epoch += 1
 
 
-def collate(elements: list[dict[str, Any]], image_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Stack images, keep keys as a list, drop skip markers.
+def collate(
+    elements: list[dict[str, Any]],
+    image_shape: tuple[int, ...] | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> dict[str, Any]:
+    """Stack the per-image tensors, keep keys as a list, drop skip markers.
 
-    Returns ``pixel_values``/``vae_pixels`` ``[n, 3, H, W]``, ``key`` (list of n str), ``position``
-    (int, stream position after the batch), ``skipped`` (int, unreadable items in this batch) and
-    ``epoch`` (int). ``n`` may be 0 when every item was unreadable (then the tensors have shape
-    ``[0, *image_shape]``, or ``[0]`` without it).
+    Returns the stacked tensors ``[n, ...]`` (``pixel_values`` and ``vae_pixels``, or whatever the
+    transform yields, e.g. ``latent_mean``/``latent_logvar`` from a latent cache), ``key`` (list of
+    n str), ``position`` (int, stream position after the batch), ``skipped`` (int, unreadable items
+    in this batch) and ``epoch`` (int). ``n`` may be 0 when every item was unreadable: the tensors
+    then have shape ``[0, *shape]`` from ``shapes`` (the transform's ``output_shapes``), or
+    ``[0, *image_shape]`` for ``pixel_values``/``vae_pixels`` without it.
     """
     images = [e for e in elements if not e.get("unreadable")]
     batch: dict[str, Any] = {}
-    for name in ("pixel_values", "vae_pixels"):
-        if images:
-            # numpy, not torch.stack: no intra-op thread pool to contend with (see transforms.py)
-            batch[name] = torch.from_numpy(np.stack([e[name].numpy() for e in images]))
-        else:
-            batch[name] = torch.empty((0, *(image_shape or ())))
+    if images:
+        for name, value in images[0].items():
+            if isinstance(value, torch.Tensor):
+                # numpy, not torch.stack: no intra-op thread pool to contend with (see transforms.py)
+                batch[name] = torch.from_numpy(np.stack([e[name].numpy() for e in images]))
+    else:
+        empty = shapes or {name: image_shape or () for name in ("pixel_values", "vae_pixels")}
+        for name, shape in empty.items():
+            batch[name] = torch.empty((0, *shape))
     batch["key"] = [e["key"] for e in images]
     batch["position"] = max(e["position"] for e in elements)
     batch["skipped"] = len(elements) - len(images)
@@ -204,12 +217,15 @@ def build_dataloader(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     stream = stream.configured(block_size=batch_size, emit_skips=True)
     resolution = getattr(stream.transform, "resolution", None)
+    shapes = getattr(stream.transform, "output_shapes", None)
     generator = torch.Generator().manual_seed(derive_seed("dataloader", stream.seed, stream.rank))
     return DataLoader(
         stream,
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=partial(collate, image_shape=(3, resolution, resolution) if resolution else None),
+        collate_fn=partial(
+            collate, image_shape=(3, resolution, resolution) if resolution else None, shapes=shapes
+        ),
         pin_memory=pin_memory,
         drop_last=drop_last,
         generator=generator,

@@ -168,6 +168,11 @@ class ImageFolderSource(IndexSource):
     def __len__(self) -> int:
         return len(self.files)
 
+    def _ref(self, index: int) -> ItemRef:
+        # the relative path, not the index: a latent cache built before files were added must not
+        # pair stored latents with whichever image now sits at that index
+        return ItemRef(self.files[index], partial(self.fetch, index))
+
     def fetch(self, index: int) -> tuple[str, ImageData]:
         rel = self.files[index]
         key = rel.rsplit(".", 1)[0]

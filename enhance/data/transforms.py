@@ -98,8 +98,7 @@ class PairTransform:
         if self.train:
             if rng is None:
                 raise ValueError("a training transform needs an explicit random.Random")
-            box = random_resized_crop_box(img.width, img.height, rng, self.scale, self.ratio)
-            return img.resize((res, res), Image.BICUBIC, box=box)
+            return self.cut(img, random_resized_crop_box(img.width, img.height, rng, self.scale, self.ratio))
         short = min(img.width, img.height)
         w, h = max(res, round(img.width * res / short)), max(res, round(img.height * res / short))
         if (w, h) != img.size:
@@ -107,12 +106,31 @@ class PairTransform:
         left, top = int(round((w - res) / 2)), int(round((h - res) / 2))
         return img.crop((left, top, left + res, top + res))
 
-    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> dict[str, torch.Tensor]:
-        unit = _to_unit_array(self.crop(img, rng))
+    def cut(self, img: Image.Image, box: Box) -> Image.Image:
+        """The ``box`` region resized to the ``resolution`` square (bicubic), as the training crop."""
+        img = img if img.mode == "RGB" else img.convert("RGB")
+        return img.resize((self.resolution, self.resolution), Image.BICUBIC, box=box)
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-image tensor shapes (what an empty batch is shaped like)."""
+        r = self.resolution
+        return {"pixel_values": (3, r, r), "vae_pixels": (3, r, r)}
+
+    def normalise(self, crop: Image.Image) -> torch.Tensor:
+        """The tower view of an already cropped ``resolution``-square RGB image."""
+        return torch.from_numpy((_to_unit_array(crop) - self.mean) / self.std)
+
+    def views(self, crop: Image.Image) -> dict[str, torch.Tensor]:
+        """Both views of an already cropped ``resolution``-square RGB image."""
+        unit = _to_unit_array(crop)
         return {
             "pixel_values": torch.from_numpy((unit - self.mean) / self.std),
             "vae_pixels": torch.from_numpy(unit * np.float32(2.0) - np.float32(1.0)),
         }
+
+    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> dict[str, torch.Tensor]:
+        return self.views(self.crop(img, rng))
 
     def __repr__(self) -> str:
         return (

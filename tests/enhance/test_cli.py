@@ -22,6 +22,7 @@ EXPECTED_FLAGS = {
     "--output-dir",
     "--stage",
     "--resume",
+    "--build-latent-cache",  # an action (like --describe), not a knob: its settings are latent_cache.*
     "--describe",
     "--list-presets",
 }
