@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crops", type=int, default=4)
     p.add_argument("--out", default="runs/bench_latent_cache")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     args = p.parse_args(argv)
 
     from enhance.cliutils import setup_logging
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  cached:     {result['images_per_s_cached']:8.1f} img/s   speed-up x{result['speedup']:.2f}")
     print(f"  loss over the last {c['tail_steps']} steps: on the fly {c['loss_on_the_fly']:.4f}, cached "
           f"{c['loss_cached']:.4f}, difference {c['difference_in_se']:+.2f} standard errors")  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 

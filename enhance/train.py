@@ -201,6 +201,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     # --- run folder
     run_dir = Path(output_dir)
     latest = check_run_dir(run_dir, cfg, resume)
+    accelerator.wait_for_everyone()  # every rank checks the folder before the main process writes to it
     resume_meta = ckpt.read_state(latest) if latest is not None else None
     if cfg.train.stages[0] == 2 and not cfg.train.one_stage:
         has_stage1 = resume_meta is not None and (

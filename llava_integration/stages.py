@@ -47,8 +47,11 @@ def has_lora(llava: nn.Module) -> bool:
     return any("lora_" in n for n, _ in llava.named_parameters())
 
 
-def add_lora(llava: nn.Module, st: StageConfig) -> None:
-    """LoRA on every linear layer of the LM (LLaVA-1.5 LoRA: r 128, alpha 256)."""
+def add_lora(llava: nn.Module, st: StageConfig, seed: int = 0) -> None:
+    """LoRA on every linear layer of the LM (LLaVA-1.5 LoRA: r 128, alpha 256).
+
+    The adapters are drawn from their own seeded stream (as in :func:`enhance.stages.add_lora`): a
+    run resumed after pretrain must start finetune from the same adapters as an uninterrupted one."""
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(
@@ -57,7 +60,9 @@ def add_lora(llava: nn.Module, st: StageConfig) -> None:
         lora_dropout=st.lora_dropout,
         target_modules=list(st.lora_target_modules) or "all-linear",
     )
-    llava.model.language_model = get_peft_model(llava.model.language_model, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 3)
+        llava.model.language_model = get_peft_model(llava.model.language_model, cfg)
 
 
 def merge_lora(llava: nn.Module) -> None:
@@ -67,10 +72,10 @@ def merge_lora(llava: nn.Module) -> None:
         llava.model.language_model = lm.merge_and_unload()
 
 
-def configure_stage(llava: nn.Module, stage: str, st: StageConfig) -> list[dict]:
+def configure_stage(llava: nn.Module, stage: str, st: StageConfig, seed: int = 0) -> list[dict]:
     """Set ``requires_grad`` for the stage (adding LoRA when asked) and return optimizer groups."""
     if st.trainable == "lora" and not has_lora(llava):
-        add_lora(llava, st)
+        add_lora(llava, st, seed)
     for p in llava.parameters():
         p.requires_grad_(False)
     projector = list(llava.model.multi_modal_projector.parameters())

@@ -84,7 +84,7 @@ def _tally(stream, counts: dict):
 
 def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> dict:
     """Train the configured stages and save ``DIR/final``. Returns paths and the toy report."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from torch.utils.data import DataLoader
 
     from llava_integration import model as llava_model
@@ -101,7 +101,13 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
     # --- compute
     use_cuda = torch.cuda.is_available()
     accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision if use_cuda else "no", cpu=not use_cuda
+        mixed_precision=cfg.train.mixed_precision if use_cuda else "no",
+        cpu=not use_cuda,
+        # A micro-batch of text-only samples never calls the projector. Under DDP a rank without
+        # images would skip the projector's all-reduce (a collective mismatch with the other ranks),
+        # and an all-text step fails the next one; unused-parameter detection reduces zeros for it
+        # on that rank and leaves a globally unused gradient untouched, as one process does.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     world, rank = accelerator.num_processes, accelerator.process_index
     zero3 = accelerator.distributed_type.value == "DEEPSPEED"
@@ -125,9 +131,10 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
                 "finetune needs a pretrained projector: pass --projector DIR/pretrain of a pretrain run, "
                 f"or run --stage pretrain first in {run_dir} (then --stage finetune --resume)"
             )
+    accelerator.wait_for_everyone()  # every rank checks the folder before the main process writes to it
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(configtools.dump_yaml(cfg))
+        ckpt.atomic_write_text(run_dir / "config.yaml", configtools.dump_yaml(cfg))
     accelerator.wait_for_everyone()
     config_hash = configtools.config_hash(cfg, ignore=RESUME_ALLOWED_CHANGES)
 
@@ -170,7 +177,7 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
                 f"{name}.global_batch_size {st.global_batch_size} is not a multiple of per-device batch "
                 f"{st.per_device_batch_size} x {world} processes"
             )
-        groups = configure_stage(llava, name, st)
+        groups = configure_stage(llava, name, st, cfg.train.seed)
         start = LoopState(positions=[0] * world)
 
         # --- resume bookkeeping

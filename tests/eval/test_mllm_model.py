@@ -179,3 +179,18 @@ def test_entry_point_payload_registers_the_model():
     for m in registry._coerce_payload_to_manifests(ep.load()):
         registry.register_manifest(m)
     assert MODEL_NAME in registry.list_model_names()
+
+
+def test_mllm_speed_bench_reports_questions_per_s(tiny_llava_dir, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "mllm_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_mllm_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = ["--pretrained", str(tiny_llava_dir), "--device", "cpu", "--batches", "1,3", "--questions", "5"]
+    assert mod.main([*args, "--max-new-tokens", "3", "--rounds", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(res["questions_per_s"]) == {"1", "3"} and all(v > 0 for v in res["questions_per_s"].values())
+    assert res["same_answers_as_batch_1"] == {"1": True, "3": True}  # batching changes no answer

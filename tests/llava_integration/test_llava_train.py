@@ -252,3 +252,24 @@ def test_two_cpu_processes_under_accelerate_launch(tiny_dirs, tmp_path):
     LlavaForConditionalGeneration.from_pretrained(out / "final")
     state = ckpt.read_state(ckpt.latest_checkpoint(out / "checkpoints"))
     assert state["world_size"] == 2 and len(state["positions"]) == 2
+
+
+def test_lora_adapters_do_not_depend_on_the_global_rng(tiny_model_cfg):
+    """A run resumed after pretrain adds LoRA with a different global RNG state than an
+    uninterrupted one; the adapters must still be the same (seeded from train.seed)."""
+    from llava_integration.model import build
+
+    st = LlavaTrainConfig().finetune
+    st.trainable, st.lora_r, st.lora_alpha = "lora", 4, 8
+    adapters = []
+    for noise in (1, 2):
+        model, _ = build(tiny_model_cfg, seed=0)
+        torch.manual_seed(noise)  # whatever pretrain (or nothing, after a resume) left behind
+        configure_stage(model, "finetune", st, seed=7)
+        adapters.append({k: v.clone() for k, v in model.state_dict().items() if "lora_A" in k})
+    assert adapters[0] and adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+    model, _ = build(tiny_model_cfg, seed=0)
+    configure_stage(model, "finetune", st, seed=8)
+    other = {k: v for k, v in model.state_dict().items() if "lora_A" in k}
+    assert not all(torch.equal(other[k], adapters[0][k]) for k in other)  # the seed matters
