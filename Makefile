@@ -39,6 +39,8 @@ bench: $(STAMP)  # CPU part (tiny preset); GPU commands: BENCHMARKS.md
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/train_step.py --preset tiny --stage 1 --steps 5
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/train_step.py --preset tiny --stage 2 --steps 5 --profile
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/eval_speed.py
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/latent_cache.py --preset tiny --steps 120
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/mllm_speed.py
 
 demo: $(STAMP)
 	$(BIN)/genhancer-demo --preset tiny

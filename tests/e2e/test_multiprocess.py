@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from testkit import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +71,7 @@ def test_two_cpu_processes_match_one(tmp_path, tmp_model_dirs):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29517",
+            free_port(),
             "-m",
             "enhance",
             *base,
@@ -172,7 +173,7 @@ def test_ranks_hold_identical_weights_after_training(tmp_path, tmp_model_dirs):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29519",
+            free_port(),
             str(script),
         ],
         check=True,

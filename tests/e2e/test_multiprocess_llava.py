@@ -35,13 +35,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from testkit import load_test_module, subprocess_env
+from testkit import free_port, load_test_module, subprocess_env
 
 from enhance import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
-PORT = "29523"  # test_multiprocess.py uses 29517 and 29519
 SEED = 5
 PRETRAIN_STEPS, FINETUNE_STEPS = 3, 4
 PER_DEVICE, GLOBAL = 2, 4
@@ -109,7 +108,7 @@ def test_llava_train_two_cpu_processes_match_one(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     subprocess.run(
-        [*torchrun, "--master_port", PORT, "-m", "llava_integration", *args, "--output-dir", str(two)],
+        [*torchrun, "--master_port", free_port(), "-m", "llava_integration", *args, "--output-dir", str(two)],
         check=True,
         timeout=600,
         env=env,
