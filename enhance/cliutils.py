@@ -37,8 +37,14 @@ def print_presets(presets_dir, width: int = 24) -> None:
     """``--list-presets``: one line per preset, name then its description."""
     from enhance.configtools import list_presets, preset_description
 
-    for name in list_presets(presets_dir):
-        print(f"{name:{width}s} {preset_description(presets_dir, name)}")
+    try:
+        for name in list_presets(presets_dir):
+            print(f"{name:{width}s} {preset_description(presets_dir, name)}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `--list-presets | head`: the reader left; no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def setup_logging() -> None:

@@ -181,9 +181,10 @@ class PerfConfig:
         False, "recompute tower and denoiser activations in backward: less memory, ~30% more compute"
     )
     vae_dtype: str = doc(
-        "float32",
+        "auto",
         "dtype of the frozen VAE (encode runs under no_grad, latents return as float32): "
-        "float32 | bfloat16 | auto (bfloat16 on CUDA, float32 on CPU)",
+        "float32 | bfloat16 | auto (bfloat16 on CUDA, as diffusers' FLUX training scripts run it; "
+        "float32 on CPU)",
     )
 
 

@@ -122,8 +122,9 @@ def resolve_vae_dtype(name: str, device_type: str) -> torch.dtype:
 
 def set_vae_dtype(model: GenHancerModel, name: str, device_type: str) -> None:
     """Cast the frozen VAE (continuous codec only; a VQ tokenizer stays float32)."""
-    if isinstance(model.codec, LatentCodec):
-        model.codec.vae.to(resolve_vae_dtype(name, device_type))
+    dtype = resolve_vae_dtype(name, device_type)
+    if isinstance(model.codec, LatentCodec) and model.codec.vae.dtype != dtype:  # no-op casts warn
+        model.codec.vae.to(dtype)
 
 
 def enable_gradient_checkpointing(model: GenHancerModel) -> list[str]:

@@ -165,7 +165,9 @@ def build_latent_cache_only(cfg: EnhanceConfig) -> dict:
         raise UserError(f"data.path is empty: point it at your {cfg.data.source} data (--set data.path=...)")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     codec = build_codec(cfg.vae, cfg.cache_dir or None).to(accelerator.device)
-    codec.vae.to(resolve_vae_dtype(cfg.perf.vae_dtype, accelerator.device.type))
+    dtype = resolve_vae_dtype(cfg.perf.vae_dtype, accelerator.device.type)
+    if codec.vae.dtype != dtype:
+        codec.vae.to(dtype)
     source = build_data_source(cfg, cfg.backbone.image_size)
     cache = prepare_latent_cache(cfg, codec, cfg.backbone.image_size, source, accelerator)
     return lc.read_manifest(cache.path) if accelerator.is_main_process else {}

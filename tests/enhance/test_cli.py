@@ -188,3 +188,21 @@ def test_help_example_set_value_is_accepted(capsys):
     code, out, _ = _run(capsys, "--preset", "tiny", "--set", "stage2.lr=2e-5", "--describe")
     assert code == 0
     assert json.loads(out)["config"]["stage2"]["lr"] == 2e-5
+
+
+def test_list_presets_into_a_closed_pipe_prints_no_traceback():
+    import subprocess
+    import sys
+
+    from testkit import subprocess_env
+
+    code = "from enhance.cli import main; import sys; sys.exit(main(['--list-presets']))"
+    # `head -c 1` closes the pipe after one byte, before the listing is written
+    proc = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -c "{code}" | head -c 1 >/dev/null'],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
