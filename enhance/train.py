@@ -24,7 +24,7 @@ from enhance.model import (
     set_vae_dtype,
 )
 from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
-from enhance.trainer import LoopSpec, LoopState, MetricsWriter, lr_lambda, restore, run_loop
+from enhance.trainer import LoopSpec, MetricsWriter, grad_accum_steps, lr_lambda, run_loop, start_stage
 from enhance.trainer import check_run_dir as trainer_check_run_dir
 
 log = logging.getLogger("enhance")
@@ -236,15 +236,9 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     for stage in cfg.train.stages:
         name = STAGE_NAMES[stage]
         scfg = cfg.stage1 if stage == 1 else cfg.stage2
-        per_step = scfg.per_device_batch_size * world
-        if scfg.global_batch_size % per_step:
-            raise UserError(
-                f"{name}.global_batch_size {scfg.global_batch_size} is not a multiple of per-device batch "
-                f"{scfg.per_device_batch_size} x {world} processes"
-            )
+        grad_accum = grad_accum_steps(name, scfg.global_batch_size, scfg.per_device_batch_size, world)
         params = configure_stage(model, stage, cfg)
         apply_stage_perf(model, cfg)
-        start = LoopState(positions=[0] * world)
 
         # --- resume bookkeeping
         if resume_meta is not None:
@@ -260,22 +254,23 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
             if ck_stage < stage:  # stage-1 checkpoint, stage 2 starts fresh from its weights
                 resume_meta = None
 
-        optimizer = torch.optim.AdamW(
-            params, lr=scfg.lr, betas=tuple(scfg.betas), weight_decay=scfg.weight_decay, fused=use_cuda
+        here = resume_meta is not None and resume_meta["stage_index"] == stage
+        prepared, optimizer, scheduler, start = start_stage(
+            accelerator,
+            model,
+            params,
+            scfg,
+            lr_lambda(scfg.warmup_steps),
+            latest if here else None,
+            lambda w: load_checkpoint_state(model, w),
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(scfg.warmup_steps))
-        prepared, optimizer = accelerator.prepare(model, optimizer)
-        if resume_meta is not None and resume_meta["stage_index"] == stage:
-            start = restore(
-                accelerator, prepared, optimizer, scheduler, latest, lambda w: load_checkpoint_state(model, w)
-            )
-            resume_meta = None
+        resume_meta = None if here else resume_meta
 
         spec = LoopSpec(
             name=name,
             index=stage,
             steps=scfg.steps,
-            grad_accum=scfg.global_batch_size // per_step,
+            grad_accum=grad_accum,
             grad_clip=scfg.grad_clip,
             seed=cfg.train.seed,
             log_every=cfg.logging.every,

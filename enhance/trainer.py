@@ -364,6 +364,44 @@ def save(
     return path
 
 
+def grad_accum_steps(name: str, global_batch: int, per_device: int, world: int) -> int:
+    """Micro-batches per optimizer step, or a clear error when the global batch does not split."""
+    per_step = per_device * world
+    if global_batch % per_step:
+        raise UserError(
+            f"{name}.global_batch_size {global_batch} is not a multiple of per-device batch "
+            f"{per_device} x {world} processes"
+        )
+    return global_batch // per_step
+
+
+def start_stage(
+    accelerator,
+    module: torch.nn.Module,
+    params,
+    stage_cfg: Any,
+    lr_fn: Callable[[int], float],
+    resume_from: Path | None = None,
+    load_weights: Callable[[dict[str, torch.Tensor]], None] | None = None,
+):
+    """AdamW (fused on CUDA) + LambdaLR over ``params``, prepared by ``accelerator``, and the loop
+    state: fresh, or restored from ``resume_from``. Returns ``(prepared, optimizer, scheduler, start)``.
+    ``stage_cfg`` supplies ``lr``, ``betas`` and ``weight_decay``."""
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=stage_cfg.lr,
+        betas=tuple(stage_cfg.betas),
+        weight_decay=stage_cfg.weight_decay,
+        fused=accelerator.device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_fn)
+    prepared, optimizer = accelerator.prepare(module, optimizer)
+    start = LoopState(positions=[0] * accelerator.num_processes)
+    if resume_from is not None:
+        start = restore(accelerator, prepared, optimizer, scheduler, resume_from, load_weights)
+    return prepared, optimizer, scheduler, start
+
+
 def restore(
     accelerator,
     model,

@@ -18,7 +18,7 @@ from enhance import checkpoint as ckpt
 from enhance import configtools
 from enhance.data.seeding import derive_seed
 from enhance.errors import UserError
-from enhance.trainer import LoopSpec, LoopState, MetricsWriter, cosine_lambda, restore, run_loop
+from enhance.trainer import LoopSpec, MetricsWriter, cosine_lambda, grad_accum_steps, run_loop, start_stage
 from enhance.trainer import check_run_dir as trainer_check_run_dir
 from llava_integration.config import RESUME_ALLOWED_CHANGES, STAGES, LlavaTrainConfig, StageConfig
 
@@ -171,14 +171,8 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
         json_path, image_root = stage_paths(cfg, st, name, run_dir)
         records = load_records(json_path, n_image)
         steps = stage_steps(st, len(records))
-        per_step = st.per_device_batch_size * world
-        if st.global_batch_size % per_step:
-            raise UserError(
-                f"{name}.global_batch_size {st.global_batch_size} is not a multiple of per-device batch "
-                f"{st.per_device_batch_size} x {world} processes"
-            )
+        grad_accum = grad_accum_steps(name, st.global_batch_size, st.per_device_batch_size, world)
         groups = configure_stage(llava, name, st, cfg.train.seed)
-        start = LoopState(positions=[0] * world)
 
         # --- resume bookkeeping
         if resume_meta is not None:
@@ -194,23 +188,23 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
                     continue
                 resume_meta = None
 
-        optimizer = torch.optim.AdamW(
-            groups, lr=st.lr, betas=tuple(st.betas), weight_decay=st.weight_decay, fused=use_cuda
+        here = resume_meta is not None and resume_meta["stage_index"] == idx
+        prepared, optimizer, scheduler, start = start_stage(
+            accelerator,
+            task,
+            groups,
+            st,
+            cosine_lambda(math.ceil(st.warmup_ratio * steps), steps),
+            latest if here else None,
+            lambda w: load_trainable_state(task, w),
         )
-        warmup = math.ceil(st.warmup_ratio * steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(warmup, steps))
-        prepared, optimizer = accelerator.prepare(task, optimizer)
-        if resume_meta is not None and resume_meta["stage_index"] == idx:
-            start = restore(
-                accelerator, prepared, optimizer, scheduler, latest, lambda w: load_trainable_state(task, w)
-            )
-            resume_meta = None
+        resume_meta = None if here else resume_meta
 
         spec = LoopSpec(
             name=name,
             index=idx,
             steps=steps,
-            grad_accum=st.global_batch_size // per_step,
+            grad_accum=grad_accum,
             grad_clip=st.grad_clip,
             seed=cfg.train.seed,
             log_every=cfg.logging.every,
