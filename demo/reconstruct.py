@@ -6,9 +6,11 @@ exported projector and denoiser with each model's token: the enhanced tower is w
 trained with; the original tower's token shows what that conditioning had to work from before
 stage 2 changed it. Reconstructions are seeded, so the same input gives the same picture.
 
-The denoiser comes from ``RUN/export/denoiser/`` (``projector/``, ``transformer/``,
-``genhancer.json``), rebuilt with the same classes as training (``enhance.projector``,
-``enhance.denoisers.continuous``, ``enhance.vae``).
+The denoiser comes from ``RUN/export/denoiser/`` (``projector/``, ``transformer/`` or, for the
+discrete denoiser, ``perceiver/``, and ``genhancer.json``), rebuilt with the same classes as
+training (``enhance.projector``, ``enhance.denoisers``, ``enhance.vae`` / ``enhance.vq``). A
+discrete run's picture is the VQ decode of the codes it predicts with every position masked, i.e.
+from the global token alone (argmax, so the seed does not matter there).
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ from enhance.errors import UserError, first_line
 
 
 class Reconstructor:
-    """Projector + continuous denoiser + VAE of an exported run.
+    """Projector + denoiser + codec of an exported run.
 
     Args:
         projector: the exported :class:`~enhance.projector.ConditionProjector`.
-        denoiser: a :class:`~enhance.denoisers.continuous.ContinuousDenoiser`.
-        codec: the run's frozen :class:`~enhance.vae.LatentCodec`.
+        denoiser: a :class:`~enhance.denoisers.continuous.ContinuousDenoiser` or a
+            :class:`~enhance.denoisers.discrete.PerceiverDenoiser`.
+        codec: the run's frozen :class:`~enhance.vae.LatentCodec` (or :class:`~enhance.vq.VQCodec`).
         meta: the parsed ``genhancer.json``.
-        steps (`int`): Euler steps per reconstruction.
+        steps (`int`): Euler steps per reconstruction (continuous only).
     """
 
     def __init__(self, projector, denoiser, codec, meta: dict, steps: int):
@@ -44,6 +47,7 @@ class Reconstructor:
         self.steps = steps
         self.image_size = int(meta["backbone"]["image_size"])
         self.local_token_ratio = float(meta["backbone"].get("local_token_ratio", 0.0))
+        self.kind = meta.get("denoiser", {}).get("kind", "continuous")
 
     @classmethod
     def load(
@@ -53,10 +57,12 @@ class Reconstructor:
         from diffusers import FluxTransformer2DModel
 
         from enhance import configtools
-        from enhance.config import FlowConfig, VAEConfig
+        from enhance.config import DenoiserConfig, FlowConfig, VAEConfig
         from enhance.denoisers.continuous import ContinuousDenoiser
+        from enhance.denoisers.discrete import PerceiverDenoiser
         from enhance.projector import ConditionProjector
         from enhance.vae import build_codec
+        from enhance.vq import build_vq
 
         folder = Path(denoiser_dir)
         try:
@@ -64,22 +70,27 @@ class Reconstructor:
         except (OSError, ValueError) as exc:
             raise UserError(f"{folder / 'genhancer.json'}: {first_line(exc)}") from None
         kind = meta.get("denoiser", {}).get("kind", "continuous")
-        if kind != "continuous":
-            raise Unavailable(
-                f"the run in {folder.parent.parent} used the '{kind}' denoiser; the reconstruction view "
-                "needs the continuous (FLUX) denoiser"
-            )
-        if not (folder / "transformer" / "config.json").is_file():
-            raise Unavailable(f"{folder} has no transformer/ (the exported denoiser weights)")
+        if kind not in ("continuous", "discrete"):
+            raise Unavailable(f"the run in {folder.parent.parent} used an unknown '{kind}' denoiser")
+        weights = "transformer" if kind == "continuous" else "perceiver"
+        if not (folder / weights / "config.json").is_file():
+            raise Unavailable(f"{folder} has no {weights}/ (the exported {kind} denoiser weights)")
         try:
             projector = ConditionProjector.from_pretrained(folder / "projector")
-            transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer")
+            if kind == "continuous":
+                denoiser_module = FluxTransformer2DModel.from_pretrained(folder / weights)
+            else:
+                denoiser_module = PerceiverDenoiser.from_pretrained(folder / weights)
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load the denoiser from {folder}: {first_line(exc)}") from None
-        vae_cfg = configtools.from_dict(VAEConfig, meta["vae"], "vae")
         flow_cfg = configtools.from_dict(FlowConfig, meta.get("flow", {}), "flow")
+        if kind == "discrete":
+            den_cfg = configtools.from_dict(DenoiserConfig, meta["denoiser"], "denoiser")
+            codec = build_vq(den_cfg, int(meta["backbone"]["image_size"]), cache_dir)
+            return cls(projector, denoiser_module, codec, meta, steps or flow_cfg.preview_steps).to(device)
+        vae_cfg = configtools.from_dict(VAEConfig, meta["vae"], "vae")
         codec = build_codec(vae_cfg, cache_dir)
-        denoiser = ContinuousDenoiser(transformer, guidance=float(meta["denoiser"].get("guidance", 4.0)))
+        denoiser = ContinuousDenoiser(denoiser_module, guidance=float(meta["denoiser"].get("guidance", 4.0)))
         rec = cls(projector, denoiser, codec, meta, steps or flow_cfg.preview_steps)
         return rec.to(device)
 
@@ -110,7 +121,12 @@ class Reconstructor:
             raise UserError(
                 f"this tower's global token is {token.shape[-1]}-d; the denoiser was trained on {self.global_dim}-d"
             )
-        model = GenHancerModel(_FixedToken(token), self.projector, self.denoiser, self.codec)
+        if self.kind == "discrete":
+            from enhance.model import DiscreteGenHancerModel
+
+            model = DiscreteGenHancerModel(_FixedToken(token), self.projector, self.denoiser, self.codec)
+        else:
+            model = GenHancerModel(_FixedToken(token), self.projector, self.denoiser, self.codec)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         out = model.reconstruct(pixels, generator, steps=self.steps)
         return to_pil(out[0])

@@ -3,8 +3,8 @@
 ``DIR/export/hf/``            whole dual encoder + processor (``AutoModel`` / ``AutoProcessor``)
 ``DIR/export/vision_tower/``  image encoder alone + image processor (what LLaVA loads)
 ``DIR/export/open_clip/``     state dict + model config (open_clip sources)
-``DIR/export/denoiser/``      projector and denoiser with ``genhancer.json`` (for the demo's
-                              reconstruction view)
+``DIR/export/denoiser/``      projector and denoiser (``transformer/`` or, discrete,
+                              ``perceiver/``) with ``genhancer.json`` (the demo's reconstruction view)
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ def export_model(model: GenHancerModel, cfg, out_dir: Path) -> dict[str, str]:
     den_dir = tmp / "denoiser"
     model.projector.save_pretrained(den_dir / "projector", safe_serialization=True)
     transformer = getattr(model.denoiser, "transformer", None)
-    if transformer is not None:
+    if transformer is not None:  # continuous: the FLUX transformer inside ContinuousDenoiser
         transformer.save_pretrained(den_dir / "transformer", safe_serialization=True)
+    elif hasattr(model.denoiser, "save_pretrained"):  # discrete: the Perceiver itself
+        model.denoiser.save_pretrained(den_dir / "perceiver", safe_serialization=True)
     meta = {
         "denoiser": configtools.to_dict(cfg.denoiser),
         "vae": configtools.to_dict(cfg.vae),

@@ -58,11 +58,16 @@ def test_without_a_denoiser_the_page_says_what_to_pass(demo_cfg, two_images, tmp
     assert "--enhanced RUN_DIR" in message and "no export/denoiser" in message
 
 
-def test_discrete_and_mismatched_runs_are_explained(demo_run, tmp_path, tmp_model_dirs, two_images):
+def test_unknown_and_mismatched_runs_are_explained(demo_run, tmp_path, tmp_model_dirs, two_images):
     den = tmp_path / "denoiser"
     shutil.copytree(demo_run / "export" / "denoiser", den)
     meta = json.loads((den / "genhancer.json").read_text())
-    with pytest.raises(Unavailable, match="'discrete' denoiser"):
+    with pytest.raises(Unavailable, match="unknown 'autoregressive' denoiser"):
+        (den / "genhancer.json").write_text(
+            json.dumps({**meta, "denoiser": {**meta["denoiser"], "kind": "autoregressive"}})
+        )
+        Reconstructor.load(den)
+    with pytest.raises(Unavailable, match="no perceiver/"):  # continuous weights, discrete meta
         (den / "genhancer.json").write_text(
             json.dumps({**meta, "denoiser": {**meta["denoiser"], "kind": "discrete"}})
         )
@@ -77,3 +82,53 @@ def test_discrete_and_mismatched_runs_are_explained(demo_run, tmp_path, tmp_mode
     shutil.rmtree(den / "transformer")
     with pytest.raises(Unavailable, match="no transformer/"):
         Reconstructor.load(den)
+
+
+@pytest.fixture(scope="module")
+def discrete_run(tmp_path_factory, tmp_model_dirs):
+    """A tiny discrete GenHancer run (random 32-code VQ tokenizer), trained 1 + 1 steps and exported."""
+    from diffusers import VQModel
+    from testkit import root_conftest
+
+    from enhance.backbones.tiny import TINY_VQ_RECIPE, tiny_vq_config
+    from enhance.train import run
+
+    root = tmp_path_factory.mktemp("discrete_demo")
+    recipe = {**TINY_VQ_RECIPE, "block_out_channels": [8, 8, 8], "codebook_size": 32, "image_size": 32}
+    torch.manual_seed(0)
+    VQModel(**tiny_vq_config(recipe)).save_pretrained(root / "vq" / "vqvae", safe_serialization=True)
+    overrides = [
+        "denoiser.kind=discrete",
+        f"denoiser.tokenizer={root / 'vq'}",
+        "denoiser.num_layers=1",
+        "denoiser.perceiver_hidden=32",
+        "denoiser.perceiver_heads=2",
+        "stage1.steps=1",
+        "stage2.steps=1",
+        "logging.preview_count=0",
+    ]
+    run(root_conftest().build_tiny_enhance_config(tmp_model_dirs, overrides), root / "run")
+    return root / "run"
+
+
+def test_discrete_run_reconstructs_from_the_global_token(discrete_run, two_images):
+    """The exported Perceiver + VQ tokenizer rebuilt by the demo give the training model's picture
+    (every code masked: the image from the global token alone)."""
+    from PIL import Image
+
+    from enhance.backbones.hf import load_hf_backbone
+    from enhance.model import DiscreteGenHancerModel
+
+    assert (discrete_run / "export" / "denoiser" / "perceiver" / "config.json").is_file()
+    rec = Reconstructor.load(discrete_run / "export" / "denoiser")
+    assert rec.kind == "discrete"
+    enc = load_encoder(str(discrete_run), device="cpu")
+    image = Image.open(two_images[1]).convert("RGB")
+    ours = rec.reconstruct(enc, image, seed=0)
+    assert ours.size == (SIZE, SIZE)
+    assert np.array_equal(np.asarray(ours), np.asarray(rec.reconstruct(enc, image, seed=5)))  # argmax
+    backbone = load_hf_backbone("openai-clip", str(discrete_run / "export" / "hf"), SIZE)
+    model = DiscreteGenHancerModel(backbone, rec.projector, rec.denoiser, rec.codec)
+    ref = model.reconstruct(enc.preprocess([image]), torch.Generator().manual_seed(0))[0]
+    ref = ((ref.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(np.asarray(ours), ref)
