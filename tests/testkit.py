@@ -43,3 +43,20 @@ def free_port() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return str(s.getsockname()[1])
+
+
+def tiny_enhance_flags(dirs, *extra: str) -> list[str]:
+    """``enhance --preset tiny`` command-line flags pointed at the session's tiny models
+    (``tmp_model_dirs``), 64-image toy world, then ``extra`` ``KEY=VALUE`` overrides."""
+    root = root_conftest()
+    sets = [
+        f"backbone.name_or_path={dirs.clip}",
+        f"backbone.image_size={root.TINY_IMAGE_SIZE}",
+        f"vae.name_or_path={dirs.vae}",
+        f"vae.latent_channels={root.TINY_LATENT_CHANNELS}",
+        *root.TINY_DENOISER_OVERRIDES,
+        "data.toyworld_size=64",
+        f"cache_dir={dirs.cache}",
+        *extra,
+    ]
+    return ["--preset", "tiny", *[x for item in sets for x in ("--set", item)]]

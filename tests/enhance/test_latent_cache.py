@@ -206,21 +206,11 @@ def test_cached_training_curve_matches_on_the_fly_within_noise(tmp_path, tiny_en
 
 
 def test_build_latent_cache_command(tmp_path, capsys, tmp_model_dirs):
-    from testkit import root_conftest
+    from testkit import tiny_enhance_flags
 
     from enhance.cli import main
 
-    root, d = root_conftest(), tmp_model_dirs
-    sets = [
-        f"backbone.name_or_path={d.clip}",
-        f"backbone.image_size={root.TINY_IMAGE_SIZE}",
-        f"vae.name_or_path={d.vae}",
-        f"vae.latent_channels={root.TINY_LATENT_CHANNELS}",
-        "data.toyworld_size=64",
-        f"cache_dir={d.cache}",
-        f"latent_cache.path={tmp_path / 'c'}",
-    ]
-    flags = ["--preset", "tiny", *[x for item in sets for x in ("--set", item)]]
+    flags = tiny_enhance_flags(tmp_model_dirs, f"latent_cache.path={tmp_path / 'c'}")
     code = main([*flags, "--build-latent-cache"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)

@@ -67,22 +67,11 @@ def test_eval_speed_reports_cache_speedup(tmp_model_dirs, capsys):
 
 
 def test_latent_cache_bench_compares_speed_and_curves(tmp_path, tmp_model_dirs, capsys):
-    from testkit import root_conftest
+    from testkit import tiny_enhance_flags
 
-    root, d = root_conftest(), tmp_model_dirs
-    sets = [
-        f"backbone.name_or_path={d.clip}",
-        f"backbone.image_size={root.TINY_IMAGE_SIZE}",
-        f"vae.name_or_path={d.vae}",
-        f"vae.latent_channels={root.TINY_LATENT_CHANNELS}",
-        *root.TINY_DENOISER_OVERRIDES,
-        "data.toyworld_size=64",
-        "stage1.global_batch_size=8",
-        "stage1.per_device_batch_size=8",
-        f"cache_dir={d.cache}",
-    ]
-    args = ["--preset", "tiny", "--steps", "6", "--out", str(tmp_path / "b")]
-    res = _run(_load("latent_cache"), capsys, *args, *[x for s in sets for x in ("--set", s)])
+    flags = tiny_enhance_flags(tmp_model_dirs, "stage1.global_batch_size=8", "stage1.per_device_batch_size=8")
+    args = ["--steps", "6", "--out", str(tmp_path / "b"), *flags]  # flags carry --preset tiny
+    res = _run(_load("latent_cache"), capsys, *args)
     assert res["cache_images"] == 64 and res["cache_bytes"] > 0
     assert res["images_per_s_cached"] > 0 and res["speedup"] > 0
     assert res["curve"]["tail_steps"] == 3 and res["curve"]["standard_error"] > 0
