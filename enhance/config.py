@@ -161,7 +161,8 @@ class TrainConfig:
     max_skip_fraction: float = doc(0.5, "stop when more than this fraction of images were unreadable")
     nonfinite: str = doc(
         "stop",
-        "non-finite loss/gradient: stop (clear error, nothing saved) | skip (drop the update, count it)",
+        "non-finite loss/gradient: stop (clear error at the next log/checkpoint step, nothing after it "
+        "saved; no per-step host sync) | skip (drop the update, count it; one host sync per step)",
     )
 
 

@@ -76,7 +76,7 @@ class LoopSpec:
     config_hash: str
     progress: bool = True
     max_skip_fraction: float = 0.5
-    nonfinite: str = "stop"  # stop | skip | ignore: what a non-finite gradient norm does
+    nonfinite: str = "stop"  # stop | skip | ignore: what a non-finite gradient norm does (see run_loop)
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -182,6 +182,7 @@ def run_loop(
     grad_norm = torch.zeros((), device=device)
     extra_sums: dict[str, torch.Tensor] = {}
     nonfinite_steps = 0
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step (stop mode)
     loss_count = 0
     images_since = 0
     t_log = time.perf_counter()
@@ -226,12 +227,15 @@ def run_loop(
         grad_norm = accelerator.clip_grad_norm_(
             trainable, spec.grad_clip if spec.grad_clip > 0 else float("inf")
         )
-        if spec.nonfinite != "ignore" and not bool(torch.isfinite(grad_norm)):  # one sync per step
-            if spec.nonfinite == "stop":
-                raise UserError(
-                    f"{spec.name}: non-finite loss or gradient at step {state.step + 1}; nothing was "
-                    "updated or saved. Lower the LR, or set train.nonfinite=skip to skip such batches"
-                )
+        if spec.nonfinite == "stop":
+            # No host sync here: remember the first bad step on the device and check it before
+            # anything is logged or saved (below). The weights may go bad in memory meanwhile, but
+            # they are never written: the run stops at that check.
+            bad = ~torch.isfinite(torch.as_tensor(grad_norm, device=device)).reshape(())
+            first_bad = torch.where(
+                bad & (first_bad < 0), torch.full_like(first_bad, state.step + 1), first_bad
+            )
+        if spec.nonfinite == "skip" and not bool(torch.isfinite(grad_norm)):  # a sync per step, by choice
             nonfinite_steps += 1  # skip: drop this update, keep the data position moving
             optimizer.zero_grad(set_to_none=True)
             grad_norm = torch.zeros((), device=device)
@@ -246,7 +250,16 @@ def run_loop(
             pbar.update(1)
 
         end = state.step == spec.steps
-        if state.step % spec.log_every == 0 or end:
+        logging_now = state.step % spec.log_every == 0 or end
+        if spec.nonfinite == "stop" and (logging_now or state.step % spec.checkpoint_every == 0):
+            step_bad = int(accelerator.reduce(first_bad.clone(), reduction="max").item())
+            if step_bad > 0:
+                raise UserError(
+                    f"{spec.name}: non-finite loss or gradient at step {step_bad}; stopped at step "
+                    f"{state.step} before anything after step {step_bad - 1} was logged or saved. Lower "
+                    "the LR, or set train.nonfinite=skip to skip such batches"
+                )
+        if logging_now:
             stats = torch.stack(
                 [
                     loss_sum,

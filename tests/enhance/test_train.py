@@ -288,6 +288,25 @@ def test_nonfinite_loss_stops_with_the_step_and_saves_nothing_after(
     assert all(torch.isfinite(v).all() for v in _ckpt_weights(tmp_path).values())
 
 
+def test_nonfinite_stop_needs_no_per_step_sync_and_still_saves_nothing_bad(
+    tmp_path, tiny_enhance_config, monkeypatch
+):
+    """Logging and checkpointing every 3 steps: the bad step 2 is found at step 3's check (no host
+    sync per step), and neither a log line nor a checkpoint covering it is written."""
+    _poison_second_step(monkeypatch)
+    cfg = tiny_enhance_config(
+        "train.stages=[1]",
+        "stage1.steps=6",
+        "logging.preview_count=0",
+        "logging.every=3",
+        "checkpoint.every=3",
+    )
+    with pytest.raises(UserError, match="at step 2; stopped at step 3 before anything after step 1"):
+        run(cfg, tmp_path)
+    assert ckpt.list_checkpoints(tmp_path / "checkpoints") == []
+    assert not (tmp_path / "metrics.jsonl").exists() or _metrics(tmp_path) == []
+
+
 def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path, tiny_enhance_config, monkeypatch):
     _poison_second_step(monkeypatch)
     cfg = tiny_enhance_config(
