@@ -171,6 +171,12 @@ def run_loop(
     ckpt_root = run_dir / "checkpoints"
     protect = set(protect or ())
     trainable = [p for p in model.parameters() if p.requires_grad]
+    deepspeed = accelerator.distributed_type.value == "DEEPSPEED"
+    if deepspeed and spec.nonfinite == "skip":
+        raise UserError(
+            "train.nonfinite=skip cannot drop an update under DeepSpeed (the engine steps inside "
+            "backward); use train.nonfinite=stop"
+        )
 
     pbar = None
     if spec.progress and accelerator.is_main_process:
@@ -213,6 +219,8 @@ def run_loop(
             }
             # Gradients are all-reduced only on the last micro-batch of the accumulation.
             sync = micro == spec.grad_accum - 1
+            if deepspeed:  # accelerator.backward steps the engine whenever sync_gradients is set
+                accelerator.sync_gradients = sync
             with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
                 out = model(batch, gen)  # through the DDP/DeepSpeed wrapper: its hooks sync gradients
                 loss = out["loss"]
@@ -227,6 +235,8 @@ def run_loop(
         grad_norm = accelerator.clip_grad_norm_(
             trainable, spec.grad_clip if spec.grad_clip > 0 else float("inf")
         )
+        if grad_norm is None:  # DeepSpeed before its first engine step (every micro-batch so far was empty)
+            grad_norm = torch.zeros((), device=device)
         if spec.nonfinite == "stop":
             # No host sync here: remember the first bad step on the device and check it before
             # anything is logged or saved (below). The weights may go bad in memory meanwhile, but
@@ -349,6 +359,14 @@ def save(
     accelerator.wait_for_everyone()
     if accelerator.distributed_type.value == "DEEPSPEED":
         accelerator.save_state(str(tmp / "engine"))  # collective: every rank writes its shard
+        # The weights alone too: a later stage, or a resume past this one, loads them without an engine.
+        if final:
+            import deepspeed
+
+            # ZeRO-3 partitions the parameters: gather them (collective; a no-op under ZeRO-1/2).
+            with deepspeed.zero.GatheredParameters([p for p in model.parameters() if hasattr(p, "ds_id")]):
+                if accelerator.is_main_process:
+                    ckpt.write_payload(tmp, checkpoint_weights(), None, rank=0)
     elif accelerator.is_main_process:
         ckpt.write_payload(tmp, checkpoint_weights(), optimizer.state_dict(), rank=0)
     if not accelerator.is_main_process and accelerator.distributed_type.value != "DEEPSPEED":
@@ -408,6 +426,18 @@ def start_stage(
         fused=accelerator.device.type == "cuda",
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_fn)
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        from enhance.deepspeed_compat import allow_scalar_parameter_broadcast
+
+        allow_scalar_parameter_broadcast()  # CLIP's 0-dim logit_scale (see the module)
+        # No dataloader goes through prepare (each rank streams its own data), so DeepSpeed cannot
+        # infer its batch sizes: give them per stage. run_loop accumulates (stageN.global_batch_size)
+        # and tells the engine where a step ends, so the engine's own accumulation is 1.
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["gradient_accumulation_steps"] = 1
+        ds["train_micro_batch_size_per_gpu"] = stage_cfg.per_device_batch_size
+        ds["train_batch_size"] = stage_cfg.per_device_batch_size * accelerator.num_processes
+        ds["gradient_clipping"] = stage_cfg.grad_clip  # the engine clips; clip_grad_norm_ reads the norm
     prepared, optimizer = accelerator.prepare(module, optimizer)
     start = LoopState(positions=[0] * accelerator.num_processes)
     if resume_from is not None:

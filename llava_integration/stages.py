@@ -16,9 +16,14 @@ from llava_integration.config import StageConfig
 class LlavaTask(nn.Module):
     """Wraps a ``LlavaForConditionalGeneration``; ``training_forward`` returns the masked LM loss."""
 
-    def __init__(self, llava: nn.Module):
+    def __init__(self, llava: nn.Module, vision_every_step: bool = False):
         super().__init__()
         self.llava = llava
+        # DeepSpeed ZeRO-3 gathers a module's partitioned weights on forward and reduce-scatters its
+        # gradients on backward, both collectives: every rank must run the tower and the projector on
+        # every micro-batch, a text-only one too, or the ranks deadlock (upstream LLaVA feeds such
+        # samples a zero image for the same reason). See training_forward.
+        self.vision_every_step = vision_every_step
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -33,6 +38,8 @@ class LlavaTask(nn.Module):
         self, batch: dict, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         pixel_values = batch["pixel_values"]
+        if self.vision_every_step and not pixel_values.shape[0]:
+            return {"loss": self._text_only_through_vision(batch)}
         out = self.llava(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -41,6 +48,36 @@ class LlavaTask(nn.Module):
             use_cache=False,
         )
         return {"loss": out.loss}
+
+    def _text_only_through_vision(self, batch: dict) -> torch.Tensor:
+        """The loss of a text-only micro-batch, with the tower and projector run on a blank image
+        right after the token embedding, where an image micro-batch runs them: ZeRO-3 fetches (and
+        prefetches) partitioned weights along the module order it traced, which must match across
+        ranks. The blank's features join the graph with weight 0: same loss, zero gradients."""
+        config = self.llava.config
+        size = config.vision_config.image_size
+        dtype = next(self.llava.model.multi_modal_projector.parameters()).dtype
+
+        def through_vision(module, args, embeds):
+            blank = torch.zeros(1, 3, size, size, device=embeds.device, dtype=dtype)
+            features = self.llava.model.get_image_features(
+                pixel_values=blank,
+                vision_feature_layer=config.vision_feature_layer,
+                vision_feature_select_strategy=config.vision_feature_select_strategy,
+            ).pooler_output
+            return embeds + 0.0 * sum(f.sum() for f in features).to(embeds.dtype)
+
+        handle = self.llava.get_input_embeddings().register_forward_hook(through_vision)
+        try:
+            out = self.llava(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+                use_cache=False,
+            )
+        finally:
+            handle.remove()
+        return out.loss
 
 
 def has_lora(llava: nn.Module) -> bool:

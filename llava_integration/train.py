@@ -7,6 +7,7 @@ Reads top to bottom: compute, run folder and resume checks, data, model, one pas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -79,6 +80,25 @@ def _tally(stream, counts: dict):
         yield batch
 
 
+@contextlib.contextmanager
+def _no_zero3_init(accelerator):
+    """Build the model whole, as ``zero3_init_flag: false`` in ds_zero3.yaml intends: accelerate 1.15
+    registers its DeepSpeed config with transformers whatever that flag says, and transformers then
+    partitions every model it constructs (``zero.Init``), which breaks the assembly on the meta
+    device (``model.assemble``). The engine partitions the parameters in ``accelerator.prepare``."""
+    plugin = accelerator.state.deepspeed_plugin if accelerator is not None else None
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -139,9 +159,10 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
     config_hash = configtools.config_hash(cfg, ignore=RESUME_ALLOWED_CHANGES)
 
     # --- model
-    llava, processor = llava_model.build(
-        cfg.model, cfg.cache_dir or None, seed=cfg.train.seed, pad=cfg.data.image_aspect_ratio == "pad"
-    )
+    with _no_zero3_init(accelerator if zero3 else None):
+        llava, processor = llava_model.build(
+            cfg.model, cfg.cache_dir or None, seed=cfg.train.seed, pad=cfg.data.image_aspect_ratio == "pad"
+        )
     llava.model.vision_tower.requires_grad_(False)
     tokenizer = processor.tokenizer
     n_image = llava_model.num_image_tokens(llava.config)
@@ -150,7 +171,7 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
         if accelerator.is_main_process:
             prepare_toy_data(cfg, run_dir, vc.image_size)
         accelerator.wait_for_everyone()
-    task = LlavaTask(llava).to(accelerator.device)
+    task = LlavaTask(llava, vision_every_step=zero3).to(accelerator.device)
     metrics = MetricsWriter(run_dir, accelerator.is_main_process, cfg.logging.tensorboard)
     if resume:  # drop log lines the checkpoint does not cover (see MetricsWriter.rewind)
         upto = (resume_meta["stage_index"], resume_meta["step"]) if resume_meta else (0, -1)
