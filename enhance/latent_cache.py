@@ -25,10 +25,12 @@ processes, rank ``r`` builds shards ``r, r + world, ...`` and the main process w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import random
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -328,11 +330,17 @@ class CacheEntry:
     logvar: torch.Tensor
 
 
+def uid_hash(uid: str) -> int:
+    """64-bit key of a uid in the in-memory index (a dict of millions of str would cost ~0.5 GB in
+    every DataLoader worker; two numpy arrays cost 16 bytes an image)."""
+    return int.from_bytes(hashlib.blake2b(uid.encode("utf-8"), digest_size=8).digest(), "little")
+
+
 class LatentCache:
     """Random access to a finished cache by source uid. Shards are memory-mapped lazily per
-    process, so the object pickles cheaply into DataLoader workers."""
+    process (at most ``max_open`` at a time), so the object pickles cheaply into DataLoader workers."""
 
-    def __init__(self, path: str | os.PathLike, spec: dict | None = None):
+    def __init__(self, path: str | os.PathLike, spec: dict | None = None, max_open: int = 64):
         self.path = Path(path)
         manifest = read_manifest(self.path)
         if manifest is None:
@@ -343,46 +351,66 @@ class LatentCache:
             check_spec(manifest, spec, self.path)
         self.manifest = manifest
         self.crops = int(manifest["spec"]["crops"])
-        self._index: dict[str, tuple[int, int]] | None = None
-        self._unreadable: set[str] = set()
-        self._files: dict[int, Any] = {}
+        self.max_open = max(1, max_open)
+        self._keys: np.ndarray | None = None  # sorted uint64 uid hashes
+        self._where: np.ndarray | None = None  # int64 (shard << 32 | row), -1: unreadable at build
+        self._files: OrderedDict[int, Any] = OrderedDict()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_files": {}}
+        return {**self.__dict__, "_files": OrderedDict()}
 
     def __len__(self) -> int:
         return int(self.manifest["images"])
 
-    def _load_index(self) -> dict[str, tuple[int, int]]:
-        if self._index is None:
-            index: dict[str, tuple[int, int]] = {}
+    def _load_index(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._keys is None:
+            keys, where = [], []
             for s, shard in enumerate(self.manifest["shards"]):
                 with safe_open(self.path / shard["file"], "pt") as f:
                     meta = f.metadata()
                 for row, uid in enumerate(json.loads(meta["uids"])):
-                    index[uid] = (s, row)
-                self._unreadable.update(json.loads(meta["skipped_uids"]))
-            self._index = index
-        return self._index
+                    keys.append(uid_hash(uid))
+                    where.append((s << 32) | row)
+                for uid in json.loads(meta["skipped_uids"]):
+                    keys.append(uid_hash(uid))
+                    where.append(-1)
+            k, w = np.asarray(keys, dtype=np.uint64), np.asarray(where, dtype=np.int64)
+            order = np.argsort(k, kind="stable")
+            k, w = k[order], w[order]
+            if len(k) > 1 and bool((k[1:] == k[:-1]).any()):
+                raise UserError(f"latent cache {self.path}: two image uids share a 64-bit hash; rebuild it")
+            self._keys, self._where = k, w
+        return self._keys, self._where
+
+    def _lookup(self, uid: str) -> int | None:
+        keys, where = self._load_index()
+        h = np.uint64(uid_hash(uid))
+        i = int(np.searchsorted(keys, h))
+        return int(where[i]) if i < len(keys) and keys[i] == h else None
 
     def _file(self, shard: int):
-        if shard not in self._files:
+        if shard in self._files:
+            self._files.move_to_end(shard)
+        else:
+            if len(self._files) >= self.max_open:
+                self._files.popitem(last=False)
             self._files[shard] = safe_open(self.path / self.manifest["shards"][shard]["file"], "pt")
         return self._files[shard]
 
     def __contains__(self, uid: str) -> bool:
-        return uid in self._load_index()
+        where = self._lookup(uid)
+        return where is not None and where >= 0
 
     def get(self, uid: str) -> CacheEntry:
-        where = self._load_index().get(uid)
-        if where is None and uid in self._unreadable:
+        where = self._lookup(uid)
+        if where == -1:
             raise UnreadableImage(f"{uid} was unreadable when the latent cache {self.path} was built")
         if where is None:
             raise UserError(
                 f"image {uid!r} is not in the latent cache {self.path} (the data changed since it was "
                 "built?); rebuild the cache"
             )
-        f, row = self._file(where[0]), where[1]
+        f, row = self._file(where >> 32), where & 0xFFFFFFFF
         width, height = (int(x) for x in f.get_slice("sizes")[row])
         return CacheEntry(
             (width, height), f.get_slice("boxes")[row], f.get_slice("mean")[row], f.get_slice("logvar")[row]

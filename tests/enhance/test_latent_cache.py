@@ -219,3 +219,22 @@ def test_build_latent_cache_command(tmp_path, capsys, tmp_model_dirs):
     assert not (tmp_path / "out").exists()  # nothing trained
     assert main(["--preset", "tiny", "--build-latent-cache"]) == 2  # names the missing option
     assert "latent_cache.path" in capsys.readouterr().err
+
+
+def test_index_is_compact_and_open_shards_are_bounded(tmp_path, tiny_cfg, codec):
+    source = build_source("imagefolder", str(_folder(tmp_path, n=10, bad=(7,))))
+    spec, _ = _build(tiny_cfg, codec, source, tmp_path / "cache")  # 3 shards of 4
+    wide, narrow = (
+        lc.LatentCache(tmp_path / "cache", spec),
+        lc.LatentCache(tmp_path / "cache", spec, max_open=1),
+    )
+    uids = [f"img{i:02d}.png" for i in (0, 9, 1, 8, 4, 0)]  # hops between shards
+    for uid in uids:
+        a, b = wide.get(uid), narrow.get(uid)
+        assert torch.equal(a.mean, b.mean) and torch.equal(a.boxes, b.boxes)
+        assert len(narrow._files) == 1
+    keys, where = narrow._load_index()
+    assert keys.dtype == np.uint64 and len(keys) == 10 and bool((keys[1:] > keys[:-1]).all())
+    assert "img03.png" in narrow and "img07.png" not in narrow and "nope.png" not in narrow
+    with pytest.raises(lc.UnreadableImage):
+        narrow.get("img07.png")
