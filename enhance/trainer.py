@@ -194,6 +194,7 @@ def run_loop(
     t_log = time.perf_counter()
     last_position = my_start
     last_skipped = state.skipped if accelerator.num_processes == 1 else 0
+    replay: dict | None = None  # last real micro-batch (multi-process only, see below)
     model.train()
 
     while state.step < spec.steps:
@@ -209,14 +210,21 @@ def run_loop(
             last_position = int(batch["position"])
             last_skipped += int(batch["skipped"])
             n_samples = batch_size(batch)
-            if n_samples == 0:
-                continue  # every sample of this micro-batch was unreadable (counted above)
+            weight = 1.0
+            if n_samples == 0:  # every sample of this micro-batch was unreadable (counted above)
+                if accelerator.num_processes == 1 or replay is None:
+                    continue
+                # The other ranks run this micro-batch's collectives (DDP all-reduce, ZeRO gathers):
+                # join them with a zero-weight pass over this rank's last real micro-batch.
+                batch, weight = replay, 0.0
             seed = derive_seed(spec.seed, spec.index, state.step, micro, rank)
             gen = torch.Generator(device=device).manual_seed(seed)
             torch.manual_seed(seed)  # dropout (LoRA) draws from the global RNG
             batch = {
                 k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
             }
+            if weight and accelerator.num_processes > 1:
+                replay = batch
             # Gradients are all-reduced only on the last micro-batch of the accumulation.
             sync = micro == spec.grad_accum - 1
             if deepspeed:  # accelerator.backward steps the engine whenever sync_gradients is set
@@ -224,7 +232,9 @@ def run_loop(
             with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
                 out = model(batch, gen)  # through the DDP/DeepSpeed wrapper: its hooks sync gradients
                 loss = out["loss"]
-                accelerator.backward(loss / spec.grad_accum)
+                accelerator.backward(loss * weight / spec.grad_accum)
+            if not weight:
+                continue
             step_loss += loss.detach().float()
             step_count += 1
             for key, value in out.items():  # extra scalars a task reports (e.g. masked_acc)

@@ -182,3 +182,58 @@ def test_ranks_hold_identical_weights_after_training(tmp_path, tmp_model_dirs):
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_rank_whose_micro_batch_is_all_unreadable_keeps_step_with_the_others(tmp_path, tmp_model_dirs):
+    """Rank 1's second micro-batch holds only broken files: it must still join that step's
+    gradient all-reduce (a zero-weight pass), or the ranks fall out of step and hang."""
+    import numpy as np
+    from PIL import Image
+    from testkit import subprocess_env, tiny_enhance_flags
+
+    from enhance.data.loading import build_source
+    from enhance.data.seeding import derive_seed
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
+    source = build_source("imagefolder", str(images))
+    (segment,) = source.segments(0, derive_seed("data", 0, 1), 1, 2, True)  # train.seed 0, stage 1
+    rank1 = [ref.uid for ref in segment.items(0)]
+    for uid in rank1[2:4]:  # positions 3 and 4 of rank 1: its whole second micro-batch of 2
+        (images / uid).write_bytes(b"broken")
+    flags = tiny_enhance_flags(
+        tmp_model_dirs,
+        "data.source=imagefolder",
+        f"data.path={images}",
+        "data.num_workers=0",
+        "train.stages=[1]",
+        "stage1.steps=3",
+        "stage1.global_batch_size=4",
+        "stage1.per_device_batch_size=2",
+        "logging.every=1",
+        "logging.preview_count=0",
+        "logging.progress=false",
+        "checkpoint.every=100",
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    subprocess.run(
+        [
+            *torchrun,
+            "--master_port",
+            free_port(),
+            "-m",
+            "enhance",
+            *flags,
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        check=True,
+        timeout=300,  # the bug was a hang
+        env=subprocess_env(),
+    )
+    records = _metrics(tmp_path / "run")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[1]["skipped_images"] == 2 and all(np.isfinite(r["loss"]) for r in records)
