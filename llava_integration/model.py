@@ -304,8 +304,11 @@ def save_projector(model, out_dir: str | Path, tower_source: str, state_dict: di
 
     ``state_dict`` (the whole model's, gathered under ZeRO-3) replaces the module's own weights."""
     import json
+    import os
 
     from safetensors.torch import save_file
+
+    from enhance.checkpoint import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -315,7 +318,9 @@ def save_projector(model, out_dir: str | Path, tower_source: str, state_dict: di
     else:
         source = model.model.multi_modal_projector.state_dict()
     state = {k: v.detach().cpu().contiguous() for k, v in source.items()}
-    save_file(state, out / PROJECTOR_FILE)
+    tmp = out / f".{PROJECTOR_FILE}.tmp"
+    save_file(state, tmp)
+    os.replace(tmp, out / PROJECTOR_FILE)
     vc = model.config.vision_config
     meta = {
         "vision_hidden_size": vc.hidden_size,
@@ -323,7 +328,7 @@ def save_projector(model, out_dir: str | Path, tower_source: str, state_dict: di
         "grid": vc.image_size // vc.patch_size,
         "vision_tower": tower_source,
     }
-    (out / PROJECTOR_META).write_text(json.dumps(meta, indent=2))
+    atomic_write_text(out / PROJECTOR_META, json.dumps(meta, indent=2))  # last: marks the folder complete
     return out
 
 

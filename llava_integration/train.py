@@ -99,6 +99,13 @@ def _no_zero3_init(accelerator):
         plugin.set_deepspeed_weakref()
 
 
+def pretrain_saved(run_dir: Path) -> bool:
+    """DIR/pretrain is complete (``save_projector`` writes its meta file last)."""
+    from llava_integration.model import PROJECTOR_META
+
+    return (run_dir / "pretrain" / PROJECTOR_META).is_file()
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -206,6 +213,9 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
                 protect.add(latest.name)
                 if ck == idx:
                     log.info("%s: finished at step %d in %s, skipped", name, resume_meta["step"], latest.name)
+                    if name == "pretrain" and accelerator.is_main_process and not pretrain_saved(run_dir):
+                        # a crash between pretrain's last checkpoint and DIR/pretrain: write it now
+                        llava_model.save_projector(llava, run_dir / "pretrain", cfg.model.vision_tower)
                     continue
                 resume_meta = None
 

@@ -273,3 +273,34 @@ def test_lora_adapters_do_not_depend_on_the_global_rng(tiny_model_cfg):
     configure_stage(model, "finetune", st, seed=8)
     other = {k: v for k, v in model.state_dict().items() if "lora_A" in k}
     assert not all(torch.equal(other[k], adapters[0][k]) for k in other)  # the seed matters
+
+
+def test_a_crash_before_the_pretrain_folder_is_written_is_repaired_on_resume(
+    tiny_dirs, tmp_path, monkeypatch
+):
+    """Killed after pretrain's final checkpoint but before DIR/pretrain was complete: --resume skips
+    the finished stage and still writes DIR/pretrain, equal to an uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    import llava_integration.model as M
+    import llava_integration.train as T
+
+    cfg = _cfg(tiny_dirs, "pretrain.steps=2", "finetune.steps=1", "checkpoint.every=1")
+    T.run(cfg, tmp_path / "whole")
+    real = M.save_projector
+
+    def torn(model, out_dir, *args, **kwargs):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / M.PROJECTOR_FILE).write_bytes(b"half")  # no meta file: incomplete
+        raise Killed
+
+    monkeypatch.setattr(M, "save_projector", torn)
+    with pytest.raises(Killed):
+        T.run(cfg, tmp_path / "part")
+    assert ckpt.latest_checkpoint(tmp_path / "part" / "checkpoints").name == "pretrain_step0000002"
+    monkeypatch.setattr(M, "save_projector", real)
+    T.run(cfg, tmp_path / "part", resume=True)
+    a = load_file(tmp_path / "whole" / "pretrain" / M.PROJECTOR_FILE)
+    b = load_file(tmp_path / "part" / "pretrain" / M.PROJECTOR_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "part" / "pretrain" / M.PROJECTOR_META).is_file()
