@@ -113,7 +113,7 @@ def _all_items(source: Source) -> Iterator[ItemRef]:
         yield from segment.items(0)
 
 
-def source_size(source: Source) -> int:
+def _source_size(source: Source) -> int:
     return sum(segment.count() for segment in source.segments(0, 0, 0, 1, False))
 
 
@@ -134,10 +134,10 @@ def build_shards(
     world_size: int = 1,
     progress: bool = True,
     max_pixels: int | None = None,
-) -> int:
+) -> tuple[int, int]:
     """Encode this rank's shards of ``source`` into ``out_dir`` (skipping shards already there).
-    Returns the number of shards of the whole cache; once every rank is done, the main process
-    calls :func:`finish_latent_cache`."""
+    Returns (shards, items) of the whole cache; once every rank is done, the main process calls
+    :func:`finish_latent_cache` with them."""
     from tqdm.auto import tqdm
 
     from enhance.data.sources import DEFAULT_MAX_PIXELS
@@ -158,7 +158,7 @@ def build_shards(
         max_pixels or DEFAULT_MAX_PIXELS,
         batch_size,
     )
-    total = source_size(source)
+    total = _source_size(source)
     num_shards = max(1, -(-total // shard_size))
     mine = [i for i in range(num_shards) if i % world_size == rank]
     todo = [i for i in mine if not (out / _shard_name(i)).is_file()]
@@ -186,7 +186,7 @@ def build_shards(
             writer.write(out / _shard_name(index), refs, pool)
             bar.update(len(refs))
     bar.close()
-    return num_shards
+    return num_shards, total
 
 
 def _claim(out: Path, spec: dict[str, Any]) -> None:
@@ -206,8 +206,8 @@ def build_latent_cache(
     if existing is not None:
         check_spec(existing, spec, Path(out_dir))
         return existing
-    num_shards = build_shards(codec, source, out_dir, spec, **kw)
-    return finish_latent_cache(Path(out_dir), spec, num_shards, source_size(source))
+    num_shards, total = build_shards(codec, source, out_dir, spec, **kw)
+    return finish_latent_cache(Path(out_dir), spec, num_shards, total)
 
 
 @dataclass

@@ -120,11 +120,16 @@ def resolve_vae_dtype(name: str, device_type: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def set_vae_dtype(model: GenHancerModel, name: str, device_type: str) -> None:
-    """Cast the frozen VAE (continuous codec only; a VQ tokenizer stays float32)."""
+def cast_vae(codec, name: str, device_type: str) -> None:
+    """Cast a frozen VAE to ``perf.vae_dtype`` (continuous codec only; a VQ tokenizer stays float32)."""
     dtype = resolve_vae_dtype(name, device_type)
-    if isinstance(model.codec, LatentCodec) and model.codec.vae.dtype != dtype:  # no-op casts warn
-        model.codec.vae.to(dtype)
+    if isinstance(codec, LatentCodec) and codec.vae.dtype != dtype:  # no-op casts warn
+        codec.vae.to(dtype)
+
+
+def set_vae_dtype(model: GenHancerModel, name: str, device_type: str) -> None:
+    """:func:`cast_vae` on the model's codec."""
+    cast_vae(model.codec, name, device_type)
 
 
 def enable_gradient_checkpointing(model: GenHancerModel) -> list[str]:

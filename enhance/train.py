@@ -18,9 +18,9 @@ from enhance.data.seeding import derive_seed
 from enhance.errors import UserError
 from enhance.model import (
     GenHancerModel,
+    cast_vae,
     compile_modules,
     enable_gradient_checkpointing,
-    resolve_vae_dtype,
     set_vae_dtype,
 )
 from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
@@ -52,6 +52,12 @@ def build_model(cfg: EnhanceConfig) -> GenHancerModel:
 
     cache_dir = cfg.cache_dir or None
     return build_genhancer(cfg, build_backbone(cfg.backbone, cache_dir), cache_dir)
+
+
+def check_data_path(cfg: EnhanceConfig) -> None:
+    """Fail before anything is built when a file-based source has no path."""
+    if cfg.data.source != "toyworld" and not cfg.data.path:
+        raise UserError(f"data.path is empty: point it at your {cfg.data.source} data (--set data.path=...)")
 
 
 def build_data_source(cfg: EnhanceConfig, image_size: int):
@@ -133,7 +139,7 @@ def prepare_latent_cache(cfg: EnhanceConfig, codec, image_size: int, source, acc
     manifest = lc.read_manifest(path)
     if manifest is None:
         log.info("building the latent cache in %s (%d crops per image)", path, c.crops)
-        num_shards = lc.build_shards(
+        num_shards, total = lc.build_shards(
             codec,
             source,
             path,
@@ -147,7 +153,7 @@ def prepare_latent_cache(cfg: EnhanceConfig, codec, image_size: int, source, acc
         )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            lc.finish_latent_cache(path, spec, num_shards, lc.source_size(source))
+            lc.finish_latent_cache(path, spec, num_shards, total)
         accelerator.wait_for_everyone()
     return lc.LatentCache(path, spec)
 
@@ -161,13 +167,10 @@ def build_latent_cache_only(cfg: EnhanceConfig) -> dict:
 
     if not cfg.latent_cache.path:
         raise UserError("--build-latent-cache needs --set latent_cache.path=DIR")
-    if cfg.data.source != "toyworld" and not cfg.data.path:
-        raise UserError(f"data.path is empty: point it at your {cfg.data.source} data (--set data.path=...)")
+    check_data_path(cfg)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     codec = build_codec(cfg.vae, cfg.cache_dir or None).to(accelerator.device)
-    dtype = resolve_vae_dtype(cfg.perf.vae_dtype, accelerator.device.type)
-    if codec.vae.dtype != dtype:
-        codec.vae.to(dtype)
+    cast_vae(codec, cfg.perf.vae_dtype, accelerator.device.type)
     source = build_data_source(cfg, cfg.backbone.image_size)
     cache = prepare_latent_cache(cfg, codec, cfg.backbone.image_size, source, accelerator)
     return lc.read_manifest(cache.path) if accelerator.is_main_process else {}
@@ -191,8 +194,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     from enhance.export import export_model
     from enhance.preview import save_preview
 
-    if cfg.data.source != "toyworld" and not cfg.data.path:
-        raise UserError(f"data.path is empty: point it at your {cfg.data.source} data (--set data.path=...)")
+    check_data_path(cfg)
 
     # --- compute
     use_cuda = torch.cuda.is_available()
@@ -266,21 +268,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
         )
         resume_meta = None if here else resume_meta
 
-        spec = LoopSpec(
-            name=name,
-            index=stage,
-            steps=scfg.steps,
-            grad_accum=grad_accum,
-            grad_clip=scfg.grad_clip,
-            seed=cfg.train.seed,
-            log_every=cfg.logging.every,
-            checkpoint_every=cfg.checkpoint.every,
-            keep_last=cfg.checkpoint.keep_last,
-            config_hash=config_hash,
-            progress=cfg.logging.progress,
-            max_skip_fraction=cfg.train.max_skip_fraction,
-            nonfinite=cfg.train.nonfinite,
-        )
+        spec = LoopSpec.for_stage(cfg, name, stage, scfg.steps, grad_accum, scfg.grad_clip, config_hash)
         factory = build_stream_factory(
             cfg, model, source, stage, rank, world, scfg.per_device_batch_size, use_cuda, cache
         )

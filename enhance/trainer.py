@@ -52,6 +52,11 @@ def cosine_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]
     return f
 
 
+def is_deepspeed(accelerator) -> bool:
+    """The engine is DeepSpeed: it steps, clips and checkpoints itself (see run_loop, save, restore)."""
+    return accelerator.distributed_type.value == "DEEPSPEED"
+
+
 def batch_size(batch: dict) -> int:
     """Samples in a micro-batch: ``num_samples`` when the task counts them (text-only samples
     carry no image), else the number of images."""
@@ -78,6 +83,28 @@ class LoopSpec:
     max_skip_fraction: float = 0.5
     nonfinite: str = "stop"  # stop | skip | ignore: what a non-finite gradient norm does (see run_loop)
     extra_state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_stage(
+        cls, cfg: Any, name: str, index: int, steps: int, grad_accum: int, grad_clip: float, config_hash: str
+    ) -> LoopSpec:
+        """The spec of one stage of a command whose config has the shared ``train`` (seed,
+        max_skip_fraction, optional nonfinite), ``logging`` and ``checkpoint`` sections."""
+        return cls(
+            name=name,
+            index=index,
+            steps=steps,
+            grad_accum=grad_accum,
+            grad_clip=grad_clip,
+            seed=cfg.train.seed,
+            log_every=cfg.logging.every,
+            checkpoint_every=cfg.checkpoint.every,
+            keep_last=cfg.checkpoint.keep_last,
+            config_hash=config_hash,
+            progress=cfg.logging.progress,
+            max_skip_fraction=cfg.train.max_skip_fraction,
+            nonfinite=getattr(cfg.train, "nonfinite", "stop"),
+        )
 
 
 @dataclass
@@ -171,7 +198,7 @@ def run_loop(
     ckpt_root = run_dir / "checkpoints"
     protect = set(protect or ())
     trainable = [p for p in model.parameters() if p.requires_grad]
-    deepspeed = accelerator.distributed_type.value == "DEEPSPEED"
+    deepspeed = is_deepspeed(accelerator)
     if deepspeed and spec.nonfinite == "skip":
         raise UserError(
             "train.nonfinite=skip cannot drop an update under DeepSpeed (the engine steps inside "
@@ -367,7 +394,7 @@ def save(
     if accelerator.is_main_process:
         ckpt.begin(root, name)
     accelerator.wait_for_everyone()
-    if accelerator.distributed_type.value == "DEEPSPEED":
+    if is_deepspeed(accelerator):
         accelerator.save_state(str(tmp / "engine"))  # collective: every rank writes its shard
         # The weights alone too: a later stage, or a resume past this one, loads them without an engine.
         if final:
@@ -379,7 +406,7 @@ def save(
                     ckpt.write_payload(tmp, checkpoint_weights(), None, rank=0)
     elif accelerator.is_main_process:
         ckpt.write_payload(tmp, checkpoint_weights(), optimizer.state_dict(), rank=0)
-    if not accelerator.is_main_process and accelerator.distributed_type.value != "DEEPSPEED":
+    if not accelerator.is_main_process and not is_deepspeed(accelerator):
         ckpt.write_payload(tmp, None, None, rank=accelerator.process_index)
     accelerator.wait_for_everyone()
     path = None
@@ -436,7 +463,7 @@ def start_stage(
         fused=accelerator.device.type == "cuda",
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_fn)
-    if accelerator.distributed_type.value == "DEEPSPEED":
+    if is_deepspeed(accelerator):
         from enhance.deepspeed_compat import allow_scalar_parameter_broadcast
 
         allow_scalar_parameter_broadcast()  # CLIP's 0-dim logit_scale (see the module)
@@ -470,7 +497,7 @@ def restore(
             f"checkpoint {path} was written by {meta.get('world_size')} processes, this run has "
             f"{accelerator.num_processes}; resume with the same number of processes"
         )
-    if accelerator.distributed_type.value == "DEEPSPEED":
+    if is_deepspeed(accelerator):
         accelerator.load_state(str(path / "engine"))
     else:
         load_weights(ckpt.load_weights(path))

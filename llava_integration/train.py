@@ -19,7 +19,15 @@ from enhance import checkpoint as ckpt
 from enhance import configtools
 from enhance.data.seeding import derive_seed
 from enhance.errors import UserError
-from enhance.trainer import LoopSpec, MetricsWriter, cosine_lambda, grad_accum_steps, run_loop, start_stage
+from enhance.trainer import (
+    LoopSpec,
+    MetricsWriter,
+    cosine_lambda,
+    grad_accum_steps,
+    is_deepspeed,
+    run_loop,
+    start_stage,
+)
 from enhance.trainer import check_run_dir as trainer_check_run_dir
 from llava_integration.config import RESUME_ALLOWED_CHANGES, STAGES, LlavaTrainConfig, StageConfig
 
@@ -137,7 +145,7 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     world, rank = accelerator.num_processes, accelerator.process_index
-    zero3 = accelerator.distributed_type.value == "DEEPSPEED"
+    zero3 = is_deepspeed(accelerator)  # the shipped DeepSpeed config for llava-train is ZeRO-3
     if zero3 and any(getattr(cfg, s).trainable == "lora" for s in cfg.train.stages):
         raise UserError(
             "trainable=lora under DeepSpeed is not supported yet (the LoRA merge needs gathered weights); "
@@ -231,20 +239,7 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
         )
         resume_meta = None if here else resume_meta
 
-        spec = LoopSpec(
-            name=name,
-            index=idx,
-            steps=steps,
-            grad_accum=grad_accum,
-            grad_clip=st.grad_clip,
-            seed=cfg.train.seed,
-            log_every=cfg.logging.every,
-            checkpoint_every=cfg.checkpoint.every,
-            keep_last=cfg.checkpoint.keep_last,
-            config_hash=config_hash,
-            progress=cfg.logging.progress,
-            max_skip_fraction=cfg.train.max_skip_fraction,
-        )
+        spec = LoopSpec.for_stage(cfg, name, idx, steps, grad_accum, st.grad_clip, config_hash)
         counts: dict[str, int] = {}
 
         def factory(

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from testkit import free_port
+from testkit import free_port, tiny_enhance_flags
 
 pytestmark = pytest.mark.slow
 
@@ -35,33 +35,12 @@ COMMON = [
 ]
 
 
-def _tiny_overrides(dirs) -> list[str]:
-    from testkit import root_conftest
-
-    TINY_DENOISER_OVERRIDES, TINY_IMAGE_SIZE = (
-        root_conftest().TINY_DENOISER_OVERRIDES,
-        root_conftest().TINY_IMAGE_SIZE,
-    )
-
-    out = []
-    for item in [
-        f"backbone.name_or_path={dirs.clip}",
-        f"backbone.image_size={TINY_IMAGE_SIZE}",
-        f"vae.name_or_path={dirs.vae}",
-        "data.toyworld_size=64",
-        f"cache_dir={dirs.cache}",
-        *TINY_DENOISER_OVERRIDES,
-    ]:
-        out += ["--set", item]
-    return out
-
-
 def _metrics(path) -> list[dict]:
     return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_two_cpu_processes_match_one(tmp_path, tmp_model_dirs):
-    base = ["--preset", "tiny", *_tiny_overrides(tmp_model_dirs), *COMMON]
+    base = [*tiny_enhance_flags(tmp_model_dirs), *COMMON]
     two = tmp_path / "two"
     subprocess.run(
         [
@@ -189,7 +168,7 @@ def test_a_rank_whose_micro_batch_is_all_unreadable_keeps_step_with_the_others(t
     gradient all-reduce (a zero-weight pass), or the ranks fall out of step and hang."""
     import numpy as np
     from PIL import Image
-    from testkit import subprocess_env, tiny_enhance_flags
+    from testkit import subprocess_env
 
     from enhance.data.loading import build_source
     from enhance.data.seeding import derive_seed
