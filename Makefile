@@ -4,14 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/quickstart
+# The exact environment the commands and tests run in (Python 3.11, Linux x86_64): `make lock`
+# writes it from pyproject.toml's ranges; `make test-latest` tries the newest versions instead.
+LOCK := requirements/lock-py311-linux-x86_64.txt
+LATEST := .venv-latest
+LOCKTOOLS := .venv-lock
 
-.PHONY: quickstart test test-slow lint bench clean venv demo
+.PHONY: quickstart test test-slow test-latest lock lint bench clean venv demo
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 2; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --require-hashes -r $(LOCK)
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -31,6 +37,22 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# Rewrite the lock from pyproject.toml's ranges (newest allowed versions, hashes for every file).
+lock:
+	test -x $(LOCKTOOLS)/bin/uv || { $(PY) -m venv $(LOCKTOOLS) && $(LOCKTOOLS)/bin/pip install -q 'uv>=0.5'; }
+	$(LOCKTOOLS)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 --generate-hashes -c requirements/lock-constraints.txt \
+	    --custom-compile-command "make lock" -o $(LOCK)
+
+# Drift check: a separate venv from the newest versions the ranges allow, then the fast suite.
+test-latest:
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --upgrade pip
+	$(LATEST)/bin/pip install --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/genhancer-env --lock $(LOCK)
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -46,4 +68,4 @@ demo: $(STAMP)
 	$(BIN)/genhancer-demo --preset tiny
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LATEST) $(LOCKTOOLS) runs
