@@ -34,6 +34,20 @@ KNOWN_DIMS = {
     "genhancer-tiny:clip": (64, 64),
 }
 
+_L14 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16}
+_H14 = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16}
+_SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16}
+# Image side of the paper backbones as their config.json gives it (model type, vision config,
+# projection dim), so --describe places LoRA and counts its parameters on the meta device.
+KNOWN_VISION: dict[str, tuple[str, dict, int]] = {
+    "openai/clip-vit-large-patch14": ("clip", {**_L14, "patch_size": 14, "image_size": 224}, 768),
+    "openai/clip-vit-large-patch14-336": ("clip", {**_L14, "patch_size": 14, "image_size": 336}, 768),
+    "facebook/metaclip-l14-fullcc2.5b": ("clip", {**_L14, "patch_size": 14, "image_size": 224}, 768),
+    "facebook/metaclip-h14-fullcc2.5b": ("clip", {**_H14, "patch_size": 14, "image_size": 224}, 1024),
+    "google/siglip-so400m-patch14-224": ("siglip", {**_SO400M, "patch_size": 14, "image_size": 224}, 0),
+    "google/siglip-so400m-patch14-384": ("siglip", {**_SO400M, "patch_size": 14, "image_size": 384}, 0),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("enhance", __doc__)
@@ -94,7 +108,106 @@ def describe(cfg) -> dict:
             counts["projector"] = sum(p.numel() for p in proj.parameters())
         else:
             counts["projector"] = "unknown until the backbone is loaded"
-    return {"config": configtools.to_dict(cfg), "parameters": counts, "docs": field_docs()}
+    lora = describe_lora(cfg)
+    counts["lora"] = lora.pop("lora_parameters")
+    counts["tower_bias"] = lora.pop("bias_parameters")
+    return {
+        "config": configtools.to_dict(cfg),
+        "schedule": describe_schedule(cfg),
+        "lora": lora,
+        "parameters": counts,
+        "replication_only": {
+            "data.replicate_across_ranks": {
+                "value": cfg.data.replicate_across_ranks,
+                "note": "replication only: every rank reads the same stream (the official code's "
+                "regime); crops, noise and timesteps differ per rank",
+            }
+        },
+        "docs": field_docs(),
+    }
+
+
+def describe_schedule(cfg) -> dict:
+    """Stage lengths as the run will use them, and what that means in images."""
+    out: dict = {"train.schedule": cfg.train.schedule}
+    for name in ("stage1", "stage2"):
+        st = getattr(cfg, name)
+        steps: int | str = st.steps
+        if cfg.train.schedule == "one_epoch":
+            steps = "one pass over the data (counted at start-up)"
+        out[name] = {"steps": steps, "global_batch_size": st.global_batch_size, "lr": st.lr}
+    out["stage2"]["export_every"] = cfg.stage2.export_every
+    out["stage2"]["export_keep"] = cfg.stage2.export_keep
+    out["stage2"]["export_dtype"] = cfg.stage2.export_dtype
+    return out
+
+
+def _meta_backbone(cfg):
+    """The preset's dual encoder built on the meta device, when its architecture is known offline."""
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    from enhance.backbones.hf import HFCLIPBackbone, HFSiglipBackbone
+
+    name = cfg.backbone.name_or_path
+    if name == "genhancer-tiny:clip":
+        from enhance.backbones.tiny import TINY_CLIP_RECIPE as r
+
+        vision = {
+            "hidden_size": r["vision_hidden"],
+            "intermediate_size": 4 * r["vision_hidden"],
+            "num_hidden_layers": r["vision_layers"],
+            "num_attention_heads": r["heads"],
+            "patch_size": r["patch_size"],
+            "image_size": r["image_size"],
+        }
+        kind, proj = "clip", r["projection_dim"]
+    elif name in KNOWN_VISION:
+        kind, vision, proj = KNOWN_VISION[name]
+    else:
+        return None
+    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1}
+    if kind == "siglip":
+        return HFSiglipBackbone.bare(SiglipModel(SiglipConfig(vision_config=vision, text_config=text)))
+    config = CLIPConfig(vision_config=vision, text_config=text, projection_dim=proj)
+    return HFCLIPBackbone.bare(CLIPModel(config))
+
+
+def describe_lora(cfg) -> dict:
+    """Stage-2 LoRA placement and the LoRA / bias parameters that train, on the meta device."""
+    import types
+
+    import torch
+
+    from enhance.stages import add_lora, tower_bias_names
+
+    s2 = cfg.stage2
+    out: dict = {
+        "targets": s2.lora_targets,
+        "target_modules": list(s2.lora_target_modules),
+        "bias": s2.lora_bias,
+        "r": s2.lora_r,
+        "alpha": s2.lora_alpha,
+        "dropout": s2.lora_dropout,
+        "text_tower": "frozen",
+    }
+    unknown = "unknown until the backbone is loaded"
+    with torch.device("meta"):
+        backbone = _meta_backbone(cfg) if cfg.backbone.family != "open_clip" else None
+        if backbone is None:
+            return {**out, "lora_parameters": unknown, "bias_parameters": unknown}
+        add_lora(types.SimpleNamespace(backbone=backbone), cfg)
+    adapted = sorted(
+        n.removeprefix("model.base_model.model.").removesuffix(".lora_A")
+        for n, m in backbone.named_modules()
+        if n.endswith(".lora_A")
+    )
+    biases = tower_bias_names(backbone, s2.lora_bias)
+    params = dict(backbone.named_parameters())
+    out["adapted_layers"] = len(adapted)
+    out["adapted_outside_encoder_blocks"] = [n for n in adapted if ".layers." not in n]
+    out["lora_parameters"] = sum(p.numel() for n, p in params.items() if "lora_" in n)
+    out["bias_parameters"] = sum(params[n].numel() for n in biases)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,10 @@ BACKBONE_FAMILIES = ("openai-clip", "metaclip", "siglip", "open_clip")
 DENOISER_KINDS = ("continuous", "discrete")
 TIMESTEP_SAMPLERS = ("logit_normal", "uniform")
 STAGE2_VARIANTS = ("stage2_all", "stage2_only")
+LORA_TARGETS = ("all-linear", "encoder")
+LORA_BIAS_MODES = ("none", "lora_only", "all")
+SCHEDULES = ("steps", "one_epoch")
+EXPORT_DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("webdataset", "imagefolder", "hf", "toyworld")
 
 
@@ -111,6 +115,12 @@ class DataConfig:
     num_workers: int = doc(4, "DataLoader workers per process (0: decode in the main process)")
     toyworld_size: int = doc(2048, "number of generated images for source=toyworld")
     toyworld_seed: int = doc(0, "seed of the toy world generator")
+    replicate_across_ranks: bool = doc(
+        False,
+        "REPLICATION ONLY (the official code's data regime): every rank reads the same stream; crops, "
+        "noise and timesteps still differ per rank, so a global batch of 256 on 8 ranks holds 32 "
+        "distinct images. Off (default): each rank reads its own shards, 256 distinct images a step",
+    )
 
 
 @dataclass
@@ -129,7 +139,11 @@ class LatentCacheConfig:
 
 @dataclass
 class StageConfig:
-    steps: int = doc(11500, "optimizer steps (11.5k = one epoch of CC3M at global batch 256)")
+    steps: int = doc(
+        100000,
+        "optimizer steps (paper and official config: 100,000 in stage 1; train.schedule=one_epoch "
+        "derives one pass over the data instead)",
+    )
     lr: float = doc(1e-4, "constant learning rate")
     weight_decay: float = doc(0.01, "AdamW weight decay")
     betas: list[float] = doc([0.9, 0.999], "AdamW betas")
@@ -141,18 +155,54 @@ class StageConfig:
 
 @dataclass
 class Stage2Config(StageConfig):
-    steps: int = doc(11500, "optimizer steps (one epoch of CC3M at global batch 256)")
+    steps: int = doc(
+        5000,
+        "optimizer steps (paper default 5,000; the official config runs 10,000; train.schedule=one_epoch "
+        "derives one pass over the data instead)",
+    )
     lr: float = doc(1e-5, "constant learning rate for LoRA (and the denoiser in stage2_all)")
     variant: str = doc("stage2_all", "stage2_all: also train projector+denoiser; stage2_only: freeze them")
     lora_r: int = doc(16, "LoRA rank")
     lora_alpha: int = doc(16, "LoRA alpha")
     lora_dropout: float = doc(0.1, "LoRA dropout")
-    lora_target_modules: list[str] = doc([], "module names to adapt (empty: the backbone's default)")
+    lora_targets: str = doc(
+        "all-linear",
+        "all-linear: every linear layer of the image side, the projection to the joint space included "
+        "(CLIP visual_projection; the official code's peft all-linear) | encoder: attention and MLP "
+        "linears of the image encoder blocks only. The text tower never trains",
+    )
+    lora_target_modules: list[str] = doc(
+        [],
+        "narrow the targets to modules with these names (e.g. [q_proj, v_proj]; empty: all of lora_targets)",
+    )
+    lora_bias: str = doc(
+        "lora_only",
+        "biases that train with LoRA: none | lora_only (biases of the adapted layers; official code) | "
+        "all (every bias of the image side). Exports fold them in with the adapters",
+    )
+    export_every: int = doc(
+        500,
+        "also write a merged tower every N stage-2 steps to export/steps/<step>/ (checkpoint selection, "
+        "paper Fig. 1(i)); 0: final export only",
+    )
+    export_keep: int = doc(10, "per-step exports kept (the newest); 0 keeps all")
+    export_dtype: str = doc(
+        "float32",
+        "dtype of the exported towers: float32 (ours: the fp32 master weights) | bfloat16 (what the "
+        "official code releases; evaluation casts back to float32 either way)",
+    )
 
 
 @dataclass
 class TrainConfig:
     seed: int = doc(0, "seed for initialisation, data order, noise and timesteps")
+    schedule: str = doc(
+        "steps",
+        "steps: stage1.steps / stage2.steps as given (paper: 100,000 / 5,000) | one_epoch: each stage "
+        "makes one pass over the data (the supplementary's 'one epoch' wording). They disagree because "
+        "the official code feeds every rank the same stream: 100,000 steps x 32 distinct images is about "
+        "one pass over CC3M, while with per-rank shards 100,000 x 256 is about nine",
+    )
     stages: list[int] = doc([1, 2], "stages to run, in order")
     one_stage: bool = doc(
         False, "ablation: train tower (LoRA) + projector + denoiser together from step 0 (stage 2 only)"
@@ -229,6 +279,15 @@ class EnhanceConfig:
         choice("denoiser.kind", self.denoiser.kind, DENOISER_KINDS)
         choice("flow.timestep_sampler", self.flow.timestep_sampler, TIMESTEP_SAMPLERS)
         choice("stage2.variant", self.stage2.variant, STAGE2_VARIANTS)
+        choice("stage2.lora_targets", self.stage2.lora_targets, LORA_TARGETS)
+        choice("stage2.lora_bias", self.stage2.lora_bias, LORA_BIAS_MODES)
+        choice("stage2.export_dtype", self.stage2.export_dtype, EXPORT_DTYPES)
+        choice("train.schedule", self.train.schedule, SCHEDULES)
+        if self.stage2.export_every < 0 or self.stage2.export_keep < 0:
+            raise UserError(
+                f"stage2.export_every and stage2.export_keep must be >= 0, got {self.stage2.export_every}, "
+                f"{self.stage2.export_keep}"
+            )
         choice("data.source", self.data.source, DATA_SOURCES)
         choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
         choice("train.nonfinite", self.train.nonfinite, ("stop", "skip"))
@@ -304,6 +363,10 @@ RESUME_ALLOWED_CHANGES = (
     "perf.gradient_checkpointing",
     "stage1.steps",
     "stage2.steps",
+    "stage2.export_every",
+    "stage2.export_keep",
+    "stage2.export_dtype",
+    "train.schedule",
     "train.stages",
     "cache_dir",
 )

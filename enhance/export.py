@@ -5,26 +5,62 @@
 ``DIR/export/open_clip/``     state dict + model config (open_clip sources)
 ``DIR/export/denoiser/``      projector and denoiser (``transformer/`` or, discrete,
                               ``perceiver/``) with ``genhancer.json`` (the demo's reconstruction view)
+``DIR/export/steps/<step>/``  the merged tower every ``stage2.export_every`` stage-2 steps, in the
+                              tower layouts above (checkpoint selection; no denoiser)
+``genhancer_export.json``     in each export folder: stage-2 step, dtype, LoRA settings
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+
+import torch
 
 from enhance import configtools
 from enhance.model import GenHancerModel
 from enhance.stages import merge_lora
 
+STEPS_DIR = "steps"
+EXPORT_META = "genhancer_export.json"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-def export_model(model: GenHancerModel, cfg, out_dir: Path) -> dict[str, str]:
-    """Write every export; returns {kind: path}. Writes into ``export.tmp`` then renames."""
+
+def _meta(cfg, stage2_step: int | None, final: bool) -> dict:
+    s2 = cfg.stage2
+    return {
+        "stage2_step": stage2_step,
+        "final": final,
+        "dtype": s2.export_dtype,
+        "lora_targets": s2.lora_targets,
+        "lora_target_modules": list(s2.lora_target_modules),
+        "lora_bias": s2.lora_bias,
+    }
+
+
+def read_export_meta(folder: str | Path) -> dict | None:
+    """The ``genhancer_export.json`` of an export folder (or of its parent), or None."""
+    folder = Path(folder)
+    for f in (folder / EXPORT_META, folder.parent / EXPORT_META):
+        if f.is_file():
+            return json.loads(f.read_text())
+    return None
+
+
+def export_model(model: GenHancerModel, cfg, out_dir: Path, stage2_step: int | None = None) -> dict[str, str]:
+    """Write every export; returns {kind: path}. Writes into ``export.tmp`` then renames, keeping
+    the per-step exports already under ``export/steps/``."""
+    out_dir = Path(out_dir)
     tmp = out_dir.parent / (out_dir.name + ".tmp")
+    _rescue_steps(out_dir, tmp)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     merge_lora(model)
+    model.backbone.model.to(_DTYPES[cfg.stage2.export_dtype])
     written = model.backbone.export(tmp)
     den_dir = tmp / "denoiser"
     model.projector.save_pretrained(den_dir / "projector", safe_serialization=True)
@@ -40,8 +76,61 @@ def export_model(model: GenHancerModel, cfg, out_dir: Path) -> dict[str, str]:
         "backbone": configtools.to_dict(cfg.backbone),
     }
     (den_dir / "genhancer.json").write_text(json.dumps(meta, indent=2))
+    (tmp / EXPORT_META).write_text(json.dumps(_meta(cfg, stage2_step, True), indent=2))
     written["denoiser"] = str(den_dir)
+    if (out_dir / STEPS_DIR).exists():  # a rename within the same folder: a crash leaves it in tmp
+        (out_dir / STEPS_DIR).rename(tmp / STEPS_DIR)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return {k: str(out_dir / Path(v).name) for k, v in written.items()}
+
+
+def _rescue_steps(out_dir: Path, tmp: Path) -> None:
+    """A crash between moving ``steps/`` into ``export.tmp`` and the final rename leaves the
+    per-step exports there: put them back before ``export.tmp`` is cleared."""
+    if (tmp / STEPS_DIR).is_dir() and not (out_dir / STEPS_DIR).exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (tmp / STEPS_DIR).rename(out_dir / STEPS_DIR)
+
+
+def export_step(model: GenHancerModel, cfg, out_dir: Path, step: int) -> Path:
+    """Write the tower as it is at stage-2 ``step`` to ``out_dir/steps/<step>/``, merged, without
+    touching the model being trained (a CPU copy is merged); then keep the newest
+    ``stage2.export_keep``. Returns the folder."""
+    steps_dir = Path(out_dir) / STEPS_DIR
+    target = steps_dir / str(step)
+    tmp = steps_dir / f".{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    backbone = copy.deepcopy(model.backbone).cpu()
+    merge_lora(SimpleNamespace(backbone=backbone))  # merge_lora only reads and writes .backbone
+    backbone.model.to(_DTYPES[cfg.stage2.export_dtype])
+    backbone.export(tmp)
+    (tmp / EXPORT_META).write_text(json.dumps(_meta(cfg, step, False), indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    del backbone
+    prune_step_exports(steps_dir, cfg.stage2.export_keep)
+    return target
+
+
+def list_step_exports(steps_dir: Path) -> list[tuple[int, Path]]:
+    """Complete per-step exports under ``steps_dir``, oldest first."""
+    if not Path(steps_dir).is_dir():
+        return []
+    found = [(int(p.name), p) for p in Path(steps_dir).iterdir() if p.is_dir() and p.name.isdigit()]
+    return sorted(found)
+
+
+def prune_step_exports(steps_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` per-step exports (0 keeps all); returns what was removed."""
+    found = list_step_exports(steps_dir)
+    if keep <= 0 or len(found) <= keep:
+        return []
+    removed = [p for _, p in found[:-keep]]
+    for p in removed:
+        shutil.rmtree(p)
+    return removed

@@ -76,6 +76,28 @@ def build_data_source(cfg: EnhanceConfig, image_size: int):
     )
 
 
+def count_images(source) -> int:
+    """Items in a data source (readable or not): its length, or the sum of its tar shards."""
+    if hasattr(source, "__len__"):
+        return len(source)
+    return sum(source.shard_size(s) for s in source.shards)
+
+
+def resolve_schedule(cfg: EnhanceConfig, source, world: int) -> None:
+    """``train.schedule=one_epoch``: set ``stageN.steps`` to one pass over ``source`` (distinct images
+    per step: the global batch, or global batch / ranks when ``data.replicate_across_ranks``)."""
+    if cfg.train.schedule != "one_epoch":
+        return
+    n = count_images(source)
+    for name in ("stage1", "stage2"):
+        scfg = getattr(cfg, name)
+        distinct = scfg.global_batch_size
+        if cfg.data.replicate_across_ranks:
+            distinct = max(1, scfg.global_batch_size // world)
+        scfg.steps = -(-n // distinct)
+        log.info("train.schedule=one_epoch: %s runs %d steps (%d images)", name, scfg.steps, n)
+
+
 def build_stream_factory(
     cfg: EnhanceConfig,
     model: GenHancerModel,
@@ -88,7 +110,10 @@ def build_stream_factory(
     cache=None,
 ):
     """``start_position -> iterator of micro-batches`` for this rank and stage (crops and latents
-    from ``cache``, a :class:`~enhance.latent_cache.LatentCache`, when given)."""
+    from ``cache``, a :class:`~enhance.latent_cache.LatentCache`, when given).
+
+    With ``data.replicate_across_ranks`` every rank reads the one-rank stream (same images, same
+    order) and only the crops are drawn per rank (noise and timesteps already are, see run_loop)."""
     from enhance.data.loading import ImageStream, build_dataloader
     from enhance.data.transforms import make_transform
 
@@ -101,11 +126,15 @@ def build_stream_factory(
 
         transform = CachedCropTransform(transform, cache)
     seed = derive_seed("data", cfg.train.seed, stage)
+    replicate = cfg.data.replicate_across_ranks
+    split = (
+        {"rank": 0, "world_size": 1, "augment_rank": rank}
+        if replicate
+        else {"rank": rank, "world_size": world}
+    )
 
     def factory(start_position: int):
-        stream = ImageStream(
-            source, transform, seed=seed, rank=rank, world_size=world, start_position=start_position
-        )
+        stream = ImageStream(source, transform, seed=seed, start_position=start_position, **split)
         return iter(
             build_dataloader(stream, batch_size, num_workers=cfg.data.num_workers, pin_memory=pin_memory)
         )
@@ -191,7 +220,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     """Train the configured stages, then export. Returns {"export": {...}, "final_loss": ...}."""
     from accelerate import Accelerator
 
-    from enhance.export import export_model
+    from enhance.export import export_model, export_step
     from enhance.preview import save_preview
 
     check_data_path(cfg)
@@ -220,6 +249,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     model = build_model(cfg).to(accelerator.device)
     set_vae_dtype(model, cfg.perf.vae_dtype, accelerator.device.type)
     source = build_data_source(cfg, model.backbone.image_size)
+    resolve_schedule(cfg, source, world)
     preview = preview_batch(cfg, model, source) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -273,6 +303,13 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
             cfg, model, source, stage, rank, world, scfg.per_device_batch_size, use_cuda, cache
         )
 
+        on_step = None
+        if stage == 2 and cfg.stage2.export_every > 0 and accelerator.is_main_process:
+
+            def on_step(step: int) -> None:
+                if step % cfg.stage2.export_every == 0:
+                    export_step(model, cfg, run_dir / "export", step)
+
         def on_checkpoint(step: int, _name=name) -> None:
             if preview is not None:
                 save_preview(
@@ -296,13 +333,15 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
             start,
             on_checkpoint=on_checkpoint,
             protect=protect,
+            on_step=on_step,
         )
         accelerator.free_memory()  # drop the wrappers; ``model`` itself was trained in place
 
     metrics.close()
     exported: dict = {}
     if accelerator.is_main_process:
-        exported = export_model(model, cfg, run_dir / "export")
+        stage2_step = cfg.stage2.steps if 2 in cfg.train.stages else None
+        exported = export_model(model, cfg, run_dir / "export", stage2_step)
         final_loss = _last_loss(run_dir / "metrics.jsonl")
     accelerator.wait_for_everyone()
     return {"export": exported, "final_loss": final_loss}

@@ -181,12 +181,14 @@ def run_loop(
     start: LoopState,
     on_checkpoint: Callable[[int], None] | None = None,
     protect: set[str] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> LoopState:
     """Train ``spec.steps`` optimizer steps from ``start`` and return the final state.
 
     ``batches(start_position)`` yields micro-batches for this rank; each item dict carries
     ``position`` (data position after it), ``skipped`` (unreadable images in it) and optionally
-    ``num_samples`` (see :func:`batch_size`).
+    ``num_samples`` (see :func:`batch_size`). ``on_step(step)`` runs after every optimizer step
+    (and its checkpoint), on the main process (e.g. per-step exports).
     """
     rank = accelerator.process_index
     device = accelerator.device
@@ -371,6 +373,8 @@ def run_loop(
             )
             if on_checkpoint is not None and accelerator.is_main_process:
                 on_checkpoint(state.step)
+        if on_step is not None and accelerator.is_main_process:
+            on_step(state.step)
     if pbar is not None:
         pbar.close()
     return state

@@ -44,6 +44,14 @@ class VisionBackbone(nn.Module):
         super().__init__()
         self.model = model
 
+    @classmethod
+    def bare(cls, model: nn.Module) -> VisionBackbone:
+        """A backbone around ``model`` without processor or image settings: enough to place LoRA
+        and count parameters (``enhance --describe`` builds towers on the meta device)."""
+        obj = cls.__new__(cls)
+        VisionBackbone.__init__(obj, model)
+        return obj
+
     # --- what the trainer uses -------------------------------------------------------------
     def forward(self, pixel_values: torch.Tensor) -> BackboneOutput:
         raise NotImplementedError
@@ -58,6 +66,32 @@ class VisionBackbone(nn.Module):
         raise NotImplementedError
 
     default_lora_targets: tuple[str, ...] = ()
+
+    #: Module-name prefixes (inside ``model``) of the image side: the encoder and the projection
+    #: to the joint space. LoRA and trained biases stay inside them, so the text tower never trains.
+    vision_prefixes: tuple[str, ...] = ()
+
+    def is_vision_side(self, name: str) -> bool:
+        """Whether a module or parameter name of ``model`` (peft wrapper prefix allowed) is image side."""
+        name = name.removeprefix("base_model.model.")
+        return any(name == p or name.startswith(p + ".") for p in self.vision_prefixes)
+
+    def all_linear_targets(self, names: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """Full names of every linear layer of the image side (peft's ``all-linear`` restricted to
+        it, as the official code's LoRA ends up), optionally only those whose last name part is in
+        ``names``. A ``nn.MultiheadAttention`` is adapted as a whole: it calls its ``out_proj``
+        weight functionally, so a LoRA on that ``Linear`` alone would never run."""
+        out = []
+        for name, module in self.model.named_modules():
+            if not self.is_vision_side(name):
+                continue
+            parent = self.model.get_submodule(name.rpartition(".")[0]) if "." in name else self.model
+            if isinstance(parent, nn.MultiheadAttention):
+                continue
+            if isinstance(module, nn.Linear | nn.MultiheadAttention):
+                if not names or name.rpartition(".")[2] in names:
+                    out.append(name)
+        return out
 
     # --- export ------------------------------------------------------------------------------
     def export(self, out_dir: Path) -> dict[str, str]:

@@ -26,6 +26,7 @@ class HFDualEncoder(VisionBackbone):
     """Shared code for HF CLIP-like models (``vision_model`` + optional ``visual_projection``)."""
 
     default_lora_targets = _LINEAR_TARGETS
+    vision_prefixes = ("vision_model", "visual_projection")
     vision_model_class: str = ""
 
     def __init__(self, model: nn.Module, processor, image_size: int):
@@ -59,7 +60,7 @@ class HFDualEncoder(VisionBackbone):
         self.model.save_pretrained(hf_dir, safe_serialization=True)
         self.processor.save_pretrained(hf_dir)
         tower_cls = getattr(transformers, self.vision_model_class)
-        tower = tower_cls(self.model.config.vision_config)
+        tower = tower_cls(self.model.config.vision_config).to(self.model.dtype)  # keep the saved dtype
         # transformers 5 puts the encoder directly on CLIPVisionModel; 4.x nests it in .vision_model
         getattr(tower, "vision_model", tower).load_state_dict(self.model.vision_model.state_dict())
         tower_dir = out_dir / "vision_tower"

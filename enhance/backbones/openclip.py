@@ -20,6 +20,8 @@ class OpenCLIPBackbone(VisionBackbone):
     # nn.MultiheadAttention is adapted as a whole (peft wraps its packed in_proj and out_proj);
     # a LoRA on its ``out_proj`` alone would be bypassed by the functional attention call.
     default_lora_targets = ("attn", "c_fc", "c_proj")
+    # ``visual.proj`` is a bare parameter, not a layer: LoRA cannot reach it (it stays frozen).
+    vision_prefixes = ("visual",)
 
     def __init__(self, model: nn.Module, model_name: str, image_size: int):
         super().__init__(model)

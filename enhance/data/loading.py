@@ -79,6 +79,7 @@ class ImageStream(IterableDataset):
         block_size: int = 1,
         emit_skips: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        augment_rank: int = 0,
     ):
         super().__init__()
         if world_size < 1 or not 0 <= rank < world_size:
@@ -91,6 +92,8 @@ class ImageStream(IterableDataset):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.start_position, self.max_epochs, self.shuffle = start_position, max_epochs, shuffle
         self.block_size, self.emit_skips, self.max_pixels = block_size, emit_skips, max_pixels
+        # Replicated streams (every rank reads rank 0 of 1): crops still differ per rank.
+        self.augment_rank = augment_rank
 
     def configured(self, **changes: Any) -> ImageStream:
         """A shallow copy with some attributes replaced (e.g. ``start_position``)."""
@@ -135,7 +138,8 @@ class ImageStream(IterableDataset):
                     try:
                         key, data = ref.fetch()
                         image = decode_image(data, self.max_pixels)
-                        rng = random.Random(derive_seed("augment", self.seed, epoch, ref.uid))
+                        salt = (self.augment_rank,) if self.augment_rank else ()  # rank 0: as before
+                        rng = random.Random(derive_seed("augment", self.seed, epoch, ref.uid, *salt))
                         if getattr(self.transform, "takes_uid", False):  # e.g. the latent-cache view
                             sample = self.transform(image, rng, ref.uid)
                         else:

@@ -139,7 +139,14 @@ def test_siglip_lora_merge_and_export_tower(tmp_model_dirs, tiny_cfg, tmp_path, 
     assert not any("text_model" in n for n in adapted)
     encoder = {f"base_model.model.vision_model.encoder.layers.0.self_attn.{t}" for t in HF_TARGETS[:4]}
     encoder |= {f"base_model.model.vision_model.encoder.layers.0.mlp.{t}" for t in ("fc1", "fc2")}
-    assert set(adapted) == encoder | {f"base_model.model.vision_model.head.mlp.{t}" for t in ("fc1", "fc2")}
+    head = {f"base_model.model.vision_model.head.mlp.{t}" for t in ("fc1", "fc2")}
+    # all-linear (default): the pooling head's MultiheadAttention is adapted as a whole (peft also
+    # wraps its out_proj inside it), since it calls out_proj's weight functionally
+    attention = {
+        "base_model.model.vision_model.head.attention",
+        "base_model.model.vision_model.head.attention.base_layer.out_proj",
+    }
+    assert set(adapted) == encoder | head | attention
     _perturb_lora(bb)
     bb.eval()
     with torch.no_grad():
@@ -161,23 +168,33 @@ def test_siglip_lora_merge_and_export_tower(tmp_model_dirs, tiny_cfg, tmp_path, 
 # --- LoRA (stage 2) -------------------------------------------------------------------------------
 
 
+def _encoder_linears(model) -> set[str]:
+    layers = model.backbone.model.config.vision_config.num_hidden_layers
+    return {
+        f"base_model.model.vision_model.encoder.layers.{i}.{'self_attn' if t.endswith('proj') else 'mlp'}.{t}"
+        for i in range(layers)
+        for t in HF_TARGETS
+    }
+
+
 def test_lora_adapts_every_vision_linear_and_nothing_else(tiny_genhancer_model, tiny_cfg):
     model = tiny_genhancer_model
     assert not has_lora(model)
     add_lora(model, tiny_cfg)
     assert has_lora(model)
     adapted = _lora_modules(model.backbone.model)
-    assert not any("text_model" in n or "projection" in n for n in adapted)
-    layers = model.backbone.model.config.vision_config.num_hidden_layers
-    expected = {
-        f"base_model.model.vision_model.encoder.layers.{i}.{'self_attn' if t.endswith('proj') else 'mlp'}.{t}"
-        for i in range(layers)
-        for t in HF_TARGETS
-    }
-    assert set(adapted) == expected
+    assert not any("text" in n for n in adapted)
+    # default lora_targets=all-linear (the official code): the encoder blocks and visual_projection
+    assert set(adapted) == _encoder_linears(model) | {"base_model.model.visual_projection"}
     # the adapter hyper-parameters are the configured ones (paper: r 16, alpha 16, dropout 0.1)
     peft_cfg = model.backbone.model.peft_config["default"]
     assert (peft_cfg.r, peft_cfg.lora_alpha, peft_cfg.lora_dropout) == (16, 16, 0.1)
+
+
+def test_lora_targets_encoder_leaves_visual_projection_alone(tiny_genhancer_model, tiny_enhance_config):
+    cfg = tiny_enhance_config("stage2.lora_targets=encoder")
+    add_lora(tiny_genhancer_model, cfg)
+    assert set(_lora_modules(tiny_genhancer_model.backbone.model)) == _encoder_linears(tiny_genhancer_model)
 
 
 def test_lora_target_modules_can_be_narrowed(tiny_genhancer_model, tiny_enhance_config):
@@ -192,7 +209,8 @@ def test_stage2_step_changes_only_lora_projector_and_denoiser(tiny_genhancer_mod
     params = configure_stage(model, 2, tiny_cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {id(p) for p in params} == {id(p) for n, p in model.named_parameters() if n in trainable}
-    assert all("lora_" in n for n in trainable if n.startswith("backbone."))
+    # default lora_bias=lora_only: besides LoRA, the biases of the adapted layers train
+    assert all("lora_" in n or n.endswith(".base_layer.bias") for n in trainable if n.startswith("backbone."))
     assert not any(n.startswith("codec.") for n in trainable)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(params, lr=1e-2)
@@ -208,6 +226,7 @@ def test_stage2_step_changes_only_lora_projector_and_denoiser(tiny_genhancer_mod
     )
 
     tiny_cfg.stage2.variant = "stage2_only"
+    tiny_cfg.stage2.lora_bias = "none"
     params = configure_stage(model, 2, tiny_cfg)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all("lora_" in n for n in names)

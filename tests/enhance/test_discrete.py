@@ -121,7 +121,12 @@ def test_discrete_run_keeps_tower_frozen_in_stage1_and_logs_accuracy(
 
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["masked_acc"] <= 1.0 for r in records)
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["denoiser", "hf", "vision_tower"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "denoiser",
+        "genhancer_export.json",
+        "hf",
+        "vision_tower",
+    ]
     assert list((tmp_path / "previews").glob("*.png"))
 
 

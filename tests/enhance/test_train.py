@@ -114,7 +114,14 @@ def test_run_folder_layout(tmp_path, tiny_enhance_config):
     run(tiny_enhance_config(), tmp_path)
     assert (tmp_path / "config.yaml").is_file()
     assert (tmp_path / "metrics.jsonl").is_file()
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["denoiser", "hf", "vision_tower"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "denoiser",
+        "genhancer_export.json",
+        "hf",
+        "vision_tower",
+    ]
+    meta = json.loads((tmp_path / "export" / "genhancer_export.json").read_text())
+    assert (meta["stage2_step"], meta["final"], meta["dtype"]) == (2, True, "float32")
     assert list((tmp_path / "previews").glob("stage2_step*.png"))
     names = [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")]
     # keep_last=2 prunes mid-stage checkpoints but never a stage's final one.
