@@ -4,17 +4,19 @@ A sample is ``{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"
 ``<image>`` in a human turn, and images under an image root (LCS-558K and llava_v1_5_mix665k as
 published). The stream yields whole micro-batches; which samples form micro-batch ``g`` is a pure
 function of ``(seed, g)``, so resuming needs only the stored sample position (STYLE.md example 7).
-Unreadable images drop their sample (counted); too-long samples are truncated (counted), or
-dropped when truncation would cut the image or leave no answer token.
+Rows LLaVA-1.5 tolerates are repaired and counted, broken rows are skipped and counted by reason
+(:class:`RowReport`); unreadable images drop their sample (counted); too-long samples are
+truncated (counted), or dropped when truncation would cut the image or leave no answer token.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +26,7 @@ from enhance.errors import UserError
 from llava_integration.templates import IGNORE_INDEX, IMAGE_TOKEN, Template, Turn, tokenize
 
 ROLES = ("human", "gpt")
+log = logging.getLogger("llava_integration")
 
 
 @dataclass(frozen=True)
@@ -36,53 +39,150 @@ class Record:
     length: int
 
 
+class RowSkipped(Exception):
+    """A JSON row that cannot be trained on; ``reason`` is the counter it is filed under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass
+class RowReport:
+    """What reading a LLaVA JSON file kept, tolerated and skipped, by reason.
+
+    ``tolerated`` counts rows kept after a repair LLaVA-1.5 makes too (a leading ``gpt`` turn is
+    dropped, as its ``preprocess_v1`` does); ``skipped`` counts rows left out; ``examples`` keeps the
+    first few row ids per reason, for the log.
+    """
+
+    rows: int = 0
+    kept: int = 0
+    tolerated: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def note(self, kind: dict[str, int], reason: str, sid: str) -> None:
+        kind[reason] = kind.get(reason, 0) + 1
+        ids = self.examples.setdefault(reason, [])
+        if len(ids) < 3:
+            ids.append(sid)
+
+    def as_dict(self) -> dict:
+        """The counters as ``metrics.jsonl`` records them (``examples`` stay in the log)."""
+        return {
+            "rows": self.rows,
+            "kept": self.kept,
+            "tolerated": dict(sorted(self.tolerated.items())),
+            "skipped": dict(sorted(self.skipped.items())),
+        }
+
+    def summary(self) -> str:
+        parts = [f"{self.kept} of {self.rows} rows kept"]
+        for title, kind in (("tolerated", self.tolerated), ("skipped", self.skipped)):
+            for reason, n in sorted(kind.items()):
+                parts.append(f"{n} {title} ({reason}, e.g. {', '.join(self.examples[reason])})")
+        return "; ".join(parts)
+
+
 def _safe_relpath(image: str, sample_id: str, source: str) -> str:
     """Image paths stay inside the image root: absolute paths and ``..`` escapes are refused."""
     norm = os.path.normpath(image)
     if os.path.isabs(image) or norm == ".." or norm.startswith(".." + os.sep) or norm.startswith("/"):
-        raise UserError(f"{source}: sample '{sample_id}' has image path '{image}' outside the image folder")
+        raise RowSkipped(
+            "image_path_outside_root",
+            f"{source}: sample '{sample_id}' has image path '{image}' outside the image folder",
+        )
     return norm
 
 
-def parse_records(samples: list, source: str, image_tokens: int = 0) -> list[Record]:
-    """Validate raw JSON samples; errors name the sample id and the file."""
+def parse_row(s: object, i: int, source: str, image_tokens: int = 0) -> tuple[Record, list[str]]:
+    """One JSON row as ``(Record, repairs made)``, or :class:`RowSkipped` naming why it cannot be used.
+
+    Tolerated like LLaVA-1.5: a conversation that opens with a ``gpt`` turn loses that turn; one
+    that ends on a ``human`` turn loses it (nothing answers it); an image row without ``<image>``
+    gets it at the front of the first turn."""
+    if not isinstance(s, dict):
+        raise RowSkipped("not_an_object", f"{source}: sample #{i} is not a JSON object")
+    sid = str(s.get("id", f"#{i}"))
+    conv = s.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise RowSkipped("no_conversations", f"{source}: sample '{sid}' has no 'conversations' list")
+    for j, t in enumerate(conv):
+        if not isinstance(t, dict) or t.get("from") not in ROLES or not isinstance(t.get("value"), str):
+            raise RowSkipped(
+                "bad_turn", f"{source}: sample '{sid}' turn {j} needs 'from' (human|gpt) and a string 'value'"
+            )
+    repairs = []
+    if conv[0]["from"] == "gpt":
+        conv = conv[1:]
+        repairs.append("leading_gpt_turn_dropped")
+    if conv and conv[-1]["from"] == "human":
+        conv = conv[:-1]
+        repairs.append("trailing_human_turn_dropped")
+    if not conv:
+        raise RowSkipped("no_answer", f"{source}: sample '{sid}' has no answered human turn")
+    turns = []
+    for j, t in enumerate(conv):
+        if t["from"] != ROLES[j % 2]:
+            raise RowSkipped(
+                "roles_out_of_order", f"{source}: sample '{sid}' turns do not alternate human, gpt"
+            )
+        turns.append(Turn(t["from"], t["value"]))
+    n_tokens = sum(t.text.count(IMAGE_TOKEN) for t in turns)
+    image = s.get("image")
+    if image is not None and not isinstance(image, str):
+        raise RowSkipped(
+            "image_not_a_string", f"{source}: sample '{sid}' has a non-string 'image' (one image per sample)"
+        )
+    if n_tokens and not image:
+        raise RowSkipped(
+            "image_token_without_image", f"{source}: sample '{sid}' has an {IMAGE_TOKEN} token but no 'image'"
+        )
+    if n_tokens > 1 or any(IMAGE_TOKEN in t.text for t in turns if t.role == "gpt"):
+        raise RowSkipped(
+            "several_image_tokens",
+            f"{source}: sample '{sid}' needs exactly one {IMAGE_TOKEN}, in a human turn",
+        )
+    if image:
+        image = _safe_relpath(image, sid, source)
+        if not n_tokens:
+            turns[0] = Turn("human", f"{IMAGE_TOKEN}\n{turns[0].text}")  # LLaVA places it first
+            repairs.append("image_token_added")
+    words = sum(len(t.text.split()) for t in turns)
+    return Record(sid, image or None, tuple(turns), words + (image_tokens if image else 0)), repairs
+
+
+def parse_records(
+    samples: list, source: str, image_tokens: int = 0, report: RowReport | None = None
+) -> list[Record]:
+    """Validate raw JSON rows: broken ones are skipped and counted in ``report`` by reason (one bad
+    row in 665K must not stop a run); only a file with no usable row is an error."""
     if not isinstance(samples, list):
         raise UserError(f"{source}: expected a JSON list of samples")
+    report = report if report is not None else RowReport()
     out = []
     for i, s in enumerate(samples):
-        sid = str(s.get("id", f"#{i}")) if isinstance(s, dict) else f"#{i}"
-        if not isinstance(s, dict):
-            raise UserError(f"{source}: sample {sid} is not a JSON object")
-        conv = s.get("conversations")
-        if not isinstance(conv, list) or not conv:
-            raise UserError(f"{source}: sample '{sid}' has no 'conversations' list")
-        turns = []
-        for j, t in enumerate(conv):
-            if not isinstance(t, dict) or t.get("from") not in ROLES or not isinstance(t.get("value"), str):
-                raise UserError(
-                    f"{source}: sample '{sid}' turn {j} needs 'from' (human|gpt) and a string 'value'"
-                )
-            if t["from"] != ROLES[j % 2]:
-                raise UserError(f"{source}: sample '{sid}' turn {j} should come from {ROLES[j % 2]}")
-            turns.append(Turn(t["from"], t["value"]))
-        n_tokens = sum(t.text.count(IMAGE_TOKEN) for t in turns)
-        image = s.get("image")
-        if image is not None and not isinstance(image, str):
-            raise UserError(f"{source}: sample '{sid}' has a non-string 'image' (one image per sample)")
-        if n_tokens and not image:
-            raise UserError(f"{source}: sample '{sid}' has an {IMAGE_TOKEN} token but no 'image'")
-        if n_tokens > 1 or any(IMAGE_TOKEN in t.text for t in turns if t.role == "gpt"):
-            raise UserError(f"{source}: sample '{sid}' needs exactly one {IMAGE_TOKEN}, in a human turn")
-        if image and not n_tokens:
-            turns[0] = Turn("human", f"{IMAGE_TOKEN}\n{turns[0].text}")  # LLaVA places it first
-        if image:
-            image = _safe_relpath(image, sid, source)
-        words = sum(len(t.text.split()) for t in turns)
-        out.append(Record(sid, image, tuple(turns), words + (image_tokens if image else 0)))
+        report.rows += 1
+        try:
+            record, repairs = parse_row(s, i, source, image_tokens)
+        except RowSkipped as exc:
+            sid = str(s.get("id", f"#{i}")) if isinstance(s, dict) else f"#{i}"
+            report.note(report.skipped, exc.reason, sid)
+            if report.skipped[exc.reason] == 1:  # once per reason; train.run logs the totals
+                log.warning("skipping a row: %s", exc)
+            continue
+        for reason in repairs:
+            report.note(report.tolerated, reason, record.id)
+        out.append(record)
+    report.kept = len(out)
+    if samples and not out:
+        raise UserError(f"{source}: no usable sample ({report.summary()})")
     return out
 
 
-def load_records(path: str | Path, image_tokens: int = 0) -> list[Record]:
+def load_records(path: str | Path, image_tokens: int = 0, report: RowReport | None = None) -> list[Record]:
+    """The usable rows of a LLaVA JSON file; ``report`` (when given) receives the counts."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -90,7 +190,7 @@ def load_records(path: str | Path, image_tokens: int = 0) -> list[Record]:
         samples = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
-    records = parse_records(samples, str(path), image_tokens)
+    records = parse_records(samples, str(path), image_tokens, report)
     if not records:
         raise UserError(f"{path} holds no samples")
     return records

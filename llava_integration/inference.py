@@ -1,8 +1,8 @@
 """Answer questions with a trained LLaVA: greedy generation and option likelihoods (for eval and demo).
 
 Prompts use the ``vicuna_v1`` template the model was finetuned with, tokenized by the same code
-as training (so the answer tokens scored by :meth:`LlavaRunner.choice_likelihood` are exactly
-the ones training supervised). Images go through the saved processor (pad to square, resize,
+as training (so the answer tokens scored by :meth:`LlavaRunner.choice_likelihood`, end token
+included, are exactly the ones training supervised). Images go through the saved processor (pad to square, resize,
 normalise), with ``<image>`` expanded to the tower's patch count.
 """
 
@@ -52,13 +52,21 @@ class LlavaRunner:
 
     # --- encoding
 
-    def encode(self, image, prompt: str, answer: str | None = None) -> tuple[list[int], list[int]]:
+    def encode(
+        self, image, prompt: str, answer: str | None = None, include_end: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """Ids and labels of a prompt (with the generation prompt) or of prompt + ``answer``, whose
+        tokens (and end token with ``include_end``) carry labels exactly as training labels them."""
         text = f"{IMAGE_TOKEN}\n{prompt}" if image is not None else prompt
         turns = [Turn("human", text)]
         if answer is not None:
             turns.append(Turn("gpt", answer))
         ids, labels = tokenize(
-            self.tokenizer, self.template, turns, include_end=False, add_generation_prompt=answer is None
+            self.tokenizer,
+            self.template,
+            turns,
+            include_end=include_end,
+            add_generation_prompt=answer is None,
         )
         if image is not None:
             pos = ids.index(self.image_token_id)
@@ -112,11 +120,24 @@ class LlavaRunner:
         return [t.strip() for t in self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
 
     @torch.no_grad()
-    def choice_likelihood(self, image, prompt: str, options: Sequence[str]) -> list[float]:
-        """Log-likelihood (summed over its tokens, end token excluded) of each option as the answer."""
+    def choice_likelihood(
+        self,
+        image,
+        prompt: str,
+        options: Sequence[str],
+        with_end: bool = True,
+        length_normalize: bool = False,
+    ) -> list[float]:
+        """Log-likelihood of each option as the whole answer: summed over its tokens and the end token.
+
+        The end token makes an option that is a prefix of another ("red" vs "red car") pay for
+        stopping there; without it (``with_end=False``) a sum of log-probabilities can only fall
+        as an option grows, so the shorter option would win by construction.
+        ``length_normalize`` averages over the scored tokens instead of summing.
+        """
         if not options:
             return []
-        rows = [self.encode(image, prompt, opt) for opt in options]
+        rows = [self.encode(image, prompt, opt, include_end=with_end) for opt in options]
         width = max(len(ids) for ids, _ in rows)
         n = len(rows)
         input_ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -133,4 +154,8 @@ class LlavaRunner:
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         target = labels[:, 1:].to(self.device)
         picked = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        return (picked * (target != IGNORE_INDEX)).sum(-1).tolist()
+        scored = target != IGNORE_INDEX
+        total = (picked * scored).sum(-1)
+        if length_normalize:
+            total = total / scored.sum(-1).clamp_min(1)
+        return total.tolist()

@@ -5,6 +5,13 @@ tokenizes a prompt; the tokenizer's character offsets then say which tokens belo
 assistant answer. Only those tokens (and the turn's end token) carry labels, so the loss never
 covers the system prompt, the user turns or the image (LLaVA-1.5, Sec. 3 and its ``preprocess``).
 Tokenizing turn by turn instead would drift from inference tokenization at every boundary.
+
+The supervised region of a ``vicuna_v1`` answer starts at the space after ``ASSISTANT:``, as in
+LLaVA-1.5's ``preprocess_v1``: a SentencePiece tokenizer writes that space as a standalone ``▁``
+before an answer that starts with a digit or a character without a ``▁``-prefixed piece (``2``,
+``日本``), and the model must learn to emit it. In ``plain`` everything after the image is
+supervised (``preprocess_plain``). ``tests/llava_integration/test_label_masks.py`` checks both
+against LLaVA's round-splitting rule on a real Llama tokenizer.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class Template:
         sep2 (str): written after an assistant message; it is supervised (the model learns to stop).
         plain (bool): LLaVA's pretraining format: the image, then the caption, nothing else.
         required_tokens (tuple[str, ...]): strings the tokenizer must hold as single tokens.
+        encodable (tuple[str, ...]): strings the tokenizer must encode without ``<unk>`` (in any
+            number of tokens: a Llama tokenizer writes ``"\n"`` as ``▁`` + ``<0x0A>``).
     """
 
     name: str
@@ -52,10 +61,11 @@ class Template:
     sep2: str
     plain: bool = False
     required_tokens: tuple[str, ...] = ()
+    encodable: tuple[str, ...] = ()
 
 
 TEMPLATES: dict[str, Template] = {
-    "plain": Template("plain", "", ("", ""), "", "\n", plain=True, required_tokens=("\n",)),
+    "plain": Template("plain", "", ("", ""), "", "\n", plain=True, encodable=("\n",)),
     "vicuna_v1": Template(
         "vicuna_v1", VICUNA_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>", required_tokens=("</s>",)
     ),
@@ -79,8 +89,9 @@ def normalize_image_turn(text: str) -> str:
 def render(template: Template, turns: Sequence[Turn], add_generation_prompt: bool = False):
     """Render turns; returns ``(text, spans)`` with the character spans of supervised answers.
 
-    Each span is ``(start, end, answer_end)``: the answer runs ``start..answer_end`` and the
-    supervised region ``start..end`` adds the turn's end token.
+    Each span is ``(start, end, answer_end)``: the supervised region ``start..end`` runs from the
+    space before the answer (``vicuna_v1``; right after the image in ``plain``) through the turn's
+    end token, and ``start..answer_end`` leaves the end token out.
     """
     spans: list[tuple[int, int, int]] = []
     if template.plain:
@@ -100,9 +111,9 @@ def render(template: Template, turns: Sequence[Turn], add_generation_prompt: boo
         if turn.role == "human":
             text += f"{user}: {normalize_image_turn(turn.text.strip())}{template.sep}"
         elif turn.role == "gpt":
-            text += f"{assistant}: "
-            start = len(text)
-            text += turn.text.strip()
+            text += f"{assistant}:"
+            start = len(text)  # the space below is the answer's: LLaVA supervises its ``▁``
+            text += " " + turn.text.strip()
             spans.append((start, len(text) + len(template.sep2), len(text)))
             text += template.sep2
         else:
@@ -121,27 +132,35 @@ def tokenize(
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels (``IGNORE_INDEX`` outside assistant answers) for one conversation.
 
-    A token is supervised when its character span overlaps an answer span, so a token that
-    carries the leading space of an answer (SentencePiece ``▁word``) counts as the answer.
-    ``include_end=False`` leaves the end token out (for scoring an answer's own likelihood).
+    A token is supervised when its character span overlaps a supervised region (see
+    :func:`render`), so both ``▁word`` and a standalone ``▁`` before the answer count as the answer.
+    A non-special token with an empty span (text a tokenizer inserts) goes with the token after it;
+    BOS and other special tokens with empty spans are never supervised.
+    ``include_end=False`` leaves the end token out (for scoring an answer without it).
     """
     text, spans = render(template, turns, add_generation_prompt=add_generation_prompt)
-    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    enc = tokenizer(
+        text, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True
+    )
     ids = list(enc["input_ids"])
+    special = enc["special_tokens_mask"]
     labels = [IGNORE_INDEX] * len(ids)
-    for i, (s, e) in enumerate(enc["offset_mapping"]):
+    follow = False  # the decision for the token to the right (for empty spans)
+    for i in range(len(ids) - 1, -1, -1):
+        s, e = enc["offset_mapping"][i]
         if e <= s:
-            continue  # BOS and other inserted tokens have empty spans
-        for start, end, answer_end in spans:
-            stop = end if include_end else answer_end
-            if s < stop and e > start:
-                labels[i] = ids[i]
-                break
+            on = follow and not special[i]
+        else:
+            on = any(s < (end if include_end else answer_end) and e > start for start, end, answer_end in spans)
+        if on:
+            labels[i] = ids[i]
+        follow = on
     return ids, labels
 
 
 def check_tokenizer(tokenizer, template: Template, where: str) -> None:
-    """The template's special strings must be single known tokens, or the labels would be wrong."""
+    """The template's end token must be one known token (the model learns to stop on it), and its
+    other strings must encode without ``<unk>``, or the labels would train on nothing."""
     unk = tokenizer.unk_token_id
     for token in template.required_tokens:
         ids = tokenizer.encode(token, add_special_tokens=False)
@@ -149,6 +168,13 @@ def check_tokenizer(tokenizer, template: Template, where: str) -> None:
             raise UserError(
                 f"the tokenizer of {where} has no single token for {token!r}, which the "
                 f"'{template.name}' template needs; use a tokenizer that defines it"
+            )
+    for text in template.encodable:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if not ids or (unk is not None and unk in ids):
+            raise UserError(
+                f"the tokenizer of {where} cannot encode {text!r} (it becomes <unk>), which the "
+                f"'{template.name}' template needs; use a tokenizer that encodes it"
             )
 
 

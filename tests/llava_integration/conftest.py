@@ -1,14 +1,31 @@
 """Tiny factories for the llava_integration tests: a config-built vision tower and LM saved in
-the real formats (seconds to build, nothing cached outside tmp, no pretrained weights)."""
+the real formats (seconds to build, nothing cached outside tmp, no pretrained weights), and the
+real Llama 2 tokenizer vendored under ``tests/assets/llama2_tokenizer`` (see its SOURCE.md)."""
 
 from __future__ import annotations
 
+import gzip
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 TOWER_SIZE = 32  # px; patch 8 -> 4x4 grid -> 16 image tokens
+LLAMA_TOKENIZER_ASSET = Path(__file__).resolve().parents[1] / "assets" / "llama2_tokenizer"
+
+
+def write_llama_tokenizer(out: Path) -> Path:
+    """Un-gzip the vendored Llama 2 ``tokenizer.json`` next to its ``tokenizer_config.json`` in ``out``
+    (the files a Vicuna checkpoint ships), so ``AutoTokenizer.from_pretrained(out)`` loads it."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (
+        gzip.open(LLAMA_TOKENIZER_ASSET / "tokenizer.json.gz", "rb") as src,
+        open(out / "tokenizer.json", "wb") as dst,
+    ):
+        shutil.copyfileobj(src, dst)
+    shutil.copy(LLAMA_TOKENIZER_ASSET / "tokenizer_config.json", out / "tokenizer_config.json")
+    return out
 
 
 def make_tower(
@@ -34,17 +51,21 @@ def make_tower(
     return out
 
 
-def make_llm(out: Path, hidden: int = 32, seed: int = 0) -> Path:
-    """A random 2-layer Llama with the tiny preset's word-level tokenizer."""
-    from transformers import LlamaForCausalLM
+def make_llm(out: Path, hidden: int = 32, seed: int = 0, tokenizer: str = "word") -> Path:
+    """A random 2-layer Llama with the tiny preset's word-level tokenizer, or (``tokenizer="llama"``)
+    with the real Llama 2 tokenizer files, as a Vicuna checkpoint carries them."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     from llava_integration.tiny import build_tokenizer, llm_config
 
     torch.manual_seed(seed)
-    tok = build_tokenizer()
-    recipe = {"hidden": hidden, "intermediate": 2 * hidden, "layers": 2, "heads": 2, "max_positions": 256}
+    if tokenizer == "llama":
+        tok = AutoTokenizer.from_pretrained(write_llama_tokenizer(out))
+    else:
+        tok = build_tokenizer()
+        tok.save_pretrained(out)
+    recipe = {"hidden": hidden, "intermediate": 2 * hidden, "layers": 2, "heads": 2, "max_positions": 2048}
     LlamaForCausalLM(llm_config(tok, recipe)).save_pretrained(out)
-    tok.save_pretrained(out)
     return out
 
 
@@ -57,7 +78,37 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
         "tower_wide": make_tower(root / "tower_wide", hidden=48),
         "tower_grid": make_tower(root / "tower_grid", image_size=48),
         "tower_alt": make_tower(root / "tower_alt", seed=1),
+        "llm_llama": make_llm(root / "llm_llama", tokenizer="llama"),
     }
+
+
+@pytest.fixture(scope="session")
+def llama_tok_dir(tmp_path_factory) -> Path:
+    """A folder holding the real Llama 2 ``tokenizer.json`` and ``tokenizer_config.json``."""
+    return write_llama_tokenizer(tmp_path_factory.mktemp("llama_tok"))
+
+
+@pytest.fixture(scope="session")
+def llama_tok(llama_tok_dir):
+    """The real Llama 2 tokenizer with ``<image>`` and ``<pad>`` added, as model assembly adds them."""
+    from transformers import AutoTokenizer
+
+    from llava_integration.model import prepare_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama_tok_dir)
+    prepare_tokenizer(tok)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def word_tok():
+    """The tiny preset's word-level tokenizer with ``<image>`` and ``<pad>`` added."""
+    from llava_integration.model import prepare_tokenizer
+    from llava_integration.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    prepare_tokenizer(tok)
+    return tok
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,14 @@ import torch
 from PIL import Image
 
 from enhance.errors import UserError
-from llava_integration.data import LlavaStream, encode, epoch_order, load_records, parse_records
+from llava_integration.data import (
+    LlavaStream,
+    RowReport,
+    encode,
+    epoch_order,
+    load_records,
+    parse_records,
+)
 from llava_integration.model import build_image_processor, num_image_tokens
 from llava_integration.templates import IGNORE_INDEX, TEMPLATES
 
@@ -21,22 +28,60 @@ def _conv(q="<image>\nWhat color?", a="red"):
 
 
 @pytest.mark.parametrize(
-    "sample, message",
+    "sample, reason",
     [
-        ({"id": "s1", "image": "a.jpg"}, "sample 's1' has no 'conversations'"),
-        ({"id": "s2", "conversations": _conv()}, "sample 's2' has an <image> token but no 'image'"),
-        ({"id": "s3", "image": "../etc/a.jpg", "conversations": _conv()}, "sample 's3' has image path"),
-        ({"id": "s4", "image": "/abs/a.jpg", "conversations": _conv()}, "sample 's4' has image path"),
-        ({"id": "s5", "image": "a.jpg", "conversations": _conv("<image> <image>")}, "'s5' needs exactly one"),
+        ({"id": "s1", "image": "a.jpg"}, "no_conversations"),
+        ({"id": "s2", "conversations": _conv()}, "image_token_without_image"),
+        ({"id": "s3", "image": "../etc/a.jpg", "conversations": _conv()}, "image_path_outside_root"),
+        ({"id": "s4", "image": "/abs/a.jpg", "conversations": _conv()}, "image_path_outside_root"),
+        ({"id": "s5", "image": "a.jpg", "conversations": _conv("<image> <image>")}, "several_image_tokens"),
+        ({"id": "s6", "conversations": [{"from": "gpt", "value": "x"}]}, "no_answer"),
         (
-            {"id": "s6", "conversations": [{"from": "gpt", "value": "x"}]},
-            "'s6' turn 0 should come from human",
+            {"id": "s7", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}]},
+            "bad_turn",
         ),
+        (
+            {"id": "s8", "conversations": [*_conv("a", "b"), *_conv("c", "d")[1:], *_conv("e", "f")]},
+            "roles_out_of_order",
+        ),
+        ({"id": "s9", "image": ["a.jpg", "b.jpg"], "conversations": _conv()}, "image_not_a_string"),
+        ("not a row", "not_an_object"),
     ],
 )
-def test_bad_samples_name_the_id(sample, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+def test_broken_rows_are_skipped_and_counted_by_reason(sample, reason):
+    good = {"id": "ok", "conversations": _conv("Is red a color?", "Yes")}
+    report = RowReport()
+    records = parse_records([good, sample], "data.json", report=report)
+    assert [r.id for r in records] == ["ok"]
+    assert report.as_dict() == {"rows": 2, "kept": 1, "tolerated": {}, "skipped": {reason: 1}}
+    with pytest.raises(UserError, match=f"data.json: no usable sample .*{reason}"):
         parse_records([sample], "data.json")
+
+
+def test_rows_llava_tolerates_are_repaired_and_counted():
+    rows = [
+        {"id": "g", "conversations": [{"from": "gpt", "value": "Hi!"}, *_conv("Is red a color?", "Yes")]},
+        {
+            "id": "h",
+            "conversations": [*_conv("Is red a color?", "Yes"), {"from": "human", "value": "Thanks"}],
+        },
+        {"id": "i", "image": "a.jpg", "conversations": _conv("What color?", "red")},
+    ]
+    report = RowReport()
+    g, h, i = parse_records(rows, "data.json", report=report)
+    assert [t.role for t in g.turns] == ["human", "gpt"] and g.turns[0].text == "Is red a color?"
+    assert [t.role for t in h.turns] == ["human", "gpt"]
+    assert i.turns[0].text == "<image>\nWhat color?"
+    assert report.as_dict() == {
+        "rows": 3,
+        "kept": 3,
+        "tolerated": {
+            "image_token_added": 1,
+            "leading_gpt_turn_dropped": 1,
+            "trailing_human_turn_dropped": 1,
+        },
+        "skipped": {},
+    }
 
 
 def test_image_without_token_gets_it_first():

@@ -42,20 +42,60 @@ def test_choice_likelihood(runner):
     scores = runner.choice_likelihood(image, "What color are the shapes?", options)
     assert len(scores) == 3 and all(s < 0 for s in scores)
     assert runner.choice_likelihood(image, "What color are the shapes?", options) == scores
-    # the same number computed by hand for the single-token option
-    ids, labels = runner.encode(image, "What color are the shapes?", "blue")
+    # the same number computed by hand for the single-token option: its token, then the end token
+    ids, labels = runner.encode(image, "What color are the shapes?", "blue", include_end=True)
     pos = [i for i, lab in enumerate(labels) if lab != -100]
-    assert len(pos) == 1
+    assert len(pos) == 2 and ids[pos[1]] == runner.tokenizer.eos_token_id
     with torch.no_grad():
         logits = (
             runner.model(input_ids=torch.tensor([ids]), pixel_values=runner.preprocess([image]))
             .logits[0]
             .float()
         )
-    manual = torch.log_softmax(logits[pos[0] - 1], -1)[ids[pos[0]]].item()
+    manual = sum(torch.log_softmax(logits[p - 1], -1)[ids[p]].item() for p in pos)
     assert scores[1] == pytest.approx(manual, abs=1e-4)
-    # a longer option sums more (negative) terms
-    assert scores[2] < max(scores[:2])
+    without_end = runner.choice_likelihood(image, "What color are the shapes?", ["blue"], with_end=False)[0]
+    assert without_end == pytest.approx(
+        torch.log_softmax(logits[pos[0] - 1], -1)[ids[pos[0]]].item(), abs=1e-4
+    )
+    mean = runner.choice_likelihood(image, "What color are the shapes?", ["blue"], length_normalize=True)[0]
+    assert mean == pytest.approx(manual / 2, abs=1e-4)
+
+
+class Bigram(torch.nn.Module):
+    """A language model whose next-token logits depend only on the current token (a lookup table)."""
+
+    def __init__(self, config, table: torch.Tensor):
+        super().__init__()
+        self.config = config
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, **_):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+@pytest.mark.parametrize("tok_name", ["word_tok", "llama_tok"])
+def test_an_option_that_is_a_prefix_of_another_does_not_win_by_construction(tiny_llava, tok_name, request):
+    """A model sure that "red" goes on as "red car" must rank "red car" first: scored with the end
+    token, "red" pays for stopping. Summed without it, "red" could never lose to "red car"."""
+    from types import SimpleNamespace
+
+    tok = request.getfixturevalue(tok_name)
+    model, _ = tiny_llava
+    red, car = (tok("red car", add_special_tokens=False).input_ids[i] for i in (-2, -1))
+    table = torch.zeros(len(tok), len(tok))
+    table[red, car] = 8.0  # after "red": almost surely "car"
+    table[car, tok.eos_token_id] = 8.0  # after "car": almost surely the end
+    runner = LlavaRunner(Bigram(model.config, table), SimpleNamespace(tokenizer=tok), device="cpu")
+    ids, labels = runner.encode(None, "What is it?", "red car")
+    answer = [t for t, lab in zip(tok.convert_ids_to_tokens(ids), labels) if lab != -100]
+    assert answer in (["red", "car"], ["▁red", "▁car"])
+    red_score, red_car_score = runner.choice_likelihood(None, "What is it?", ["red", "red car"])
+    assert red_car_score > red_score + 5
+    old_red, old_red_car = runner.choice_likelihood(None, "What is it?", ["red", "red car"], with_end=False)
+    assert old_red >= old_red_car  # the prefix bias the end token removes
 
 
 def test_load_rejects_a_non_model_dir(tmp_path):

@@ -1,4 +1,6 @@
-"""Conversation templates: the label mask token by token, chat-template parity, tokenizer checks."""
+"""Conversation templates: the label mask token by token, chat-template parity, tokenizer checks,
+on the tiny word-level tokenizer and on the real Llama 2 tokenizer (``test_label_masks.py`` holds
+the comparison with LLaVA-1.5's own preprocessing)."""
 
 from __future__ import annotations
 
@@ -104,3 +106,73 @@ def test_tokenizer_without_template_tokens_is_named(tok):
         check_tokenizer(no_eos, TEMPLATES["vicuna_v1"], "my-llm")
     with pytest.raises(UserError, match="plain"):
         check_tokenizer(no_eos, TEMPLATES["plain"], "my-llm")
+
+
+def test_the_vendored_llama_tokenizer_is_the_legacy_sentencepiece_one(llama_tok):
+    """What the Llama-specific tests rely on: "\n" is two tokens and digits stand alone."""
+    assert llama_tok.convert_ids_to_tokens(llama_tok("\n", add_special_tokens=False).input_ids) == [
+        "▁",
+        "<0x0A>",
+    ]
+    assert llama_tok("Hello world!").input_ids == [1, 15043, 3186, 29991]
+    assert llama_tok.convert_ids_to_tokens(llama_tok(": 3", add_special_tokens=False).input_ids) == [
+        "▁:",
+        "▁",
+        "3",
+    ]
+
+
+@pytest.mark.parametrize("template", ["plain", "vicuna_v1"])
+def test_llama_tokenizer_passes_the_template_checks(llama_tok, template):
+    check_tokenizer(llama_tok, TEMPLATES[template], "lmsys/vicuna-7b-v1.5")
+
+
+@pytest.mark.parametrize("tok_name", ["word_tok", "llama_tok"])
+@pytest.mark.parametrize("include_end", [True, False])
+def test_supervised_tokens_spell_the_answers(tok_name, include_end, request):
+    tok = request.getfixturevalue(tok_name)
+    turns = [
+        Turn("human", "<image>\nHow many shapes are there?"),
+        Turn("gpt", "two"),
+        Turn("human", "What color are the shapes?"),
+        Turn("gpt", "red circle"),
+    ]
+    ids, labels = tokenize(tok, TEMPLATES["vicuna_v1"], turns, include_end=include_end)
+    runs, current = [], []
+    for i, lab in zip(ids, labels):
+        if lab != IGNORE_INDEX:
+            current.append(i)
+        elif current:
+            runs.append(current)
+            current = []
+    runs += [current] if current else []
+    end = "</s>" if include_end else ""
+    got = [tok.decode(r).replace(" </s>", "</s>").strip() for r in runs]
+    assert got == [f"two{end}", f"red circle{end}"]
+
+
+@pytest.mark.parametrize("tok_name", ["word_tok", "llama_tok"])
+def test_chat_template_prompt_tokenizes_like_training(tok_name, request):
+    """lmms-eval's ``llava_hf`` tokenizes ``apply_chat_template``'s text in one call; the ids must be
+    the ones training and :class:`LlavaRunner` build."""
+    from jinja2 import Template as Jinja
+
+    tok = request.getfixturevalue(tok_name)
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "How many shapes are there?"}],
+        },
+        {"role": "assistant", "content": "3"},
+        {"role": "user", "content": "What color are the shapes?"},
+    ]
+    text = Jinja(chat_template_jinja(TEMPLATES["vicuna_v1"])).render(
+        messages=messages, add_generation_prompt=True
+    )
+    turns = [
+        Turn("human", "<image>\nHow many shapes are there?"),
+        Turn("gpt", "3"),
+        Turn("human", "What color are the shapes?"),
+    ]
+    ids, _ = tokenize(tok, TEMPLATES["vicuna_v1"], turns, add_generation_prompt=True)
+    assert tok(text).input_ids == ids
