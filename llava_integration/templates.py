@@ -151,7 +151,9 @@ def tokenize(
         if e <= s:
             on = follow and not special[i]
         else:
-            on = any(s < (end if include_end else answer_end) and e > start for start, end, answer_end in spans)
+            on = any(
+                s < (end if include_end else answer_end) and e > start for start, end, answer_end in spans
+            )
         if on:
             labels[i] = ids[i]
         follow = on
