@@ -69,11 +69,15 @@ def parse_choice(response: str, options: Sequence[str] | int) -> str | None:
         rest, own = _norm(word.group(2)), _norm(texts[valid.index(word.group(1))])
         if own and (rest == own or rest.startswith(own + " ")):
             return word.group(1)
+    # The cue is case-insensitive, the letter is not: "The answer is a dog." names no option,
+    # while "(a)" (MMVP's own option spelling) does.
     said = re.search(
-        r"(?:answer\s*(?:is|:)|option|choice)\s*:?\s*\(?([A-Z])\)?(?![A-Za-z])", text, re.IGNORECASE
+        r"(?i:answer\s*(?:is|:)|option|choice)\s*:?\s*(?:\(([A-Za-z])\)|([A-Z])(?![A-Za-z]))", text
     )
-    if said and said.group(1).upper() in valid:
-        return said.group(1).upper()
+    if said:
+        letter = (said.group(1) or said.group(2)).upper()
+        if letter in valid:
+            return letter
     if texts:
         reply = f" {_norm(text)} "
         hits = [i for i, o in enumerate(texts) if _norm(o) and f" {_norm(o)} " in reply]
@@ -123,18 +127,23 @@ def parse_naturalbench(response: str, question_type: str) -> int:
 
 
 def parse_scienceqa_llava(response: str, n_options: int) -> str | None:
-    """ScienceQA's official rule (LLaVA ``llava/eval/eval_science_qa.py``): an exact option letter,
-    "X. ..." at the start, or "The answer is X"; anything else fails (None).
+    """ScienceQA's official rule (LLaVA ``llava/eval/eval_science_qa.py``), edge cases included.
+
+    In order: the reply is exactly one of the letters A-E; or it starts with "X. " (X in A-E); or the
+    pattern ``The answer is ([A-Z]).`` matches exactly once. The ``.`` there is any character, so
+    "The answer is B" at the very end fails, "The answer is Bob" reads B, and two matches fail.
+    A letter beyond the question's choices is wrong (None). The reply is stripped first, as
+    LLaVA's ``model_vqa_science.py`` strips what it writes.
 
     lmms-eval (``scienceqa/utils.py:34-44``) also accepts "a" and "A." and rejects "The answer is A.".
     """
-    valid = LETTERS[:n_options]
+    options = LETTERS[:5]  # the script's --options default, whatever the number of choices
     text = response.strip()
-    if text in valid and len(text) == 1:
-        return text
-    if len(text) >= 3 and text[0] in valid and text[1:3] == ". ":
-        return text[0]
-    found = re.findall(r"The answer is ([A-Z])(?![A-Za-z])", text)
-    if len(found) == 1 and found[0] in valid:
-        return found[0]
-    return None
+    if text in options and len(text) == 1:
+        answer = text
+    elif len(text) >= 3 and text[0] in options and text[1:3] == ". ":
+        answer = text[0]
+    else:
+        found = re.findall(r"The answer is ([A-Z]).", text)
+        answer = found[0] if len(found) == 1 else ""
+    return answer if answer and answer in options[: min(n_options, 5)] else None

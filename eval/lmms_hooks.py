@@ -2,17 +2,24 @@
 
 They replace two built-in aggregations that cannot run offline or on a subset (see
 :mod:`eval.mllm_tasks`) and give the harness's own results table sensible numbers. They see only
-what the built-in ``process_results`` emitted, so NaturalBench's expected answers come from the
-row position here, as in lmms-eval (``naturalbench/utils.py:9``); the leaderboard's recorded
-numbers come from :mod:`eval.mllm_scoring` on the full per-sample logs instead. Scales follow the
-built-in tasks: NaturalBench 0-1, HallusionBench 0-100.
+what the built-in ``process_results`` emitted: NaturalBench's parsed label (1 yes/A, 0 no/B,
+-1 neither) and ``Index``, whose position in its group fixes the expected answer
+(:func:`eval.mllm_scoring.naturalbench_label`). The leaderboard's recorded numbers come from
+:mod:`eval.mllm_scoring` on the full per-sample logs instead. Scales follow the built-in tasks:
+NaturalBench 0-1, HallusionBench 0-100.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from eval.mllm_scoring import Sample, score_hallusion, score_naturalbench
 
-_NB_EXPECTED = ("yes", "no", "no", "yes")  # q0_i0, q0_i1, q1_i0, q1_i1 (naturalbench/utils.py:9)
+
+def hb_doc_to_visual(doc: dict[str, Any]) -> list:
+    """HallusionBench's image, or no visual for a ``non_image`` row (its ``image`` is None)."""
+    image = doc.get("image")
+    return [image.convert("RGB")] if image is not None else []
 
 
 def _nb(results: list[dict], metric: str) -> float:
@@ -20,8 +27,7 @@ def _nb(results: list[dict], metric: str) -> float:
     for r in results:
         idx, label = int(r["id"]), int(r["score"])
         said = {1: "yes", 0: "no"}.get(label, "")
-        doc = {"Index": idx, "Question_Type": "yes_no", "answer": _NB_EXPECTED[idx % 4]}
-        samples.append(Sample(idx, said, doc))
+        samples.append(Sample(idx, said, {"Index": idx, "Question_Type": "yes_no"}))
     return score_naturalbench(samples).metrics[metric] / 100 if samples else 0.0
 
 

@@ -7,7 +7,8 @@ tiny LLaVA is finetuned on (``llava_integration.toydata``: colour, count, positi
 a trained tiny model can score above chance. Layout under ``root``, one folder per benchmark::
 
     mmvp/train.parquet  cv_bench/test.parquet  naturalbench/test.parquet
-    pope/{random,popular,adversarial}.parquet  hallusion_bench/image.parquet  scienceqa_img/test.parquet
+    pope/{random,popular,adversarial}.parquet  hallusion_bench/{image,non_image}.parquet
+    scienceqa_img/test.parquet
 
 The same layout is what ``--data-root`` expects for the real data (or hub shards ``split-*.parquet``).
 Worlds: seed ``seed + 10 + k`` for benchmark k, so no fixture image is a training image of the tiny
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from enhance.data.toyworld import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, Scene, ToyWorld, attributes, render
 
-_FIXTURE_VERSION = 1
+_FIXTURE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,13 @@ def write_cv_bench(root: Path, recipe: MllmFixtureRecipe) -> Path:
 
 
 def write_naturalbench(root: Path, recipe: MllmFixtureRecipe) -> Path:
-    """Groups of 2 images x 2 questions in the official row order q0_i0, q0_i1, q1_i0, q1_i1,
-    expected answers (1, 0, 0, 1); alternating yes/no and multiple-choice groups."""
+    """Groups of 2 images x 2 questions in the official row order q0_i0, q0_i1, q1_i0, q1_i1, whose
+    answers are yes/A, no/B, no/B, yes/A by position; alternating yes/no and multiple-choice groups.
+
+    Only the columns lmms-eval's task code reads (``naturalbench/utils.py``: ``Index``, ``Image``,
+    ``Question``, ``Question_Type``): no answer column, since neither the official scorer nor ours
+    reads one, and lmms-eval then logs its ``doc_to_target: "answer"`` as the literal string.
+    """
     from datasets import Image, Value
 
     world, rng = _world(recipe, 2), random.Random(recipe.seed + 2)
@@ -195,15 +201,14 @@ def write_naturalbench(root: Path, recipe: MllmFixtureRecipe) -> Path:
         i1 = _vary(world, i0, "color", rng)
         c0, c1 = attributes(i0)["color"], attributes(i1)["color"]
         shape = attributes(i0)["shape"]
+        # q0 is true of image 0, q1 of image 1: the official layout's yes/A, no/B, no/B, yes/A.
         if g % 2 == 0:
             qtype = "yes_no"
             q0, q1 = (f"Is there a {c} {shape} in the image?" for c in (c0, c1))
-            answers = ("Yes", "No", "No", "Yes")
         else:
             qtype = "multiple_choice"
             q0 = f"What color are the shapes? A. {c0} B. {c1}"
             q1 = f"What color are the shapes? A. {c1} B. {c0}"
-            answers = ("A", "B", "B", "A")
         for k, (q, im) in enumerate(((q0, i0), (q0, i1), (q1, i0), (q1, i1))):
             rows.append(
                 {
@@ -211,8 +216,6 @@ def write_naturalbench(root: Path, recipe: MllmFixtureRecipe) -> Path:
                     "Image": _image(im, recipe.image_size),
                     "Question": q,
                     "Question_Type": qtype,
-                    "answer": answers[k],
-                    "Source": "toyworld",
                 }
             )
     feats = {
@@ -220,8 +223,6 @@ def write_naturalbench(root: Path, recipe: MllmFixtureRecipe) -> Path:
         "Image": Image(),
         "Question": Value("string"),
         "Question_Type": Value("string"),
-        "answer": Value("string"),
-        "Source": Value("string"),
     }
     return _write(_columns(rows), feats, root / "naturalbench" / "test.parquet")
 
@@ -278,45 +279,57 @@ def write_pope(root: Path, recipe: MllmFixtureRecipe) -> list[Path]:
     return out
 
 
-# --- HallusionBench: lmms-lab-encoder/HallusionBench, split image ---------------------------------
+# --- HallusionBench: lmms-lab/HallusionBench, splits image and non_image -------------------------
 
 
-def write_hallusion(root: Path, recipe: MllmFixtureRecipe) -> Path:
-    """Sets of an original figure and an edited one (colour changed), two yes/no questions each;
-    VD sets use figure ids 0/1, VS sets 1/2 (the image split has no figure-less VS rows)."""
+def write_hallusion(root: Path, recipe: MllmFixtureRecipe) -> list[Path]:
+    """Sets of an original figure and an edited one (colour changed), two yes/no questions each.
+
+    As in the official data: VD sets have figures 0 and 1 (``visual_input`` "1"/"2"); VS sets ask
+    the same questions without a figure first (figure 0, ``visual_input`` "0", ``image`` None: the
+    ``non_image`` split), then on figures 1 and 2 (the ``image`` split).
+    """
     from datasets import Image, Value
 
     world, rng = _world(recipe, 4), random.Random(recipe.seed + 4)
-    rows = []
+    rows: dict[str, list[dict]] = {"image": [], "non_image": []}
     for s in range(recipe.hallusion_sets):
         category = "VD" if s % 2 == 0 else "VS"
         orig = world.scene(s)
         edited = _vary(world, orig, "color", rng)
         shape = str(attributes(orig)["shape"])
         c0, c1 = str(attributes(orig)["color"]), str(attributes(edited)["color"])
-        first = 0 if category == "VD" else 1
-        for f, scene in enumerate((orig, edited)):
+        figures = [(0, "1", orig), (1, "2", edited)] if category == "VD" else [
+            (0, "0", orig), (1, "1", orig), (2, "2", edited)
+        ]  # fmt: skip
+        for fig, visual, scene in figures:
             for q, color in enumerate((c0, c1)):
                 yes = attributes(scene)["color"] == color
-                rows.append(
+                rows["non_image" if visual == "0" else "image"].append(
                     {
                         "category": category,
                         "subcategory": "color",
-                        "visual_input": "1" if f == 0 else "2",
+                        "visual_input": visual,
                         "set_id": str(s),
-                        "figure_id": str(first + f),
+                        "figure_id": str(fig),
                         "sample_note": "toyworld",
                         "question_id": str(q),
                         "question": f"Is there a {color} {shape} in the image?",
                         "gt_answer_details": f"The {shape} is {attributes(scene)['color']}.",
                         "gt_answer": "1" if yes else "0",
-                        "filename": f"./hallusion_bench/{category}/color/{s}_{first + f}.png",
-                        "image": _image(scene, recipe.image_size),
+                        "filename": ""
+                        if visual == "0"
+                        else f"./hallusion_bench/{category}/color/{s}_{fig}.png",
+                        "image": None if visual == "0" else _image(scene, recipe.image_size),
                     }
                 )
-    feats = {k: Value("string") for k in rows[0] if k != "image"}
+    feats = {k: Value("string") for k in rows["image"][0] if k != "image"}
     feats["image"] = Image()
-    return _write(_columns(rows), feats, root / "hallusion_bench" / "image.parquet")
+    return [
+        _write(_columns(r), feats, root / "hallusion_bench" / f"{split}.parquet")
+        for split, r in rows.items()
+        if r
+    ]
 
 
 # --- ScienceQA-IMG: lmms-lab-encoder/ScienceQA, config ScienceQA-IMG, split test -------------------

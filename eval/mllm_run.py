@@ -13,10 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enhance.errors import UserError
+from eval.mllm_coverage import RowReport, check_rows, group_official_rows, task_info
 from eval.mllm_samples import dedupe, to_samples
 from eval.mllm_scoring import ORIGINAL_MMVP_KEY_FIXES, SCORERS, Sample, Score
 from eval.mllm_tasks import TaskSet
@@ -60,25 +64,77 @@ def write_samples(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def gpt_verdicts(samples: list[Sample], api_key: str) -> list[int]:
-    """HallusionBench verdicts from lmms-eval's GPT-4 judge, one request per sample and no cache file
-    reused, so neither a stale cache (``evaluate_hb.py:59-65``) nor the previous sample's reply
-    (``hallusion_bench/utils.py:56``) can leak into a verdict."""
-    import tempfile
+#: The official judge's prompt (tianyi-lab/HallusionBench, as lmms-eval's
+#: ``hallusion_bench/utils.py:34-41`` builds it): question, reference answer, the reply.
+HB_JUDGE_PROMPT = (
+    "Imagine you are an intelligent teacher. Thoroughly read the question, reference answer and the "
+    "prediction answer to ensure a clear understanding of the information provided. Assess the "
+    "correctness of the predictions. If the prediction answer does not conflict with the reference "
+    "answer, please generate \u201ccorrect\u201d. If the prediction answer conflict with the reference "
+    "answer, please generate \u201cincorrect\u201d. If the prediction answer is unclear about the answer, "
+    'please generate "unclear". \n\n Question:{question}\nReference answer: {reference}\n'
+    "Prediction answer:{reply}\nOutput:"
+)
+OPENAI_CHAT_URL = "https://api.openai.com/v1/chat/completions"
 
-    from lmms_eval.tasks.hallusion_bench import utils as hb
 
-    hb.API_KEY = api_key
-    hb.headers = {**getattr(hb, "headers", {}), "Authorization": f"Bearer {api_key}"}
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, s in enumerate(samples):
-            row = {**s.doc, "model_prediction": s.response}
-            judged = hb.evaluate_by_chatgpt(
-                [row], "model_prediction", "verdict", load_json=False, save_json_path=f"{tmp}/{i}.json"
-            )
-            out.append(int(judged[0]["verdict"]))
-    return out
+def judge_verdict(text: str) -> int:
+    """The official reading of a judge reply: "incorrect" -> 0, else "correct" -> 1, else 2 (unclear)."""
+    low = text.lower()
+    return 0 if "incorrect" in low else 1 if "correct" in low else 2
+
+
+def gpt_verdicts(
+    samples: list[Sample],
+    api_key: str,
+    post: Callable[..., Any] | None = None,
+    url: str = OPENAI_CHAT_URL,
+    retries: int = 3,
+    wait_s: float = 5.0,
+) -> list[int]:
+    """HallusionBench verdicts from the official GPT-4 judge, one request per sample.
+
+    lmms-eval's ``evaluate_by_chatgpt`` turns a failed request into "unclear" (offline: every
+    sample, silently) and can reuse the previous sample's reply (``hallusion_bench/utils.py:56``)
+    or a stale cache file (``evaluate_hb.py:59-65``). Here a request that still fails after
+    ``retries`` makes the whole judgement an error naming the count, so no number is recorded
+    from a verdict that was never given. ``post`` is ``requests.post``-like (tests pass a fake).
+    """
+    if post is None:
+        import requests
+
+        post = requests.post
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    verdicts: list[int] = []
+    failures: list[tuple[int, str]] = []
+    for s in samples:
+        prompt = HB_JUDGE_PROMPT.format(
+            question=s.doc.get("question", ""), reference=s.doc.get("gt_answer_details", ""), reply=s.response
+        )
+        payload = {"model": "gpt-4", "messages": [{"role": "user", "content": prompt}], "max_tokens": 16}
+        text, error = None, ""
+        for attempt in range(retries):
+            try:
+                resp = post(url, headers=headers, json=payload, timeout=30)
+                resp.raise_for_status()
+                text = str(resp.json()["choices"][0]["message"]["content"])
+                break
+            except Exception as exc:  # network, HTTP status, malformed reply: all count as a failure
+                error = f"{type(exc).__name__}: {exc}"
+                if attempt < retries - 1:
+                    time.sleep(wait_s)
+        if text is None:
+            failures.append((s.doc_id, error))
+            continue
+        verdicts.append(judge_verdict(text))
+    if failures:
+        doc_id, error = failures[0]
+        raise UserError(
+            f"HallusionBench GPT judge failed on {len(failures)} of {len(samples)} question(s) "
+            f"(first: doc {doc_id}, {error}); nothing recorded. Rerun (replies are kept) or use "
+            "lmms.hallusion_judge=rule"
+        )
+    return verdicts
 
 
 def score_samples(benchmark: str, samples: list[Sample], settings: ScoreSettings | None = None) -> Score:
@@ -97,6 +153,55 @@ def metric_records(benchmark: str, score: Score, prefix: str = "") -> list[dict[
         {"metric": f"{prefix}{k}", "value": v, "counts": score.counts, "notes": score.notes}
         for k, v in score.metrics.items()
     ]
+
+
+def naturalbench_prefix(task: str, likelihood: bool | None = None) -> str:
+    """Metric prefix of a NaturalBench log: "" for highest-likelihood answers (the paper's Table 2),
+    ``gen_`` for generated ones. Our ``..._lik`` task is likelihood; otherwise ``likelihood`` says
+    (from the run's ``choice_mode``), generation when unknown."""
+    if task.endswith("_lik") or likelihood:
+        return ""
+    return "gen_"
+
+
+def score_tasks(
+    benchmark: str,
+    samples_by_task: Mapping[str, list[Sample]],
+    settings: ScoreSettings | None = None,
+    prefixes: Mapping[str, str] | None = None,
+) -> tuple[list[dict[str, Any]], list[tuple[str, RowReport]]]:
+    """Score one benchmark's samples from one or more tasks, keyed by (task, split, doc_id).
+
+    Tasks are grouped by metric prefix (NaturalBench mode, ScienceQA-FULL apart from IMG); each
+    group's rows are checked (:func:`~eval.mllm_coverage.check_rows`), de-duplicated and scored,
+    and every record carries the group's coverage (``rows``, ``official_rows``, ``complete``...).
+    """
+    grouped: dict[str, list[Sample]] = {}
+    for task, samples in samples_by_task.items():
+        if prefixes is not None and task in prefixes:
+            prefix = prefixes[task]
+        elif benchmark == "naturalbench":
+            prefix = naturalbench_prefix(task)
+        else:
+            info = task_info(task)
+            prefix = info.group if info is not None else ""
+        grouped.setdefault(prefix, []).extend(samples)
+    out: list[dict[str, Any]] = []
+    reports = []
+    for prefix, samples in grouped.items():
+        if not samples:
+            continue
+        score = score_samples(benchmark, dedupe(samples), settings)
+        report = check_rows(
+            benchmark,
+            samples,
+            left_out=int(score.counts.get("rows_left_out", 0)),
+            official_rows=group_official_rows(benchmark, prefix),
+        )
+        for r in metric_records(benchmark, score, prefix):
+            out.append({**r, **report.fields(), "coverage": report.coverage()})
+        reports.append((prefix, report))
+    return out, reports
 
 
 def run_benchmark(
@@ -147,14 +252,7 @@ def run_benchmark(
         rows = res["samples"][t]
         write_samples(audit / f"samples_{t}.jsonl", rows)
         per_task[t] = to_samples(benchmark, rows, t)
-    out: list[dict[str, Any]] = []
-    if benchmark == "naturalbench":
-        for t in names:
-            prefix = "" if t.endswith("_lik") else "gen_"
-            out += metric_records(benchmark, score_samples(benchmark, per_task[t], settings), prefix)
-    else:
-        samples = dedupe([s for t in names for s in per_task[t]])
-        out += metric_records(benchmark, score_samples(benchmark, samples, settings))
+    out, _ = score_tasks(benchmark, per_task, settings)
     extra = {
         "tasks": names,
         "task_versions": versions,

@@ -18,13 +18,14 @@ from typing import Any
 
 from enhance.errors import UserError
 from eval.answer_parsing import LETTERS, options_from_prompt
+from eval.mllm_coverage import task_info, task_name
 from eval.mllm_scoring import POPE_SPLITS, Sample
 
 #: Dataset columns each benchmark's scorer reads.
 NEEDS: dict[str, tuple[str, ...]] = {
     "mmvp": ("Index", "Correct Answer"),
     "cv_bench": ("answer", "source"),
-    "naturalbench": ("Index", "Question_Type", "answer"),
+    "naturalbench": ("Index", "Question_Type"),  # expected answers come from Index % 4
     "pope": ("answer",),
     "hallusion_bench": ("category", "subcategory", "set_id", "figure_id", "question_id", "gt_answer"),
     "scienceqa_img": ("answer",),
@@ -112,9 +113,9 @@ def _rebuild_doc(benchmark: str, row: dict, prompt: str) -> dict:
         p = _payload(
             row, "naturalbench_G_ACC", "naturalbench_Acc", "naturalbench_Q_ACC", "naturalbench_I_ACC"
         )
+        # No answer: the target is the literal "answer" when the copy has no such column
+        # (api/task.py doc_to_target), and the official scorer never reads one.
         doc = {"Index": p.get("id", row.get("doc_id"))}
-        if target is not None:
-            doc["answer"] = str(target)
         if "Please answer Yes or No." in prompt:
             doc["Question_Type"] = "yes_no"
         elif "Please output the letter" in prompt:
@@ -139,31 +140,48 @@ def _rebuild_doc(benchmark: str, row: dict, prompt: str) -> dict:
     raise UserError(f"unknown MLLM benchmark '{benchmark}'")
 
 
+def _split_of(benchmark: str, task: str) -> str:
+    """The split a task's rows belong to, when the task says (POPE set, HallusionBench part)."""
+    info = task_info(task)
+    if info is not None and len(info.parts) == 1 and benchmark in ("pope", "hallusion_bench"):
+        return info.parts[0]
+    return pope_split_from_name(task) if benchmark == "pope" else ""
+
+
 def to_samples(benchmark: str, rows: Iterable[dict], source: str = "") -> list[Sample]:
-    """Sample records of one benchmark from log rows (``source``: a file or task name, for POPE's split)."""
+    """Sample records of one benchmark from log rows.
+
+    ``source`` is the log file or task name; its task (:func:`eval.mllm_coverage.task_name`) is
+    part of every row's key and gives POPE's split when the row has no ``category``.
+    """
     if benchmark not in NEEDS:
         raise UserError(f"unknown MLLM benchmark '{benchmark}'; choose from: {', '.join(NEEDS)}")
-    split = pope_split_from_name(source) if benchmark == "pope" else ""
+    task = task_name(source) if source else ""
+    info = task_info(task)
+    if info is not None and info.benchmark != benchmark:
+        raise UserError(f"{source} is a log of lmms-eval task '{task}' ({info.benchmark}), not {benchmark}")
+    split = _split_of(benchmark, task)
     out = []
     for row in rows:
         prompt = prompt_of(row)
         doc = row.get("doc") if isinstance(row.get("doc"), dict) else None
         doc = dict(doc) if doc is not None else _rebuild_doc(benchmark, row, prompt)
-        if benchmark == "pope" and doc.get("category") not in POPE_SPLITS and not split:
-            split = "all"
+        if benchmark == "pope" and str(doc.get("category") or "").lower() not in POPE_SPLITS and not split:
+            split = "all"  # lmms-eval's pooled pope task, logged without doc
         missing = [c for c in NEEDS[benchmark] if doc.get(c) is None]
         if missing:
             raise UserError(
                 f"{source or 'samples'}: doc {row.get('doc_id')} lacks {missing} for {benchmark}; "
                 "is this a log of that benchmark?"
             )
-        out.append(Sample(int(row.get("doc_id", len(out))), response_of(row), doc, prompt, split))
+        out.append(Sample(int(row.get("doc_id", len(out))), response_of(row), doc, prompt, split, task))
     return out
 
 
 def dedupe(samples: list[Sample]) -> list[Sample]:
-    """Drop repeated (split, doc_id) rows (the same log passed twice); the last one wins."""
-    seen: dict[tuple[str, int], Sample] = {}
+    """One sample per (task, split, doc_id), the last one winning; call it only after
+    :func:`eval.mllm_coverage.check_rows` has counted (and reported) the duplicates."""
+    seen: dict[tuple[str, str, int], Sample] = {}
     for s in samples:
-        seen[(s.split, s.doc_id)] = s
+        seen[(s.source, s.split, s.doc_id)] = s
     return list(seen.values())

@@ -6,16 +6,17 @@ wherever those depart from the official protocols (``shared/reference/lmms-eval-
 "Known deviations"; numbers below refer to that list). Values are percentages (0-100).
 
 - MMVP (dev. 9, 10): pairs by the explicit ``Index`` (1-based: pair = (Index-1)//2), a pair counts
-  when both questions are right, the denominator is every pair of the benchmark when the run is
-  complete, else the complete pairs seen (reported in ``counts``). Answers are parsed by
+  when both questions are right; a complete run (300 questions) divides by the benchmark's 150
+  pairs, a partial one by the complete pairs seen (reported in ``counts``, with the rows left out). Answers are parsed by
   :func:`~eval.answer_parsing.parse_choice` instead of the official GPT-4 grader. Answer key:
   ``lmms-lab-eval/MMVP`` already fixes the two swapped pairs of ``MMVP/MMVP`` (lmms-eval issue
   #1018); pass ``key_fixes=ORIGINAL_MMVP_KEY_FIXES`` for data copied from ``MMVP/MMVP``.
 - CV-Bench (dev. 7, 8): accuracy per source; 2D = mean(ADE20K, COCO), 3D = Omni3D,
   overall = (2D + 3D) / 2 (Cambrian-1 App. C); robust letter parsing.
-- NaturalBench (dev. 4, 5, 6): Acc, Q_Acc, I_Acc, G_Acc as in ``Baiqi-Li/NaturalBench``, but groups
-  by ``Index // 4`` and expected answers from the ``answer`` column (not by row position), so any
-  subset of complete groups scores; Acc counts every sample seen.
+- NaturalBench (dev. 4, 5, 6): Acc, Q_Acc, I_Acc, G_Acc as in ``Baiqi-Li/NaturalBench``: group =
+  ``Index // 4`` and the expected answer comes from the position ``Index % 4`` (q0_i0 yes/A, q0_i1
+  no/B, q1_i0 no/B, q1_i1 yes/A), never from a column, exactly as the official scorer
+  (``naturalbench/utils.py:9``); any subset of complete groups scores; Acc counts every sample seen.
 - POPE (dev. 1, 2, 3): per split, LLaVA's yes/no rule, yes-ratio of the *predictions*.
 - HallusionBench (dev. 11, 12, 13): aAcc/fAcc/qAcc with the official grouping, verdicts from a
   rule-based yes/no judge by default (or any verdicts passed in, e.g. from the GPT judge).
@@ -44,6 +45,11 @@ ORIGINAL_MMVP_KEY_FIXES: tuple[tuple[int, int], ...] = ((99, 100), (279, 280))
 MMVP_PAIRS = 150
 NATURALBENCH_GROUPS = 1900
 POPE_SPLITS = ("random", "popular", "adversarial")
+POPE_POOLED_NOTE = (
+    "rows of lmms-eval's pooled 'pope' task without their 'category' column (lmms-eval 0.7.3 logs "
+    "drop doc) are scored as one 'all' split; for the paper's per-split F1 run the 'pope_full' "
+    "group (tasks pope_adv, pope_pop, pope_random) instead"
+)
 
 
 @dataclass
@@ -55,6 +61,7 @@ class Sample:
     doc: dict[str, Any]
     prompt: str = ""
     split: str = ""
+    source: str = ""  # the lmms-eval task (or log) it came from: part of the row key
 
 
 @dataclass
@@ -101,6 +108,7 @@ def score_mmvp(
         if a in answer and b in answer:
             answer[a], answer[b] = answer[b], answer[a]
     zero_based = any(int(s.doc["Index"]) == 0 for s in samples)
+    complete_run = len(answer) == 2 * MMVP_PAIRS
     pairs: dict[int, list[bool]] = defaultdict(list)
     right = 0
     for s in samples:
@@ -110,7 +118,10 @@ def score_mmvp(
         pairs[idx // 2 if zero_based else (idx - 1) // 2].append(ok)
     complete = {p: v for p, v in pairs.items() if len(v) == 2}
     both = sum(all(v) for v in complete.values())
-    den = len(complete)
+    # Official: correct pairs / 150 (tsb0601/MMVP evaluate_mllm.py); a pair this run cannot form
+    # then counts as wrong instead of shrinking the denominator.
+    den = MMVP_PAIRS if complete_run else len(complete)
+    left_out = sum(len(v) for v in pairs.values() if len(v) != 2)
     notes = []
     if len(complete) < len(pairs):
         notes.append(f"{len(pairs) - len(complete)} incomplete pair(s) left out of pair accuracy")
@@ -118,7 +129,7 @@ def score_mmvp(
         notes.append("Index is 0-based here; pairs taken as Index // 2")
     return Score(
         {"pair_accuracy": _pct(both, den), "question_accuracy": _pct(right, len(samples))},
-        {"questions": len(samples), "pairs": len(complete), "pairs_both_right": both},
+        {"questions": len(samples), "pairs": den, "pairs_both_right": both, "rows_left_out": left_out},
         notes,
     )
 
@@ -163,14 +174,14 @@ def score_cv_bench(samples: Sequence[Sample]) -> Score:
 # --- NaturalBench ---------------------------------------------------------------------------------
 
 
-def naturalbench_label(answer: str) -> int:
-    """Expected label from the ``answer`` column: 1 for Yes/A, 0 for No/B."""
-    a = str(answer).strip().strip("().").lower()
-    if a in ("yes", "a"):
-        return 1
-    if a in ("no", "b"):
-        return 0
-    raise ValueError(f"NaturalBench answer {answer!r} is not Yes/No/A/B")
+#: Expected labels by position in a group of four: q0_i0, q0_i1, q1_i0, q1_i1 (1 = yes/A, 0 = no/B).
+NATURALBENCH_EXPECTED = (1, 0, 0, 1)
+
+
+def naturalbench_label(index: int) -> int:
+    """Expected label of the row with this ``Index``: fixed by its position in the group of four, as
+    the official scorer fixes it (the dataset's answer column is never read)."""
+    return NATURALBENCH_EXPECTED[int(index) % 4]
 
 
 def score_naturalbench(samples: Sequence[Sample]) -> Score:
@@ -184,9 +195,7 @@ def score_naturalbench(samples: Sequence[Sample]) -> Score:
     right = 0
     for s in samples:
         idx = int(s.doc["Index"])
-        ok = parse_naturalbench(s.response, str(s.doc["Question_Type"])) == naturalbench_label(
-            s.doc["answer"]
-        )
+        ok = parse_naturalbench(s.response, str(s.doc["Question_Type"])) == naturalbench_label(idx)
         right += ok
         groups[idx // 4][idx % 4] = ok
     full = [g for g in groups.values() if len(g) == 4]
@@ -203,7 +212,11 @@ def score_naturalbench(samples: Sequence[Sample]) -> Score:
             "I_Acc": _pct(i, 2 * len(full)),
             "G_Acc": _pct(gr, len(full)),
         },
-        {"samples": len(samples), "groups": len(full)},
+        {
+            "samples": len(samples),
+            "groups": len(full),
+            "rows_left_out": sum(len(g) for g in groups.values() if len(g) != 4),
+        },
         notes,
     )
 
@@ -244,7 +257,7 @@ def score_pope(samples: Sequence[Sample]) -> Score:
         m[f"{split}/yes_ratio"] = _pct(tp + fp, n)
         counts[split] = n
     m["f1_mean"] = _mean(m[f"{k}/f1"] for k in order)
-    return Score(m, counts)
+    return Score(m, counts, [POPE_POOLED_NOTE] if "all" in by else [])
 
 
 # --- HallusionBench -------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ and ``process_results`` run unchanged. What we change, and why:
 - ``genhancer_naturalbench_lik``: the same task with ``genhancer_choice_mode: likelihood`` in its
   generation kwargs, which :class:`eval.lmms_model.GenhancerLlava` answers by highest likelihood
   (the paper's Table 2 protocol).
+- ``genhancer_hallusion_bench_non_image``: lmms-eval has a task for HallusionBench's ``image``
+  split only (951 of the 1,129 questions the official aAcc and qAcc count); this one reads the
+  ``non_image`` split (178 questions, no figure) with a ``doc_to_visual`` that accepts a missing
+  image (the built-in one calls ``.convert`` on it, ``evaluate_hb.py:34``).
 
 The generated folder is a normal ``--include_path`` for the ``lmms-eval`` CLI too.
 """
@@ -40,6 +44,7 @@ class TaskSpec:
         split: the split the task reads (``test_split``); local files are named after it.
         variant: suffix of our task name for variants of the same built-in task.
         extra: YAML text appended verbatim (metric overrides, generation kwargs).
+        rename: our task's name stem when it is not the built-in one's (a split it has no task for).
     """
 
     benchmark: str
@@ -47,6 +52,7 @@ class TaskSpec:
     split: str
     variant: str = ""
     extra: str = ""
+    rename: str = ""
 
     @property
     def builtin_name(self) -> str:
@@ -54,7 +60,7 @@ class TaskSpec:
 
     @property
     def name(self) -> str:
-        return f"{TASK_PREFIX}{self.builtin_name}{self.variant}"
+        return f"{TASK_PREFIX}{self.rename or self.builtin_name}{self.variant}"
 
 
 def _metrics(pairs: list[tuple[str, str]]) -> str:
@@ -102,6 +108,14 @@ TASKS: dict[str, tuple[TaskSpec, ...]] = {
     ),
     "hallusion_bench": (
         TaskSpec("hallusion_bench", "hallusion_bench/hallusion_bench_image.yaml", "image", "", _HB_METRICS),
+        TaskSpec(
+            "hallusion_bench",
+            "hallusion_bench/hallusion_bench_image.yaml",
+            "non_image",
+            "",
+            _HB_METRICS + "doc_to_visual: !function eval.lmms_hooks.hb_doc_to_visual\n",
+            rename="hallusion_bench_non_image",
+        ),
     ),
     "scienceqa_img": (TaskSpec("scienceqa_img", "scienceqa/scienceqa_img.yaml", "test"),),
 }
@@ -175,7 +189,7 @@ def write_tasks(
             src = builtin / spec.builtin
             if not src.is_file():
                 raise UserError(f"lmms-eval has no task file {src} (expected lmms-eval 0.7.x)")
-            lines = [f"include: {json.dumps(str(src))}", f"task: {spec.name}"]
+            lines = [f"include: {json.dumps(str(src))}", f"task: {spec.name}", f"test_split: {spec.split}"]
             if folder is not None:
                 files = find_split_files(folder, spec.split)
                 if not files:
@@ -188,7 +202,6 @@ def write_tasks(
                     "dataset_path: parquet",
                     "dataset_name: null",
                     f"dataset_kwargs: {json.dumps({'data_files': data_files})}",
-                    f"test_split: {spec.split}",
                 ]
                 sources += [str(f) for f in files]
             (out / bench / f"{spec.name}.yaml").write_text("\n".join(lines) + "\n" + spec.extra)

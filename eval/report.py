@@ -21,7 +21,7 @@ _TITLES = {
     "cv_bench": "CV-Bench (accuracy %; 2D = mean(ADE20K, COCO), overall = (2D + 3D) / 2; micro = lmms-eval's)",
     "naturalbench": "NaturalBench (%; Acc.. = highest-likelihood answers, gen_Acc.. = generated answers)",
     "pope": "POPE (%, per split; LLaVA yes/no rule; yes_ratio of the predictions)",
-    "hallusion_bench": "HallusionBench, image part (%; rule-based yes/no judge unless noted)",
+    "hallusion_bench": "HallusionBench, image + non_image (%; rule-based yes/no judge unless noted)",
     "scienceqa_img": "ScienceQA-IMG (accuracy %, LLaVA's parser)",
 }
 _TABLE2_BENCHES = {b for _, b, _ in TABLE2_COLUMNS}
@@ -33,13 +33,17 @@ def render_table2(records: list[dict]) -> list[str]:
     if not rows:
         return []
     value = {(r["model"], r["benchmark"], r["metric"]): r["value"] for r in rows}
+    partial = {(r["model"], r["benchmark"], r["metric"]) for r in rows if r.get("complete") is False}
     models = _ordered(r["model"] for r in rows)
     heads = [h for h, _, _ in TABLE2_COLUMNS]
     lines = ["## MLLM benchmarks in the layout of the paper's Table 2", ""]
     lines.append("| model | " + " | ".join(heads) + " |")
     lines.append("|---|" + "---|" * len(heads))
     for m in models:
-        cells = [_fmt(value.get((m, b, met))) for _, b, met in TABLE2_COLUMNS]
+        cells = [
+            _fmt(value.get((m, b, met))) + ("†" if (m, b, met) in partial else "")
+            for _, b, met in TABLE2_COLUMNS
+        ]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     for tower, nums in LLAVA_TABLE2.items():
         lines.append(
@@ -49,7 +53,8 @@ def render_table2(records: list[dict]) -> list[str]:
     lines += [
         "",
         "NB = NaturalBench (highest-likelihood answers), POPE = F1 per split, Hallusion avg = mean of "
-        "aAcc, fAcc, qAcc (image part). Published rows: GenHancer paper Table 2 (LLaVA-1.5 "
+        "aAcc, fAcc, qAcc (image + non_image). † = partial run (fewer rows than the official benchmark; "
+        "see each benchmark's Coverage line). Published rows: GenHancer paper Table 2 (LLaVA-1.5 "
         "Vicuna-7B, OpenAI CLIP ViT-L/14 towers; DCR row from the DCR paper) on the full benchmarks; ours follow the data named under each benchmark below"
         + (f" (--limit {', '.join(limits)})." if limits else "."),
         "",
@@ -117,6 +122,15 @@ def render_markdown(records: list[dict]) -> str:
         if any(p != PROMPT_PREFIX for p in prefixes):
             shown = ", ".join(repr(p) for p in prefixes)
             lines += [f"Prompt prefix: {shown} (official protocol: {PROMPT_PREFIX!r}).", ""]
+        coverage = _ordered(
+            f"{m}{' ' + str(r['metric']).split('/')[0] if str(r['metric']).startswith('full/') else ''}: "
+            f"{r['coverage']}"
+            for m in models
+            for r in rows
+            if r["model"] == m and r.get("coverage")
+        )
+        if coverage:
+            lines += ["Coverage: " + "; ".join(coverage) + ".", ""]
         datasets = _ordered(f"{r['dataset']} @ {r['revision']}" for r in rows)
         lines += ["Data: " + "; ".join(f"`{d}`" for d in datasets), ""]
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from enhance.errors import UserError
 from eval.answer_parsing import (
     options_from_prompt,
     parse_choice,
@@ -15,6 +16,7 @@ from eval.answer_parsing import (
 from eval.mllm_scoring import (
     ORIGINAL_MMVP_KEY_FIXES,
     Sample,
+    naturalbench_label,
     rule_verdict,
     score_cv_bench,
     score_hallusion,
@@ -29,33 +31,41 @@ def S(doc: dict, response: str, prompt: str = "", split: str = "", i: int = 0) -
     return Sample(i, response, doc, prompt, split)
 
 
-# --- parsers --------------------------------------------------------------------------------------
+# --- parsers: each table is a set of real-looking replies with the official reading by hand -------
+
+# MMVP / CV-Bench (ours: their official graders are GPT-4 / Cambrian's; the rule must not read
+# prose as a letter). Options: (A) blue, (B) red, (C) green.
+CHOICE_TABLE = [
+    ("B", "B"),
+    ("b", "B"),
+    ("(B)", "B"),
+    ("B.", "B"),
+    ("B) red", "B"),
+    ("(B) red", "B"),
+    ("B. red", "B"),
+    ("B red", "B"),
+    ("The answer is (B).", "B"),  # lmms-eval cv_bench: "T" (dev. 8)
+    ("The answer is B.", "B"),
+    ("The answer is a dog.", None),  # the article is not option A (lmms-eval mmvp: A)
+    ("The answer is (a).", "A"),  # MMVP's own lowercase option spelling, in parentheses
+    ("answer: c", None),  # a bare lowercase letter after the cue is not read
+    ("Answer: C", "C"),  # lmms-eval cv_bench: "A"
+    ("Option B is correct.", "B"),
+    ("The answer is Blue", "A"),  # no letter B here: the option text blue
+    ("red", "B"),
+    ("The shapes are red.", "B"),
+    ("I think it's red, not green", None),  # two option texts: no reading
+    ("A dog is shown", None),  # mmvp/utils.py:55 would say A (dev. 9)
+    ("It is a cat", None),
+    ("Bob", None),
+    ("crab ", None),
+    ("Based on the image, (A)", None),  # no letter-first reading; option A text absent
+    ("E", None),  # not an option
+    ("", None),
+]
 
 
-@pytest.mark.parametrize(
-    "reply, want",
-    [
-        ("B", "B"),
-        ("b", "B"),
-        ("(B)", "B"),
-        ("B.", "B"),
-        ("B) red", "B"),
-        ("(B) red", "B"),
-        ("B. red", "B"),
-        ("B red", "B"),
-        ("The answer is (B).", "B"),  # lmms-eval cv_bench: "T" (dev. 8)
-        ("Answer: C", "C"),  # lmms-eval cv_bench: "A"
-        ("red", "B"),
-        ("The shapes are red.", "B"),
-        ("A dog is shown", None),  # mmvp/utils.py:55 would say A (dev. 9)
-        ("It is a cat", None),
-        ("Bob", None),
-        ("crab ", None),
-        ("Based on the image, (A)", None),  # no letter-first reading; option A text absent
-        ("E", None),  # not an option
-        ("", None),
-    ],
-)
+@pytest.mark.parametrize("reply, want", CHOICE_TABLE)
 def test_parse_choice(reply, want):
     assert parse_choice(reply, ["blue", "red", "green"]) == want
 
@@ -74,31 +84,124 @@ def test_options_from_prompt_reads_both_layouts():
     assert options_from_prompt("no options here") == []
 
 
-def test_yes_no_llava_rule():
-    assert (
-        parse_yes_no_llava("Yes, there is a dog.") == "yes"
-    )  # exact-match "yes" fails in lmms-eval (dev. 2)
-    assert parse_yes_no_llava("No, there isn't.") == "no"
-    assert parse_yes_no_llava("There is not a cat. Yes.") == "no"  # first sentence only
-    assert parse_yes_no_llava("") == "yes"  # official: anything without a negation is "yes"
+# POPE: LLaVA eval_pope.py keeps the text before the first ".", drops commas, splits on spaces, and
+# says "no" iff a word is exactly No, no or not; everything else is "yes".
+POPE_TABLE = [
+    ("Yes", "yes"),
+    ("No", "no"),
+    ("yes", "yes"),
+    ("no", "no"),
+    ("Yes, there is a dog in the image.", "yes"),  # lmms-eval: neither yes nor no (dev. 2)
+    ("No, there is no dog.", "no"),
+    ("There is no dog.", "no"),
+    ("There is not a dog in the image.", "no"),
+    ("No.", "no"),
+    ("Yes. There is no cat.", "yes"),  # first sentence only
+    ("There is a cat, not a dog.", "no"),
+    ("no, it isn't", "no"),
+    ("It does not.", "no"),
+    ("NO", "yes"),  # the words are case-sensitive
+    ("Not really.", "yes"),
+    ("Nope", "yes"),
+    ("I cannot tell.", "yes"),
+    ("There is a no-parking sign.", "yes"),
+    ("There's no\nperson", "yes"),  # split on spaces only: "no\nperson" is one word
+    ("Yes,no", "yes"),  # the comma is dropped: "Yesno"
+    ("", "yes"),  # an empty reply counts as "yes"
+]
 
 
-def test_naturalbench_parser_is_the_official_one():
-    assert parse_naturalbench("Yes, it is.", "yes_no") == 1
-    assert parse_naturalbench("no", "yes_no") == 0
-    assert parse_naturalbench("maybe", "yes_no") == -1
-    assert parse_naturalbench("It is a dog, so B", "multiple_choice") == 1  # the article counts (dev. 6)
-    assert parse_naturalbench("B", "multiple_choice") == 0
+@pytest.mark.parametrize("reply, want", POPE_TABLE)
+def test_yes_no_llava_rule(reply, want):
+    assert parse_yes_no_llava(reply) == want
 
 
-def test_scienceqa_llava_parser():
-    assert parse_scienceqa_llava("A", 3) == "A"
-    assert parse_scienceqa_llava("B. cat", 3) == "B"
-    assert parse_scienceqa_llava("The answer is C.", 3) == "C"  # lmms-eval: wrong (dev. 14)
-    assert parse_scienceqa_llava("a", 3) is None  # lmms-eval: right
-    assert parse_scienceqa_llava("A.", 3) is None  # lmms-eval: right
-    assert parse_scienceqa_llava("(A)", 3) is None
-    assert parse_scienceqa_llava("D", 3) is None
+# NaturalBench: official extract_answer (naturalbench/utils.py:106, Baiqi-Li/NaturalBench example.py):
+# the first whole word yes/A -> 1 or no/B -> 0, case-insensitive; -1 when neither.
+NATURALBENCH_TABLE = [
+    ("Yes", "yes_no", 1),
+    ("No", "yes_no", 0),
+    ("yes.", "yes_no", 1),
+    ("NO", "yes_no", 0),
+    ("No, yes", "yes_no", 0),
+    ("Yes or no?", "yes_no", 1),
+    ("There is no dog", "yes_no", 0),
+    ("maybe", "yes_no", -1),
+    ("nothing", "yes_no", -1),
+    ("I know", "yes_no", -1),
+    ("Yesterday", "yes_no", -1),
+    ("A", "multiple_choice", 1),
+    ("B", "multiple_choice", 0),
+    ("(B)", "multiple_choice", 0),
+    ("a", "multiple_choice", 1),
+    ("It is a dog, so B", "multiple_choice", 1),  # the article counts, as in the official code (dev. 6)
+    ("B. a cat", "multiple_choice", 0),
+    ("Option B", "multiple_choice", 0),
+    ("The answer is B", "multiple_choice", 0),
+    ("Both", "multiple_choice", -1),
+    ("C", "multiple_choice", -1),
+    ("", "multiple_choice", -1),
+]
+
+
+@pytest.mark.parametrize("reply, kind, want", NATURALBENCH_TABLE)
+def test_naturalbench_parser_is_the_official_one(reply, kind, want):
+    assert parse_naturalbench(reply, kind) == want
+
+
+# ScienceQA: LLaVA eval_science_qa.py: the reply is one of A-E; or "X. " at its start; or
+# re.findall(r"The answer is ([A-Z]).") finds exactly one letter (the "." is any character);
+# a letter past the question's choices is wrong. lmms-eval reads several of these differently (dev. 14).
+SCIENCEQA_TABLE = [
+    ("A", 3, "A"),
+    ("C", 3, "C"),
+    (" A ", 3, "A"),  # LLaVA's answer writer strips the reply
+    ("D", 3, None),  # a letter of A-E, but the question has 3 choices
+    ("B. cat", 3, "B"),
+    ("B.", 3, None),  # lmms-eval: right
+    ("B.cat", 3, None),
+    ("a", 3, None),  # lmms-eval: right
+    ("(A)", 3, None),
+    ("Answer: A", 3, None),
+    ("The answer is C.", 3, "C"),  # lmms-eval: wrong
+    ("The answer is C, because the cat is brown.", 3, "C"),
+    ("The answer is C", 3, None),  # at the very end: the pattern's "." needs one more character
+    ("The answer is Cat.", 3, "C"),  # "." matches "a"
+    ("the answer is C.", 3, None),  # case-sensitive
+    ("The answer is (C).", 3, None),
+    ("The answer is C. The answer is B.", 3, None),  # two matches
+    ("The answer is A.The answer is A.", 3, None),
+    ("E", 5, "E"),
+    ("F", 6, None),  # the script's options stop at E
+    ("E. dog", 4, None),
+    ("A\nB", 3, None),
+]
+
+
+@pytest.mark.parametrize("reply, n, want", SCIENCEQA_TABLE)
+def test_scienceqa_llava_parser(reply, n, want):
+    assert parse_scienceqa_llava(reply, n) == want
+
+
+# HallusionBench's rule judge (ours, offline stand-in for the GPT judge): the first whole word
+# yes/no against gt_answer ("1" = yes); neither -> 2 (unclear).
+RULE_TABLE = [
+    ("Yes", "1", 1),
+    ("Yes, it is.", "1", 1),
+    ("No.", "1", 0),
+    ("no", "0", 1),
+    ("No, the bar is shorter.", "0", 1),
+    ("YES", "0", 0),
+    ("Yes and no", "0", 0),
+    ("I cannot tell", "0", 2),
+    ("Nothing is shown", "1", 2),
+    ("", "1", 2),
+]
+
+
+@pytest.mark.parametrize("reply, gt, want", RULE_TABLE)
+def test_rule_verdicts(reply, gt, want):
+    assert rule_verdict(reply, gt) == want
 
 
 # --- MMVP -----------------------------------------------------------------------------------------
@@ -122,13 +225,24 @@ def test_mmvp_pair_accuracy_by_hand():
     sc = score_mmvp(samples)
     assert sc.metrics["pair_accuracy"] == pytest.approx(100 * 2 / 3)
     assert sc.metrics["question_accuracy"] == pytest.approx(100 * 5 / 6)
-    assert sc.counts == {"questions": 6, "pairs": 3, "pairs_both_right": 2}
+    assert sc.counts == {"questions": 6, "pairs": 3, "pairs_both_right": 2, "rows_left_out": 0}
+
+
+def test_mmvp_complete_run_divides_by_150_pairs():
+    # 300 questions, all right, but one row's Index is 301 (a mislabelled row): 149 pairs can be
+    # formed. Official: 149 / 150 pairs; dividing by the pairs seen would say 149 / 149 = 100.
+    samples = [_mmvp(i, "(a)" if i % 2 else "(b)", "A" if i % 2 else "B") for i in range(1, 301)]
+    samples[-1].doc["Index"] = 301
+    sc = score_mmvp(samples)
+    assert sc.metrics["pair_accuracy"] == pytest.approx(100 * 149 / 150)
+    assert sc.counts["pairs"] == 150 and sc.counts["rows_left_out"] == 2
+    assert sc.metrics["question_accuracy"] == 100.0
 
 
 def test_mmvp_incomplete_pairs_are_reported_and_left_out():
     sc = score_mmvp([_mmvp(1, "(a)", "A"), _mmvp(2, "(b)", "B"), _mmvp(3, "(a)", "A")])  # --limit 3 (dev. 10)
     assert sc.metrics["pair_accuracy"] == 100.0 and sc.counts["pairs"] == 1
-    assert "1 incomplete pair" in sc.notes[0]
+    assert sc.counts["rows_left_out"] == 1 and "1 incomplete pair" in sc.notes[0]
 
 
 def test_mmvp_answer_key_fixes_swap_the_known_pairs():
@@ -181,11 +295,8 @@ def test_cv_bench_missing_source_leaves_out_overall_instead_of_crashing():
 
 
 def _nb_group(g: int, replies: list[str], qtype: str = "yes_no") -> list[Sample]:
-    answers = ("Yes", "No", "No", "Yes") if qtype == "yes_no" else ("A", "B", "B", "A")
-    return [
-        S({"Index": 4 * g + k, "Question_Type": qtype, "answer": answers[k]}, r, i=4 * g + k)
-        for k, r in enumerate(replies)
-    ]
+    # The real columns (no answer column): the expected answer is the position in the group.
+    return [S({"Index": 4 * g + k, "Question_Type": qtype}, r, i=4 * g + k) for k, r in enumerate(replies)]
 
 
 def test_naturalbench_four_metrics_by_hand():
@@ -206,13 +317,17 @@ def test_naturalbench_subset_scores_instead_of_asserting_7600_rows():
     samples = _nb_group(0, ["Yes", "No", "No", "Yes"]) + _nb_group(1, ["Yes", "No"])  # --limit 6 (dev. 5)
     sc = score_naturalbench(samples)
     assert sc.metrics["Acc"] == 100.0 and sc.metrics["G_Acc"] == 100.0 and sc.counts["groups"] == 1
-    assert "incomplete group" in sc.notes[0]
+    assert sc.counts["rows_left_out"] == 2 and "incomplete group" in sc.notes[0]
 
 
-def test_naturalbench_uses_the_answer_column_not_the_row_position():
+def test_naturalbench_expected_answers_come_from_the_index_not_a_column_or_the_row_order():
     samples = _nb_group(0, ["Yes", "No", "No", "Yes"])
+    for s, wrong in zip(samples, ("No", "Yes", "Yes", "No")):
+        s.doc["answer"] = wrong  # any answer column is ignored, as by the official scorer
     shuffled = [samples[2], samples[0], samples[3], samples[1]]
     assert score_naturalbench(shuffled).metrics["G_Acc"] == 100.0
+    assert naturalbench_label(4 * 7 + 0) == 1 and naturalbench_label(4 * 7 + 1) == 0
+    assert naturalbench_label(4 * 7 + 2) == 0 and naturalbench_label(4 * 7 + 3) == 1
 
 
 # --- POPE -----------------------------------------------------------------------------------------
@@ -252,18 +367,18 @@ def test_pope_split_from_the_task_when_category_is_unknown():
     assert "popular/f1" in score_pope([s]).metrics
 
 
+def test_pooled_pope_without_category_names_the_task_to_run_instead():
+    sc = score_pope([S({"answer": "yes"}, "yes", split="all"), S({"answer": "no"}, "yes", split="all")])
+    assert sc.metrics["all/accuracy"] == 50.0 and sc.metrics["all/yes_ratio"] == 100.0
+    assert "pope_full" in sc.notes[0] and "pope_adv, pope_pop, pope_random" in sc.notes[0]
+
+
 # --- HallusionBench -------------------------------------------------------------------------------
 
 
 def _hb(cat: str, set_id: str, fig: str, q: str, gt: str, reply: str) -> Sample:
     doc = {"category": cat, "subcategory": "chart", "set_id": set_id, "figure_id": fig, "question_id": q}
     return S({**doc, "gt_answer": gt, "visual_input": "0" if fig == "0" and cat == "VS" else "1"}, reply)
-
-
-def test_rule_verdicts():
-    assert rule_verdict("Yes, it is.", "1") == 1
-    assert rule_verdict("No.", "1") == 0
-    assert rule_verdict("I cannot tell", "0") == 2
 
 
 def test_hallusion_three_metrics_by_hand():
@@ -292,6 +407,52 @@ def test_hallusion_takes_external_verdicts():
     assert score_hallusion(samples, [1]).metrics["aAcc"] == 100.0
     with pytest.raises(ValueError):
         score_hallusion(samples, [1, 0])
+
+
+class _Reply:
+    def __init__(self, text: str | None, status: int = 200):
+        self.text, self.status = text, status
+
+    def raise_for_status(self):
+        if self.status != 200:
+            raise RuntimeError(f"HTTP {self.status}")
+
+    def json(self):
+        return {"choices": [{"message": {"content": self.text}}]}
+
+
+def test_gpt_judge_reads_verdicts_the_official_way():
+    from eval.mllm_run import gpt_verdicts
+
+    replies = iter(["Correct", "incorrect.", "The answer is unclear", "correct"])
+    seen = []
+
+    def post(url, headers, json, timeout):
+        seen.append(json["messages"][0]["content"])
+        return _Reply(next(replies))
+
+    samples = [_hb("VD", "0", "0", str(q), "1", "Yes") for q in range(4)]
+    for s in samples:
+        s.doc.update(question="Is it red?", gt_answer_details="It is red.")
+    assert gpt_verdicts(samples, "key", post=post, wait_s=0) == [1, 0, 2, 1]
+    assert "Question:Is it red?\nReference answer: It is red.\nPrediction answer:Yes\nOutput:" in seen[0]
+
+
+def test_gpt_judge_failures_are_an_error_not_a_wrong_answer():
+    from eval.mllm_run import gpt_verdicts
+
+    calls = []
+
+    def post(url, headers, json, timeout):
+        calls.append(1)
+        if len(calls) == 1:
+            return _Reply("correct")  # sample 0: fine
+        return _Reply(None, status=503)  # sample 1: three failed tries
+
+    samples = [_hb("VD", "0", "0", str(q), "1", "Yes") for q in range(2)]
+    with pytest.raises(UserError, match=r"failed on 1 of 2 question\(s\).*HTTP 503.*nothing recorded"):
+        gpt_verdicts(samples, "key", post=post, wait_s=0)
+    assert len(calls) == 1 + 3  # retried, then stopped: no silent "unclear"
 
 
 # --- ScienceQA-IMG --------------------------------------------------------------------------------

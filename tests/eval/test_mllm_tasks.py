@@ -10,19 +10,22 @@ import pytest
 from enhance.errors import UserError
 from eval.mllm_tasks import TASKS, builtin_tasks_dir, find_split_files, task_specs, write_tasks
 
-# Columns (and types) the built-in task code reads, per shared/reference/lmms-eval-notes.md §1-6.
+# Columns (and types) of each dataset as lmms-eval 0.7.3's task code reads them; where each schema is
+# documented: tests/README.md, "Benchmark fixtures".
 SCHEMAS = {
     "mmvp/train": {"Index": "int32", "Question": "string", "Options": "string", "Correct Answer": "string",
                    "image": "Image"},
     "cv_bench/test": {"image": "Image", "choices": "List", "prompt": "string", "answer": "string", "idx": "int32",
                       "type": "string", "task": "string", "source": "string"},
-    "naturalbench/test": {"Index": "int64", "Image": "Image", "Question": "string", "Question_Type": "string",
-                          "answer": "string"},
+    "naturalbench/test": {"Index": "int64", "Image": "Image", "Question": "string", "Question_Type": "string"},
     "pope/random": {"id": "string", "question_id": "string", "question": "string", "answer": "string",
                     "image_source": "string", "image": "Image", "category": "string"},
     "hallusion_bench/image": {k: "string" for k in ("category", "subcategory", "visual_input", "set_id", "figure_id",
                               "sample_note", "question_id", "question", "gt_answer_details", "gt_answer",
                               "filename")} | {"image": "Image"},
+    "hallusion_bench/non_image": {k: "string" for k in ("category", "subcategory", "visual_input", "set_id",
+                                  "figure_id", "sample_note", "question_id", "question", "gt_answer_details",
+                                  "gt_answer", "filename")} | {"image": "Image"},
     "scienceqa_img/test": {"image": "Image", "question": "string", "choices": "List", "answer": "int8",
                            "hint": "string"},
 }  # fmt: skip
@@ -41,7 +44,25 @@ def test_fixture_parquet_has_the_real_schema(mllm_fixture_root, name):
     got = {k: _kind(f) for k, f in ds.features.items() if k in SCHEMAS[name]}
     assert got == SCHEMAS[name]
     image_col = "Image" if name.startswith("naturalbench") else "image"
-    assert hasattr(ds[0][image_col], "convert")  # decodes to PIL, as the hub copies do
+    if name == "hallusion_bench/non_image":  # questions asked without a figure
+        assert all(r["image"] is None and r["visual_input"] == "0" and r["category"] == "VS" for r in ds)
+    else:
+        assert hasattr(ds[0][image_col], "convert")  # decodes to PIL, as the hub copies do
+
+
+def test_naturalbench_fixture_has_no_answer_column_and_official_row_order(mllm_fixture_root):
+    """Only the columns the task code reads: the expected answers are positional (yes/A, no/B, no/B,
+    yes/A), so a question is true of its own image: q0 names image 0's colour, q1 image 1's."""
+    from datasets import load_dataset
+
+    ds = load_dataset(
+        "parquet", data_files=str(mllm_fixture_root / "naturalbench/test.parquet"), split="train"
+    )
+    assert set(ds.features) == {"Index", "Image", "Question", "Question_Type"}
+    assert list(ds["Index"]) == list(range(len(ds))) and len(ds) % 4 == 0
+    for g in range(len(ds) // 4):
+        rows = [ds[4 * g + k] for k in range(4)]
+        assert rows[0]["Question"] == rows[1]["Question"] != rows[2]["Question"] == rows[3]["Question"]
 
 
 def _task_objects(root, tmp_path, benches):
@@ -62,7 +83,8 @@ def test_builtin_task_functions_run_on_the_fixtures(mllm_fixture_root, tmp_path)
         for doc in docs:
             text = task.doc_to_text(doc)
             visuals = task.doc_to_visual(doc)
-            assert isinstance(text, str) and text and len(visuals) >= 1
+            assert isinstance(text, str) and text
+            assert len(visuals) == (0 if name.endswith("_non_image") else 1), name
             out = task.process_results(doc, ["Yes"])
             assert set(out) >= {m["metric"] for m in task.config.metric_list} - {"naturalbench_ACC"}
     cv = tasks["genhancer_cv_bench"]
@@ -74,7 +96,12 @@ def test_builtin_task_functions_run_on_the_fixtures(mllm_fixture_root, tmp_path)
 
 def test_overridden_aggregations_and_likelihood_variant(mllm_fixture_root, tmp_path):
     _, tasks = _task_objects(mllm_fixture_root, tmp_path, ["naturalbench", "hallusion_bench"])
-    for name in ("genhancer_naturalbench", "genhancer_naturalbench_lik", "genhancer_hallusion_bench_image"):
+    for name in (
+        "genhancer_naturalbench",
+        "genhancer_naturalbench_lik",
+        "genhancer_hallusion_bench_image",
+        "genhancer_hallusion_bench_non_image",
+    ):
         aggs = tasks[name].aggregation()
         assert all(inspect.getmodule(fn).__name__ == "eval.lmms_hooks" for fn in aggs.values()), name
     assert "naturalbench_Acc" in tasks["genhancer_naturalbench"].aggregation()
