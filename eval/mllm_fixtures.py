@@ -1,7 +1,7 @@
 """Toy-world versions of the six MLLM benchmarks, written as parquet in each real dataset's schema.
 
 The column names, types and value formats are those of the hub datasets lmms-eval 0.7.3 reads
-(``shared/reference/lmms-eval-notes.md`` §1-6), so the built-in ``doc_to_visual``,
+(``tests/README.md``, "Benchmark fixtures", says where each is documented), so the built-in ``doc_to_visual``,
 ``doc_to_text`` and ``process_results`` run unchanged on them. Questions use the phrasings the
 tiny LLaVA is finetuned on (``llava_integration.toydata``: colour, count, position, presence), so
 a trained tiny model can score above chance. Layout under ``root``, one folder per benchmark::

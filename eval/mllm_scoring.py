@@ -2,13 +2,13 @@
 
 Every scorer is a pure function of :class:`Sample` records: the dataset row's columns (by their
 real names, image left out) and the model's reply. They replace lmms-eval 0.7.3's aggregations
-wherever those depart from the official protocols (``shared/reference/lmms-eval-notes.md``,
-"Known deviations"; numbers below refer to that list). Values are percentages (0-100).
+wherever those depart from the official protocols (``README.md``,
+"lmms-eval 0.7.3 departures"; numbers below refer to that list). Values are percentages (0-100).
 
 - MMVP (dev. 9, 10): pairs by the explicit ``Index`` (1-based: pair = (Index-1)//2), a pair counts
   when both questions are right; a complete run (300 questions) divides by the benchmark's 150
-  pairs, a partial one by the complete pairs seen (reported in ``counts``, with the rows left out). Answers are parsed by
-  :func:`~eval.answer_parsing.parse_choice` instead of the official GPT-4 grader. Answer key:
+  pairs, a partial one by the complete pairs seen (in ``counts``, with the rows left out).
+  Answers are parsed by :func:`~eval.answer_parsing.parse_choice` instead of the official GPT-4 grader. Answer key:
   ``lmms-lab-eval/MMVP`` already fixes the two swapped pairs of ``MMVP/MMVP`` (lmms-eval issue
   #1018); pass ``key_fixes=ORIGINAL_MMVP_KEY_FIXES`` for data copied from ``MMVP/MMVP``.
 - CV-Bench (dev. 7, 8): accuracy per source; 2D = mean(ADE20K, COCO), 3D = Omni3D,
@@ -18,7 +18,8 @@ wherever those depart from the official protocols (``shared/reference/lmms-eval-
   no/B, q1_i0 no/B, q1_i1 yes/A), never from a column, exactly as the official scorer
   (``naturalbench/utils.py:9``); any subset of complete groups scores; Acc counts every sample seen.
 - POPE (dev. 1, 2, 3): per split, LLaVA's yes/no rule, yes-ratio of the *predictions*.
-- HallusionBench (dev. 11, 12, 13): aAcc/fAcc/qAcc with the official grouping, verdicts from a
+- HallusionBench (dev. 11, 12, 13): aAcc/fAcc/qAcc with the official grouping over the ``image``
+  and ``non_image`` splits together, verdicts from a
   rule-based yes/no judge by default (or any verdicts passed in, e.g. from the GPT judge).
 - ScienceQA-IMG (dev. 14): LLaVA's parser.
 """

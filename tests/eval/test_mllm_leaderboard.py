@@ -57,6 +57,20 @@ def test_all_six_benchmarks_are_recorded_with_provenance(board):
         assert 0.0 <= r["value"] <= 100.0 and r["tasks"][0].startswith("genhancer_")
     mmvp = next(r for r in records if r["benchmark"] == "mmvp")
     assert mmvp["answer_key"] == "lmms-lab-eval" and mmvp["counts"]["questions"] == 6
+    # HallusionBench over both splits; every record says how many rows of the official size it holds.
+    hb = next(r for r in records if r["benchmark"] == "hallusion_bench")
+    assert hb["tasks"] == ["genhancer_hallusion_bench_image", "genhancer_hallusion_bench_non_image"]
+    assert hb["rows_per_task"] == {
+        "genhancer_hallusion_bench_image": 8,
+        "genhancer_hallusion_bench_non_image": 2,
+    }
+    assert hb["counts"]["questions"] == 10 and hb["official_rows"] == 1129
+    assert all(r["complete"] is False and r["row_problems"] == [] for r in records)  # toy sizes, clean rows
+    nb = {r["metric"]: r for r in records if r["benchmark"] == "naturalbench"}
+    assert nb["G_Acc"]["rows_per_task"] == {"genhancer_naturalbench_lik": 8}
+    assert nb["gen_G_Acc"]["rows_per_task"] == {"genhancer_naturalbench": 8}
+    md = (out / "leaderboard.md").read_text()
+    assert "Coverage: tiny: partial: 10 of 1129 rows" in md and "† = partial run" in md
 
 
 def test_audit_logs_and_table2_layout(board):

@@ -1,5 +1,5 @@
 """Official MLLM scores against numbers computed by hand, and each lmms-eval departure they fix
-(numbers in comments refer to "Known deviations" in shared/reference/lmms-eval-notes.md)."""
+(numbers in comments refer to "Known deviations" in README.md, "lmms-eval 0.7.3 departures")."""
 
 from __future__ import annotations
 

@@ -118,9 +118,11 @@ def test_task_names_differ_from_builtin_ones():
 
 
 def test_hub_mode_keeps_the_builtin_dataset(tmp_path):
-    ts = write_tasks(tmp_path, ["pope"], None)
+    ts = write_tasks(tmp_path, ["pope", "hallusion_bench"], None)
     text = (tmp_path / "pope" / "genhancer_pope_adv.yaml").read_text()
     assert "dataset_path" not in text and ts.data["pope"].startswith("hub")
+    hb = (tmp_path / "hallusion_bench" / "genhancer_hallusion_bench_non_image.yaml").read_text()
+    assert "test_split: non_image" in hb and "eval.lmms_hooks.hb_doc_to_visual" in hb
 
 
 def test_missing_split_names_the_file(mllm_fixture_root, tmp_path):
