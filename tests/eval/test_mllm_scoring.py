@@ -463,3 +463,37 @@ def test_scienceqa_accuracy_by_hand():
     replies = ["B", "B. dog", "The answer is B.", "b", "B.", "(B)"]
     sc = score_scienceqa([S(doc, r) for r in replies])
     assert sc.metrics["accuracy"] == 50.0 and sc.counts == {"questions": 6, "unparsed": 3}
+
+
+# --- rows against the official sizes --------------------------------------------------------------
+
+
+def _rows(task: str, n: int, split: str = "") -> list[Sample]:
+    return [Sample(i, "", {}, split=split, source=task) for i in range(n)]
+
+
+def test_official_sizes_make_a_complete_run():
+    from eval.mllm_coverage import check_rows
+
+    cv = check_rows("cv_bench", _rows("cv_bench_2d", 1438) + _rows("cv_bench_3d", 1200))
+    assert cv.complete and cv.total == 2638 and cv.coverage().startswith("complete (2638 rows")
+    splits = [("pope_random", "random"), ("pope_pop", "popular"), ("pope_adv", "adversarial")]
+    pope = check_rows("pope", [s for t, sp in splits for s in _rows(t, 3000, sp)])
+    assert pope.complete and pope.total == 9000
+    assert check_rows("mmvp", _rows("genhancer_mmvp", 300)).complete
+    hb = check_rows("hallusion_bench", _rows("hallusion_bench_image", 951))
+    assert not hb.complete and hb.coverage().startswith("partial: 951 of 1129 rows")  # image split only
+    assert check_rows("scienceqa_img", _rows("scienceqa", 4241), official_rows=4241).complete
+
+
+def test_row_problems_are_counted_per_task():
+    from eval.mllm_coverage import check_rows
+
+    rows = _rows("pope_random", 3000, "random")
+    del rows[10]  # a hole
+    rows += _rows("pope_random", 2, "random")  # doc 0 and 1 again
+    rows.append(Sample(3000, "", {}, split="random", source="pope_random"))  # past the 3,000 rows
+    r = check_rows("pope", rows + _rows("pope", 5, "all"))
+    assert r.duplicates == {"pope_random": 2} and r.missing["pope_random"] == 1
+    assert r.extra["pope_random"] == 1 and not r.complete
+    assert "part 'random' is in 2 logs (pope, pope_random)" in r.problems()
