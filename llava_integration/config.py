@@ -42,7 +42,11 @@ class ModelConfig:
     vision_feature_select_strategy: str = doc(
         "auto", "auto (CLIP: default = drop CLS; SigLIP: full) | default | full"
     )
-    dtype: str = doc("float32", "weights dtype when loading: float32 | bfloat16 | float16")
+    dtype: str = doc(
+        "float32",
+        "weights dtype when loading: float32 | bfloat16 | float16; outside DeepSpeed the trainable "
+        "weights are kept in float32 and the forward runs under autocast in this dtype",
+    )
     attn_implementation: str = doc("sdpa", "attention kernel of the LM (sdpa | eager | flash_attention_2)")
     gradient_checkpointing: bool = doc(True, "recompute LM activations in backward (GPU memory)")
     revision: str = doc("", "HF revision for hub ids (empty: default branch)")
@@ -52,9 +56,6 @@ class ModelConfig:
 class DataConfig:
     source: str = doc("llava", "llava (JSON + image folder under data.root) | toyworld (generated, offline)")
     root: str = doc("", "data root (--data-root); stage paths below are relative to it")
-    image_aspect_ratio: str = doc(
-        "pad", "pad (to square with the processor mean, LLaVA-1.5) | crop (the tower processor's centre crop)"
-    )
     max_length: int = doc(2048, "max tokens per sample, image tokens included; longer ones are truncated")
     group_by_modality_length: bool = doc(True, "batches hold one modality, grouped by length")
     num_workers: int = doc(4, "DataLoader workers per process (0: load in the main process)")
@@ -72,6 +73,11 @@ class StageConfig:
     )
     image_folder: str = doc("LLaVA-Pretrain/images", "image root for this JSON, relative to data.root")
     template: str = doc("plain", "conversation template: plain | vicuna_v1")
+    image_aspect_ratio: str = doc(
+        "crop",
+        "crop (the tower processor's resize + centre crop; LLaVA-1.5 pretraining) | "
+        "pad (to square with the processor mean first; LLaVA-1.5 finetuning)",
+    )
     trainable: str = doc("projector", "projector | full (LM + projector) | lora (LM LoRA + projector)")
     lr: float = doc(1e-3, "peak learning rate (LoRA weights when trainable=lora)")
     projector_lr: float = doc(0.0, "projector LR when it differs from lr (LoRA recipe: 2e-5); 0: lr")
@@ -89,16 +95,23 @@ class StageConfig:
     lora_target_modules: list[str] = doc([], "LM module names to adapt (empty: all linear layers)")
 
 
-def _finetune_defaults() -> StageConfig:
-    return StageConfig(
-        data_path="llava_v1_5_mix665k.json",
-        image_folder=".",
-        template="vicuna_v1",
-        trainable="full",
-        lr=2e-5,
-        global_batch_size=128,
-        per_device_batch_size=16,
+@dataclass
+class FinetuneStageConfig(StageConfig):
+    """The finetune stage's defaults (LLaVA-1.5's finetune.sh). A subclass rather than a factory: a
+    config that sets any ``finetune.*`` key is built from the class, so the defaults must live there."""
+
+    data_path: str = doc("llava_v1_5_mix665k.json", "LLaVA JSON, relative to data.root (or absolute)")
+    image_folder: str = doc(".", "image root for this JSON, relative to data.root")
+    template: str = doc("vicuna_v1", "conversation template: plain | vicuna_v1")
+    image_aspect_ratio: str = doc(
+        "pad",
+        "pad (to square with the processor mean first; LLaVA-1.5 finetuning) | "
+        "crop (the tower processor's resize + centre crop)",
     )
+    trainable: str = doc("full", "projector | full (LM + projector) | lora (LM LoRA + projector)")
+    lr: float = doc(2e-5, "peak learning rate (LoRA weights when trainable=lora)")
+    global_batch_size: int = doc(128, "samples per optimizer step over all processes")
+    per_device_batch_size: int = doc(16, "samples per forward; accumulation fills the global batch")
 
 
 @dataclass
@@ -128,7 +141,7 @@ class LlavaTrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: StageConfig = field(default_factory=StageConfig)
-    finetune: StageConfig = field(default_factory=_finetune_defaults)
+    finetune: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -150,7 +163,6 @@ class LlavaTrainConfig:
         )
         choice("model.dtype", m.dtype, ("float32", "bfloat16", "float16"))
         choice("data.source", self.data.source, DATA_SOURCES)
-        choice("data.image_aspect_ratio", self.data.image_aspect_ratio, ("pad", "crop"))
         choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
         if self.data.max_length < 8:
             raise UserError("data.max_length must be >= 8")
@@ -163,6 +175,7 @@ class LlavaTrainConfig:
         for name in STAGES:
             st: StageConfig = getattr(self, name)
             choice(f"{name}.template", st.template, tuple(TEMPLATES))
+            choice(f"{name}.image_aspect_ratio", st.image_aspect_ratio, ("pad", "crop"))
             choice(f"{name}.trainable", st.trainable, TRAINABLE)
             if st.global_batch_size < 1 or st.per_device_batch_size < 1:
                 raise UserError(f"{name}: batch sizes must be >= 1")

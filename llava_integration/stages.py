@@ -16,9 +16,14 @@ from llava_integration.config import StageConfig
 class LlavaTask(nn.Module):
     """Wraps a ``LlavaForConditionalGeneration``; ``training_forward`` returns the masked LM loss."""
 
-    def __init__(self, llava: nn.Module, vision_every_step: bool = False):
+    def __init__(
+        self, llava: nn.Module, vision_every_step: bool = False, autocast_dtype: torch.dtype | None = None
+    ):
         super().__init__()
         self.llava = llava
+        # Half-precision weights with fp32 trainable copies (keep_trainable_fp32) need autocast to mix
+        # in one forward; accelerate's own autocast is off on CPU, so the task sets it itself.
+        self.autocast_dtype = autocast_dtype
         # DeepSpeed ZeRO-3 gathers a module's partitioned weights on forward and reduce-scatters its
         # gradients on backward, both collectives: every rank must run the tower and the projector on
         # every micro-batch, a text-only one too, or the ranks deadlock (upstream LLaVA feeds such
@@ -37,6 +42,12 @@ class LlavaTask(nn.Module):
     def training_forward(
         self, batch: dict, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
+        if self.autocast_dtype is None:
+            return self._forward(batch)
+        with torch.autocast(batch["input_ids"].device.type, dtype=self.autocast_dtype):
+            return self._forward(batch)
+
+    def _forward(self, batch: dict) -> dict[str, torch.Tensor]:
         pixel_values = batch["pixel_values"]
         if self.vision_every_step and not pixel_values.shape[0]:
             return {"loss": self._text_only_through_vision(batch)}
@@ -128,6 +139,28 @@ def configure_stage(llava: nn.Module, stage: str, st: StageConfig, seed: int = 0
         groups.append({"params": lm, "lr": st.lr, "name": "language_model"})
     groups.append({"params": projector, "lr": st.projector_lr or st.lr, "name": "projector"})
     return groups
+
+
+def keep_trainable_fp32(module: nn.Module) -> int:
+    """Cast trainable half-precision parameters to fp32 in place; returns how many values were cast.
+
+    A plain optimizer updates parameters in their own dtype: an Adam step of about ``lr`` (2e-5 in
+    finetuning) is below half a bf16 spacing for any weight above ~0.005 in magnitude, so bf16
+    weights would mostly not move. DeepSpeed keeps fp32 master copies itself; elsewhere the
+    trainable weights stay fp32 and the forward runs under autocast (:class:`LlavaTask`)."""
+    cast = 0
+    for p in module.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+            cast += p.numel()
+    return cast
+
+
+def cast_floating(module: nn.Module, dtype: torch.dtype) -> None:
+    """Every floating parameter to ``dtype`` (the saved model keeps the dtype it was loaded in)."""
+    for p in module.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
 
 
 def trainable_state(task: nn.Module) -> dict[str, torch.Tensor]:

@@ -107,6 +107,21 @@ def _no_zero3_init(accelerator):
         plugin.set_deepspeed_weakref()
 
 
+def enable_tf32() -> None:
+    """TF32 matmuls and convolutions on CUDA (LLaVA-1.5's scripts pass ``--tf32 True``)."""
+    torch.set_float32_matmul_precision("high")  # fp32 matmuls may use TF32
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def stage_image_processor(image_processor, st: StageConfig):
+    """The processor a stage reads images with: ``image_aspect_ratio`` pad or crop (see StageConfig)."""
+    import copy
+
+    out = copy.deepcopy(image_processor)
+    out.do_pad = st.image_aspect_ratio == "pad"
+    return out
+
+
 def pretrain_saved(run_dir: Path) -> bool:
     """DIR/pretrain is complete (``save_projector`` writes its meta file last)."""
     from llava_integration.model import PROJECTOR_META
@@ -123,10 +138,12 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
     from torch.utils.data import DataLoader
 
     from llava_integration import model as llava_model
-    from llava_integration.data import LlavaStream, load_records
+    from llava_integration.data import LlavaStream, RowReport, load_records
     from llava_integration.stages import (
         LlavaTask,
+        cast_floating,
         configure_stage,
+        keep_trainable_fp32,
         load_trainable_state,
         merge_lora,
         trainable_state,
@@ -144,6 +161,8 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
         # on that rank and leaves a globally unused gradient untouched, as one process does.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if use_cuda:
+        enable_tf32()
     world, rank = accelerator.num_processes, accelerator.process_index
     zero3 = is_deepspeed(accelerator)  # the shipped DeepSpeed config for llava-train is ZeRO-3
     if zero3 and any(getattr(cfg, s).trainable == "lora" for s in cfg.train.stages):
@@ -174,11 +193,16 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
     config_hash = configtools.config_hash(cfg, ignore=RESUME_ALLOWED_CHANGES)
 
     # --- model
+    last = getattr(cfg, cfg.train.stages[-1])  # DIR/final's processor reads images as it trained last
     with _no_zero3_init(accelerator if zero3 else None):
         llava, processor = llava_model.build(
-            cfg.model, cfg.cache_dir or None, seed=cfg.train.seed, pad=cfg.data.image_aspect_ratio == "pad"
+            cfg.model, cfg.cache_dir or None, seed=cfg.train.seed, pad=last.image_aspect_ratio == "pad"
         )
     llava.model.vision_tower.requires_grad_(False)
+    load_dtype = llava_model.DTYPES[cfg.model.dtype]
+    # Outside DeepSpeed (which keeps fp32 master weights itself) half-precision trainable weights are
+    # kept in fp32 and the forward runs under autocast in the load dtype (see keep_trainable_fp32).
+    master_fp32 = load_dtype != torch.float32 and not zero3
     tokenizer = processor.tokenizer
     n_image = llava_model.num_image_tokens(llava.config)
     vc = llava.config.vision_config
@@ -186,7 +210,9 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
         if accelerator.is_main_process:
             prepare_toy_data(cfg, run_dir, vc.image_size)
         accelerator.wait_for_everyone()
-    task = LlavaTask(llava, vision_every_step=zero3).to(accelerator.device)
+    task = LlavaTask(llava, vision_every_step=zero3, autocast_dtype=load_dtype if master_fp32 else None).to(
+        accelerator.device
+    )
     metrics = MetricsWriter(run_dir, accelerator.is_main_process, cfg.logging.tensorboard)
     if resume:  # drop log lines the checkpoint does not cover (see MetricsWriter.rewind)
         upto = (resume_meta["stage_index"], resume_meta["step"]) if resume_meta else (0, -1)
@@ -205,10 +231,20 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
         template = get_template(st.template)
         check_tokenizer(tokenizer, template, f"model.llm '{cfg.model.llm}'")
         json_path, image_root = stage_paths(cfg, st, name, run_dir)
-        records = load_records(json_path, n_image)
+        rows = RowReport()
+        records = load_records(json_path, n_image, rows)
+        if rows.tolerated or rows.skipped:
+            log.warning("%s: %s: %s", name, json_path, rows.summary())
         steps = stage_steps(st, len(records))
         grad_accum = grad_accum_steps(name, st.global_batch_size, st.per_device_batch_size, world)
         groups = configure_stage(llava, name, st, cfg.train.seed)
+        if master_fp32:
+            cast = keep_trainable_fp32(llava)
+            if cast:
+                log.info(
+                    "%s: %d trainable weights kept in float32 (compute in %s)", name, cast, cfg.model.dtype
+                )
+        image_processor = stage_image_processor(processor.image_processor, st)
 
         # --- resume bookkeeping
         if resume_meta is not None:
@@ -240,16 +276,24 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
         resume_meta = None if here else resume_meta
 
         spec = LoopSpec.for_stage(cfg, name, idx, steps, grad_accum, st.grad_clip, config_hash)
+        spec.extra_state = {"data": rows.as_dict()}  # in every metrics.jsonl record of the stage
         counts: dict[str, int] = {}
 
         def factory(
-            start_position: int, _st=st, _records=records, _root=image_root, _t=template, _n=name, _c=counts
+            start_position: int,
+            _st=st,
+            _records=records,
+            _root=image_root,
+            _t=template,
+            _n=name,
+            _c=counts,
+            _ip=image_processor,
         ):
             stream = LlavaStream(
                 _records,
                 _root,
                 tokenizer,
-                processor.image_processor,
+                _ip,
                 _t,
                 llava.config.image_token_id,
                 n_image,
@@ -295,7 +339,7 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
             k: int(accelerator.reduce(torch.tensor(v, device=accelerator.device), "sum").item())
             for k, v in sorted(counts.items())
         }
-        report["stages"][name] = {"samples": len(records), "steps": steps, **totals}
+        report["stages"][name] = {"samples": len(records), "steps": steps, "rows": rows.as_dict(), **totals}
         if totals.get("truncated") or totals.get("dropped"):
             log.info(
                 "%s: %d samples truncated to %d tokens, %d dropped",
@@ -311,6 +355,8 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
     out: dict = {}
     if accelerator.is_main_process:
         merge_lora(llava)
+        if master_fp32:
+            cast_floating(llava, load_dtype)  # DIR/final in the dtype the model was loaded in
         llava.eval()
         final = llava_model.save(llava, processor, run_dir / "final", state_dict=gathered)
         out["final"] = str(final)

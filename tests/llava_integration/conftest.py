@@ -135,3 +135,134 @@ def toy_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("toy_llava")
     write_toy_llava(root, seed=3, image_size=TOWER_SIZE, n_pretrain=24, n_finetune=40, n_eval=4)
     return root
+
+
+SHORT = "Answer the question using a single word or phrase."
+
+# Rows in the exact layouts of LLaVA-1.5's released files, written by hand (not by the code under
+# test). blip_laion_cc_sbu_558k.json: the instruction first and <image> at the end of the human turn;
+# images under LLaVA-Pretrain/images/<5-digit folder>/<id>.jpg.
+LCS_ROWS = [
+    ("004539375", "Render a clear and concise summary of the photo.", "select luxury furniture 3 - inch gel"),
+    (
+        "002239345",
+        "Write a terse but informative summary of the picture.",
+        "2019 ford f-150 xlt supercrew 4x4",
+    ),
+    ("000123801", "Give a brief description of the image.", "the cat in the hat book cover"),
+    ("004455031", "Share a concise interpretation of the image provided.", "東京タワー at night"),
+    ("001983117", "What is in the photo?", "a man riding a wave on top of a surfboard."),
+    ("003125544", "Describe the image concisely.", "vintage café chairs"),
+    ("000817263", "Provide a brief description of the given image.", "3 red apples on a wooden table"),
+    ("002654310", "Summarize the visual content of the image.", "sunset over the mountains"),
+]
+
+
+def _turns(*values: str, first: str = "human") -> list[dict]:
+    roles = ("human", "gpt") if first == "human" else ("gpt", "human")
+    return [{"from": roles[i % 2], "value": v} for i, v in enumerate(values)]
+
+
+def mix665k_rows() -> list[dict]:
+    """llava_v1_5_mix665k.json rows: multi-turn, images under coco/, gqa/, ocr_vqa/, textvqa/, vg/,
+    text-only rows without an "image" key, a row that opens with a gpt turn (LLaVA drops that
+    turn) and two broken rows (skipped and counted)."""
+    return [
+        {
+            "id": "000000033471",
+            "image": "coco/train2017/000000033471.jpg",
+            "conversations": _turns(
+                "<image>\nWhat are the colors of the bus in the image?",
+                "The bus in the image is white and red.",
+                "What feature can be seen on the back of the bus?",
+                "The back of the bus features an advertisement.",
+            ),
+        },
+        {
+            "id": "000000215677",
+            "image": "coco/train2017/000000215677.jpg",
+            "conversations": _turns(f"<image>\nHow many people are in the picture?\n{SHORT}", "3"),
+        },
+        {
+            "id": "2354786",
+            "image": "gqa/images/2354786.jpg",
+            "conversations": _turns(f"<image>\nIs the man on the left or right?\n{SHORT}", "Left"),
+        },
+        {
+            "id": "1883061040",
+            "image": "ocr_vqa/images/1883061040.jpg",
+            "conversations": _turns(
+                "<image>\nWho wrote this book?", "Gary D. Schmidt", "What year was it published?", "2011"
+            ),
+        },
+        {
+            "id": "0a0bc91825468c45",
+            "image": "textvqa/train_images/0a0bc91825468c45.jpg",
+            "conversations": _turns(f"<image>\nWhat time does the clock show?\n{SHORT}", "10:30"),
+        },
+        {
+            "id": "VG_2357376",
+            "image": "vg/VG_100K/2357376.jpg",
+            "conversations": _turns(
+                "<image>\nPlease provide the bounding box coordinate of the region this sentence "
+                "describes: white cup on the table.",
+                "[0.41, 0.34, 0.56, 0.52]",
+            ),
+        },
+        {
+            "id": "VG_2411851",
+            "image": "vg/VG_100K_2/2411851.jpg",
+            "conversations": _turns("What is the temperature shown on the sign?\n<image>", "-5 degrees"),
+        },
+        {
+            "id": "i6IyJda_0",
+            "conversations": _turns("Write a haiku about autumn.", "Crimson leaves drifting."),
+        },
+        {"id": "sharegpt_math", "conversations": _turns("What is 7 times 8?", "56")},
+        {
+            "id": "sharegpt_gpt_first",
+            "conversations": _turns(
+                "Hello! How can I help?", "How many legs does a spider have?", "8", first="gpt"
+            ),
+        },
+        {
+            "id": "broken_turn",
+            "conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "x"}],
+        },
+        {"id": "broken_image", "conversations": _turns("<image>\nWhat is this?", "A dog.")},
+    ]
+
+
+def write_llava_layout(root: Path, image_size: int = 40) -> Path:
+    """LCS-558K and mix665k JSON files and their (non-square, generated) images under ``root``, in
+    the folders LLaVA-1.5's scripts expect (``--data-root root``)."""
+    import json
+
+    from PIL import Image
+
+    def image(rel: str, seed: int) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        color = ((seed * 53) % 256, (seed * 97) % 256, (seed * 31) % 256)
+        Image.new("RGB", (image_size, image_size * 3 // 4), color).save(path, format="JPEG")
+
+    pretrain = []
+    for k, (sid, instruction, caption) in enumerate(LCS_ROWS):
+        rel = f"{sid[:5]}/{sid}.jpg"
+        image(f"LLaVA-Pretrain/images/{rel}", k)
+        pretrain.append(
+            {"id": sid, "image": rel, "conversations": _turns(f"{instruction}\n<image>", caption)}
+        )
+    (root / "LLaVA-Pretrain").mkdir(parents=True, exist_ok=True)
+    (root / "LLaVA-Pretrain" / "blip_laion_cc_sbu_558k.json").write_text(json.dumps(pretrain))
+    finetune = mix665k_rows()
+    for k, row in enumerate(finetune):
+        if "image" in row:
+            image(row["image"], 100 + k)
+    (root / "llava_v1_5_mix665k.json").write_text(json.dumps(finetune))
+    return root
+
+
+@pytest.fixture(scope="session")
+def llava_layout(tmp_path_factory) -> Path:
+    return write_llava_layout(tmp_path_factory.mktemp("llava_data"))

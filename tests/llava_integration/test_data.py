@@ -20,7 +20,7 @@ from llava_integration.data import (
     parse_records,
 )
 from llava_integration.model import build_image_processor, num_image_tokens
-from llava_integration.templates import IGNORE_INDEX, TEMPLATES
+from llava_integration.templates import IGNORE_INDEX, TEMPLATES, render
 
 
 def _conv(q="<image>\nWhat color?", a="red"):
@@ -207,3 +207,54 @@ def test_toy_json_is_llava_format(toy_data):
             if "image" in s:
                 assert (toy_data / s["image"]).is_file()
                 assert Path(s["image"]).parts[0] == "images"
+
+
+def test_llava_release_layouts_load_with_tolerated_and_skipped_rows_counted(llava_layout):
+    lcs = RowReport()
+    records = load_records(llava_layout / "LLaVA-Pretrain" / "blip_laion_cc_sbu_558k.json", 16, lcs)
+    assert lcs.as_dict() == {"rows": 8, "kept": 8, "tolerated": {}, "skipped": {}}
+    assert all(r.image and (llava_layout / "LLaVA-Pretrain" / "images" / r.image).is_file() for r in records)
+    plain, _ = render(TEMPLATES["plain"], records[0].turns)
+    assert plain == "<image>select luxury furniture 3 - inch gel\n"  # LLaVA's plain: image, caption, newline
+
+    mix = RowReport()
+    records = load_records(llava_layout / "llava_v1_5_mix665k.json", 16, mix)
+    assert mix.as_dict() == {
+        "rows": 12,
+        "kept": 10,
+        "tolerated": {"leading_gpt_turn_dropped": 1},
+        "skipped": {"bad_turn": 1, "image_token_without_image": 1},
+    }
+    assert mix.examples["bad_turn"] == ["broken_turn"]
+    folders = {Path(r.image).parts[0] for r in records if r.image}
+    assert folders == {"coco", "gqa", "ocr_vqa", "textvqa", "vg"}
+    assert all((llava_layout / r.image).is_file() for r in records if r.image)
+    assert sum(r.image is None for r in records) == 3
+    spider = next(r for r in records if r.id == "sharegpt_gpt_first")
+    assert [(t.role, t.text) for t in spider.turns] == [
+        ("human", "How many legs does a spider have?"),
+        ("gpt", "8"),
+    ]
+    vg = next(r for r in records if r.id == "VG_2411851")
+    text, _ = render(TEMPLATES["vicuna_v1"], vg.turns)  # <image> moved first, as LLaVA does
+    assert "USER: <image>\nWhat is the temperature shown on the sign? ASSISTANT: -5 degrees</s>" in text
+
+
+def test_each_stage_reads_images_with_its_own_aspect_ratio():
+    """LLaVA-1.5 pretrains on the processor's resize + centre crop and finetunes on pad-to-square."""
+    from transformers import CLIPImageProcessor
+
+    from llava_integration.config import LlavaTrainConfig
+    from llava_integration.train import stage_image_processor
+
+    base = build_image_processor(
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), pad=True
+    )
+    cfg = LlavaTrainConfig()
+    wide = Image.new("RGB", (64, 32), (255, 0, 0))
+    fine = stage_image_processor(base, cfg.finetune)([wide], return_tensors="pt")["pixel_values"][0]
+    pre = stage_image_processor(base, cfg.pretrain)([wide], return_tensors="pt")["pixel_values"][0]
+    red = (np.array([1.0, 0.0, 0.0]) - np.array(base.image_mean)) / np.array(base.image_std)
+    assert np.allclose(pre[:, 1, 16].numpy(), red, atol=0.03)  # cropped: red to the top edge
+    assert not np.allclose(fine[:, 1, 16].numpy(), red, atol=0.03)  # padded: a band of the mean colour
+    assert base.do_pad  # the shared processor is left as it was

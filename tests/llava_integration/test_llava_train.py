@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -304,3 +305,147 @@ def test_a_crash_before_the_pretrain_folder_is_written_is_repaired_on_resume(
     b = load_file(tmp_path / "part" / "pretrain" / M.PROJECTOR_FILE)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "part" / "pretrain" / M.PROJECTOR_META).is_file()
+
+
+def _moved_fraction(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
+    moved = sum(int((after[k].float() != before[k].float()).sum()) for k in before)
+    return moved / sum(v.numel() for v in before.values())
+
+
+def _finetune_steps(model, proc, toy_data, task, lr: float, steps: int) -> None:
+    from llava_integration.data import LlavaStream, load_records
+    from llava_integration.model import num_image_tokens
+    from llava_integration.templates import TEMPLATES
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    records = load_records(toy_data / "finetune.json", 16)
+    stream = iter(
+        LlavaStream(
+            records,
+            toy_data,
+            proc.tokenizer,
+            proc.image_processor,
+            TEMPLATES["vicuna_v1"],
+            model.config.image_token_id,
+            num_image_tokens(model.config),
+            128,
+            4,
+            0,
+            group_by_modality=False,
+        )
+    )
+    task.train()
+    for _ in range(steps):
+        task.training_forward(next(stream))["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_bf16_weights_train_through_fp32_copies(tiny_model_cfg, toy_data):
+    """Loaded in bf16, finetuned 3 steps at lr 2e-5: with fp32 trainable copies almost every
+    trainable weight moves; updating the bf16 weights in place leaves most of them where they were."""
+    import dataclasses
+
+    from llava_integration.model import build
+    from llava_integration.stages import keep_trainable_fp32
+
+    cfg = dataclasses.replace(tiny_model_cfg, dtype="bfloat16")
+    st = LlavaTrainConfig().finetune  # trainable=full
+    fractions = {}
+    for fp32 in (True, False):
+        model, proc = build(cfg, seed=0)
+        configure_stage(model, "finetune", st)
+        before = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+        tower = _snapshot(model.model.vision_tower)
+        if fp32:
+            assert keep_trainable_fp32(model) == sum(v.numel() for v in before.values())
+        task = LlavaTask(model, autocast_dtype=torch.bfloat16)
+        _finetune_steps(model, proc, toy_data, task, lr=2e-5, steps=3)
+        after = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+        assert all(v.dtype == (torch.float32 if fp32 else torch.bfloat16) for v in after.values())
+        assert _changed(tower, model.model.vision_tower) == set()
+        assert next(model.model.vision_tower.parameters()).dtype == torch.bfloat16  # frozen: stays bf16
+        fractions[fp32] = _moved_fraction(before, after)
+    assert fractions[True] > 0.95
+    assert fractions[False] < 0.5  # what the fp32 copies are for
+
+
+def test_a_bf16_run_keeps_fp32_trainable_weights_and_saves_bf16(tiny_dirs, tmp_path):
+    """Through llava-train itself: pretrain at lr 2e-5 on a bf16 model moves the projector (its
+    checkpoint holds the fp32 copies); DIR/final is saved in the dtype the model was loaded in."""
+    from safetensors.torch import load_file
+
+    from llava_integration.model import build
+    from llava_integration.train import run
+
+    cfg = _cfg(
+        tiny_dirs,
+        "model.dtype=bfloat16",
+        "train.stages=[pretrain]",
+        "pretrain.steps=3",
+        "pretrain.lr=2e-5",
+        "pretrain.warmup_ratio=0",
+        "checkpoint.every=3",
+    )
+    run(cfg, tmp_path / "r")
+    init, _ = build(cfg.model, seed=cfg.train.seed)
+    prefix = "llava.model.multi_modal_projector."
+    start = {prefix + k: v for k, v in init.model.multi_modal_projector.state_dict().items()}
+    state = ckpt.load_weights(ckpt.latest_checkpoint(tmp_path / "r" / "checkpoints"))
+    assert set(state) == set(start) and all(v.dtype == torch.float32 for v in state.values())
+    assert _moved_fraction(start, state) > 0.95
+    final = load_file(tmp_path / "r" / "final" / "model.safetensors")
+    assert {v.dtype for v in final.values()} == {torch.bfloat16}
+    metrics = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and all(
+        m["data"] == {"rows": 16, "kept": 16, "tolerated": {}, "skipped": {}} for m in metrics
+    )
+
+
+def test_tf32_is_switched_on_for_cuda_matmuls():
+    from llava_integration.train import enable_tf32
+
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        enable_tf32()
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("preset", ["llava15-7b", "llava15-7b-lora"])
+def test_paper_presets_train_on_a_llama_tokenizer_and_llava_layout(preset, tiny_dirs, llava_layout, tmp_path):
+    """The 7B presets (bf16, plain then vicuna_v1, LCS-558K and mix665k layouts) run both stages on a
+    tiny random Llama that carries the real Llama 2 tokenizer, on CPU."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    out = tmp_path / "run"
+    args = ["--preset", preset, "--vision-tower", str(tiny_dirs["tower"]), "--data-root", str(llava_layout)]
+    sets = [
+        f"model.llm={tiny_dirs['llm_llama']}",
+        "pretrain.steps=1",
+        "finetune.steps=1",
+        "pretrain.global_batch_size=4",
+        "pretrain.per_device_batch_size=2",
+        "finetune.global_batch_size=4",
+        "finetune.per_device_batch_size=2",
+        "finetune.lora_r=4",
+        "finetune.lora_alpha=8",
+        "data.num_workers=0",
+        "logging.progress=false",
+        "logging.every=1",
+    ]
+    assert main(args + [x for kv in sets for x in ("--set", kv)] + ["--output-dir", str(out)]) == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["stage"], m["step"]) for m in metrics] == [("pretrain", 1), ("finetune", 1)]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert metrics[0]["data"] == {"rows": 8, "kept": 8, "tolerated": {}, "skipped": {}}
+    assert metrics[1]["data"]["skipped"] == {"bad_turn": 1, "image_token_without_image": 1}
+    assert metrics[1]["data"]["tolerated"] == {"leading_gpt_turn_dropped": 1}
+    model = LlavaForConditionalGeneration.from_pretrained(out / "final")
+    assert model.dtype == torch.bfloat16
+    processor = AutoProcessor.from_pretrained(out / "final")
+    assert processor.image_processor.do_pad  # finetuned last: pad to square
+    assert processor.tokenizer("\n", add_special_tokens=False).input_ids == [29871, 13]

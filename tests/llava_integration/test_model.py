@@ -61,7 +61,10 @@ def test_paper_presets_build_on_meta(preset, total, hidden):
     )
     assert cfg.pretrain.warmup_ratio == 0.03 and cfg.pretrain.trainable == "projector"
     assert cfg.finetune.global_batch_size == 128 and cfg.finetune.template == "vicuna_v1"
-    assert cfg.data.max_length == 2048 and cfg.data.image_aspect_ratio == "pad"
+    assert cfg.data.max_length == 2048
+    # LLaVA-1.5's pretrain.sh has no --image_aspect_ratio (resize + centre crop); finetune.sh pads
+    assert (cfg.pretrain.image_aspect_ratio, cfg.finetune.image_aspect_ratio) == ("crop", "pad")
+    assert cfg.finetune.per_device_batch_size == 16  # finetune defaults hold when a preset sets other keys
     if preset.endswith("lora"):
         f = cfg.finetune
         assert (f.trainable, f.lora_r, f.lora_alpha, f.lr, f.projector_lr) == ("lora", 128, 256, 2e-4, 2e-5)
