@@ -15,6 +15,10 @@ Examples::
     leaderboard --mllm enhanced=runs/llava-oai224/final --benchmarks mmvp,pope --data-root /data/bench \\
                 --output-dir runs/board                       # DATA_ROOT/pope/random.parquet ...
     leaderboard rescore --benchmark pope --samples out/*_samples_pope_*.jsonl --output-dir runs/board
+    leaderboard --preset tiny --clip original=genhancer-tiny:clip tiny=run:runs/tiny --benchmarks mmvp_vlm \
+                --output-dir runs/tiny/eval            # every export of a run (run:RUN, or a glob such as
+                                                       # x='runs/x/export/steps/*'): MMVP-VLM against
+                                                       # stage-2 step in DIR/mmvp_vlm_steps.png
 
 ``rescore`` reads lmms-eval ``--log_samples`` files of any model and prints and records the
 official metrics (``leaderboard rescore --help``).
@@ -113,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         from enhance import configtools
         from eval.leaderboard import ModelSpec, default_models, run_leaderboard
         from eval.report import plot_mmvp_patterns, render_markdown
+        from eval.steps import curve_markdown, expand_clip_spec, plot_step_curve
 
-        if args.clip:
-            models = [ModelSpec(n, s) for n, s in parse_named(args.clip, "--clip").items()]
+        if args.clip:  # run:RUN and glob specs expand to one model per export (eval.steps)
+            models = [m for n, s in parse_named(args.clip, "--clip").items() for m in expand_clip_spec(n, s)]
         elif args.mllm and args.benchmarks and all(get_benchmark(b).model_kind == "mllm" for b in benchmarks):
             models = []  # only MLLM benchmarks asked for: no default CLIP models
         else:
@@ -136,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_leaderboard(
             cfg, models, out, benchmarks, args.data_root, args.force, args.limit, api_key=api_key
         )
-        markdown = render_markdown(summary.records)
+        markdown = render_markdown(summary.records) + curve_markdown(summary.records)
         (out / "leaderboard.md").write_text(markdown)
         plot_mmvp_patterns(summary.records, out / "mmvp_vlm_patterns.png")
+        plot_step_curve(summary.records, out / "mmvp_vlm_steps.png")
         if summary.reused:
             done = ", ".join(f"{m}/{b}" for m, b in summary.reused)
             print(f"leaderboard: reused cached results for {done} (--force recomputes)", file=sys.stderr)

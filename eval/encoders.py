@@ -32,6 +32,10 @@ from PIL import Image
 
 from enhance.errors import UserError
 
+#: Every dual encoder is scored in this dtype, whatever dtype its weights were saved in: the
+#: official MMVP-VLM evaluation casts towers with ``model.eval().float()``, and a bf16 tower scored
+#: in bf16 can flip near-tied pairs.
+EVAL_DTYPE = torch.float32
 OPEN_CLIP_PREFIX = "open_clip:"
 TINY_PREFIX = "genhancer-tiny:"
 SUPPORTED_HF_TYPES = ("clip", "siglip")
@@ -60,6 +64,8 @@ class DualEncoder:
         kind: ``clip`` | ``siglip`` | ``open_clip``.
         revision: what identifies the weights (an HF commit, or a content hash of local files).
         image_size: the tower's input resolution.
+        weights_dtype: the dtype the weights were saved in (``results.json`` records it).
+        eval_dtype: the dtype they are scored in (always ``float32``, see :data:`EVAL_DTYPE`).
     """
 
     kind: str = ""
@@ -76,7 +82,9 @@ class DualEncoder:
         progress: bool = False,
     ):
         self.spec = spec
-        self.model = model.eval().to(device)
+        self.weights_dtype = parameter_dtype(model)  # before the cast below
+        self.model = model.eval().to(device=device, dtype=EVAL_DTYPE)
+        self.eval_dtype = str(EVAL_DTYPE).removeprefix("torch.")
         self.global_token = global_token
         self.image_size = image_size
         self.revision = revision
@@ -135,6 +143,40 @@ class DualEncoder:
         img = torch.nn.functional.normalize(image_emb.double().cpu(), dim=-1)
         txt = torch.nn.functional.normalize(text_emb.double().cpu(), dim=-1)
         return scale * img @ txt.T + bias
+
+
+def parameter_dtype(model: torch.nn.Module) -> str:
+    """The dtype most floating-point parameters of ``model`` have, e.g. ``bfloat16``."""
+    counts: dict[str, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            key = str(p.dtype).removeprefix("torch.")
+            counts[key] = counts.get(key, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else "unknown"
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
+def stored_dtype(folder: Path) -> str | None:
+    """The floating dtype most values in ``folder``'s ``*.safetensors`` files are stored in, read
+    from their headers only (a loader may already have converted the weights), or None."""
+    import struct
+
+    counts: dict[str, int] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        for name, info in header.items():
+            if name == "__metadata__" or info.get("dtype") not in _SAFETENSORS_DTYPES:
+                continue
+            n = 1
+            for d in info.get("shape", []):
+                n *= d
+            key = _SAFETENSORS_DTYPES[info["dtype"]]
+            counts[key] = counts.get(key, 0) + n
+    return max(counts, key=counts.get) if counts else None
 
 
 def _unwrap(features) -> torch.Tensor:
@@ -256,6 +298,11 @@ def resolve_spec(spec: str, cache_dir: str | None = None) -> tuple[str, str]:
             raise UserError(f"model path '{spec}' is a file; give the model folder")
         if (path / "open_clip_config.json").is_file():
             return "open_clip_dir", str(path)
+        if not (path / "config.json").is_file():  # an enhance export folder (export/, export/steps/N/)
+            if (path / "hf" / "config.json").is_file():
+                return "hf", str(path / "hf")
+            if (path / "open_clip" / "open_clip_config.json").is_file():
+                return "open_clip_dir", str(path / "open_clip")
         if not (path / "config.json").is_file() and (path / "export" / "hf" / "config.json").is_file():
             return "hf", str(path / "export" / "hf")  # a run folder: use its HF export
         if not (path / "config.json").is_file():
@@ -309,7 +356,10 @@ def _load_hf(spec: str, where: str, revision: str, trust_remote_code: bool, **kw
         if local.is_dir()
         else (getattr(config, "_commit_hash", None) or revision or "main")
     )
-    return HFDualEncoder(spec, model, processor, str(rev), **kw)
+    enc = HFDualEncoder(spec, model, processor, str(rev), **kw)
+    if local.is_dir():  # the files say what was saved, whatever dtype the loader produced
+        enc.weights_dtype = stored_dtype(local) or enc.weights_dtype
+    return enc
 
 
 def _load_open_clip_dir(spec: str, where: str, **kw) -> OpenCLIPDualEncoder:
@@ -334,7 +384,9 @@ def _load_open_clip_dir(spec: str, where: str, **kw) -> OpenCLIPDualEncoder:
         model = open_clip.create_model(name, pretrained=str(weights), weights_only=True)
     except (OSError, RuntimeError, KeyError) as exc:
         raise UserError(f"cannot load open_clip folder '{spec}': {_first_line(exc)}") from None
-    return OpenCLIPDualEncoder(spec, model, name, files_fingerprint(folder), **kw)
+    enc = OpenCLIPDualEncoder(spec, model, name, files_fingerprint(folder), **kw)
+    enc.weights_dtype = stored_dtype(folder) or enc.weights_dtype  # open_clip loads it as float32
+    return enc
 
 
 def _load_open_clip(spec: str, where: str, **kw) -> OpenCLIPDualEncoder:

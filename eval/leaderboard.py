@@ -75,11 +75,13 @@ class ResultsStore:
 
 @dataclass
 class ModelSpec:
-    """A named model to evaluate: ``kind`` ``clip`` (dual encoder) or ``mllm``."""
+    """A named model to evaluate: ``kind`` ``clip`` (dual encoder) or ``mllm``; ``extra`` goes into
+    each of its records (e.g. ``stage2_step`` of a per-step export, see :mod:`eval.steps`)."""
 
     name: str
     spec: str
     kind: str = "clip"
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -212,7 +214,10 @@ def run_leaderboard(
     keys: dict[tuple[str, str], str] = {}
     pairs = [(m, b) for m in models for b in benches if b.model_kind == m.kind]
     for m, b in pairs:
-        keys[m.name, b.name] = cache_key(fingerprints[m.kind, m.name], b.name, b.cache_inputs(ctx), limit)
+        inputs = b.cache_inputs(ctx)
+        if m.kind == "clip":  # dual encoders are scored in float32 (eval.encoders.EVAL_DTYPE)
+            inputs = {**inputs, "eval_dtype": "float32"}
+        keys[m.name, b.name] = cache_key(fingerprints[m.kind, m.name], b.name, inputs, limit)
     todo = [(m, b) for m, b in pairs if force or not store.is_cached(m.name, b.name, keys[m.name, b.name])]
     for b in benches:  # prepare only what will run, but all of it before any model loads
         if any(tb.name == b.name for _, tb in todo):
@@ -244,6 +249,10 @@ def run_leaderboard(
                     "cache_key": key,
                     "genhancer_version": _version(),
                     "time": now,
+                    **{
+                        k: getattr(encoder, k) for k in ("weights_dtype", "eval_dtype") if hasattr(encoder, k)
+                    },
+                    **m.extra,
                 }
                 for r in b.run(encoder, prepared[b.name], ctx)
             ]
