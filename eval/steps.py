@@ -178,7 +178,13 @@ def curve_markdown(records: list[dict]) -> str:
     curves = step_curve(records)
     if not curves:
         return ""
-    lines = ["## MMVP-VLM against stage-2 step", "", "| run | step | average | final |", "|---|---|---|---|"]
+    lines = [
+        "",
+        "## MMVP-VLM against stage-2 step",
+        "",
+        "| run | step | average | final |",
+        "|---|---|---|---|",
+    ]
     for run, points in curves.items():
         lines += [f"| {run} | {s} | {v:.1f} | {'yes' if f else ''} |" for s, v, f in points]
     return "\n".join(lines) + "\n"

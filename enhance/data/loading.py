@@ -4,7 +4,8 @@ Contract with the trainer (see :func:`build_dataloader`):
 
 * Order is a pure function of ``(seed, epoch)``; rank ``r`` of ``world_size`` reads its own subset
   (see the sources). Augmentation of an item is seeded from ``(seed, epoch, item uid)``, so it does
-  not depend on rank count, worker count or where the run was resumed.
+  not depend on rank count, worker count or where the run was resumed. A replicated stream (every
+  rank reads rank 0 of 1) adds ``augment_rank`` to that seed, so ranks crop the same image differently.
 * A *position* counts the items this rank has consumed, unreadable ones included. Every element
   carries ``position`` = the position *after* it; a batch carries the max. Store it in the
   checkpoint and pass it back as ``start_position``: the new stream yields exactly what the
