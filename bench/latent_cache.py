@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     args = p.parse_args(argv)
 
-    from enhance.cliutils import setup_logging
     from enhance.config import load_config
     from enhance.train import build_latent_cache_only, run
+    from genhancer.runtime.cli import setup_logging
 
     setup_logging()
     out = Path(args.out)

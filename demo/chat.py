@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from demo.images import open_image
 from demo.models import SIDES, ModelRegistry
-from enhance.errors import UserError, first_line
+from genhancer.runtime.errors import UserError, first_line
 
 _DONE, _PIECE, _ERROR = "done", "piece", "error"
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from enhance.cliutils import add_config_flags, make_parser, report
-from enhance.errors import UserError
+from genhancer.runtime.cli import add_config_flags, make_parser, report
+from genhancer.runtime.errors import UserError
 
 #: Flags that map one-to-one onto DemoConfig keys (flag name with - for _).
 CONFIG_FLAGS = (
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:16s} {text}")
             return 0
         if args.print_config:
-            from enhance import configtools
+            from genhancer.runtime import configtools
 
             print(configtools.dump_yaml(cfg), end="")
             return 0

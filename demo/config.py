@@ -1,6 +1,6 @@
 """The ``genhancer-demo`` configuration tree and its presets.
 
-Resolved like every command's (``enhance.configtools``): dataclass defaults < a preset < a
+Resolved like every command's (``genhancer.runtime.configtools``): dataclass defaults < a preset < a
 ``--config`` YAML file < ``--set key=value`` < the explicit flags (``--original`` ...). Presets
 are plain dicts here rather than YAML package data, so an installed wheel carries them without
 a packaging rule. Unknown keys fail naming the key.
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from enhance import configtools
-from enhance.config import doc
-from enhance.errors import UserError
+from genhancer.runtime import configtools
+from genhancer.runtime.configtools import doc
+from genhancer.runtime.errors import UserError
 
 #: Where ``make quickstart`` writes its run (Makefile ``OUT``).
 QUICKSTART = "runs/quickstart"

@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 #: Pairs per pattern in the generated toy set (the gallery never shows more than a few).
 TOY_PAIRS_PER_PATTERN = 2

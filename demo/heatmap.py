@@ -24,7 +24,7 @@ from PIL import Image
 
 from demo.images import open_image, square_view
 from demo.models import SIDES, ModelRegistry
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 DISPLAY_SIZE = 256
 

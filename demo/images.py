@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 
 class BadImage(UserError):

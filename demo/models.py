@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.config import DemoConfig
-from enhance.errors import UserError, first_line
+from genhancer.runtime.errors import UserError, first_line
 
 #: The two sides every tab compares, in display order.
 SIDES: tuple[str, ...] = ("original", "enhanced")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from demo.images import open_image
 from demo.models import SIDES, TITLES, ModelRegistry
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 #: Choices of the "statement N is true of" control.
 TRUTH_CHOICES: tuple[str, ...] = ("not marked", "image A", "image B")

@@ -24,7 +24,7 @@ from PIL import Image
 
 from demo.images import open_image, to_pil
 from demo.models import SIDES, ModelRegistry, Unavailable
-from enhance.errors import UserError, first_line
+from genhancer.runtime.errors import UserError, first_line
 
 
 class Reconstructor:
@@ -56,13 +56,13 @@ class Reconstructor:
         """Rebuild from ``denoiser_dir`` (``RUN/export/denoiser``); errors name what is missing."""
         from diffusers import FluxTransformer2DModel
 
-        from enhance import configtools
         from enhance.config import DenoiserConfig, FlowConfig, VAEConfig
         from enhance.denoisers.continuous import ContinuousDenoiser
         from enhance.denoisers.discrete import PerceiverDenoiser
         from enhance.projector import ConditionProjector
         from enhance.vae import build_codec
         from enhance.vq import build_vq
+        from genhancer.runtime import configtools
 
         folder = Path(denoiser_dir)
         try:

@@ -20,8 +20,8 @@ import argparse
 import json
 import sys
 
-from enhance.cliutils import add_config_flags, make_parser, print_presets, report, setup_logging
-from enhance.errors import UserError
+from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
+from genhancer.runtime.errors import UserError
 
 # Widths of the global / local tokens of the paper backbones, so --describe needs no download.
 KNOWN_DIMS = {
@@ -68,9 +68,10 @@ def describe(cfg) -> dict:
     """Resolved config and parameter counts, built on the meta device (downloads nothing)."""
     import torch
 
-    from enhance import configtools
-    from enhance.config import field_docs
+    from enhance.config import EnhanceConfig
     from enhance.denoisers.continuous import flux_kwargs
+    from genhancer.runtime import configtools
+    from genhancer.runtime.configtools import field_docs
 
     counts: dict[str, int | str] = {}
     dims = KNOWN_DIMS.get(cfg.backbone.name_or_path)
@@ -123,7 +124,7 @@ def describe(cfg) -> dict:
                 "regime); crops, noise and timesteps differ per rank",
             }
         },
-        "docs": field_docs(),
+        "docs": field_docs(EnhanceConfig),
     }
 
 
@@ -150,7 +151,7 @@ def _meta_backbone(cfg):
 
     name = cfg.backbone.name_or_path
     if name == "genhancer-tiny:clip":
-        from enhance.backbones.tiny import TINY_CLIP_RECIPE as r
+        from genhancer.toyworld.models import TINY_CLIP_RECIPE as r
 
         vision = {
             "hidden_size": r["vision_hidden"],

@@ -7,13 +7,12 @@ documentation in ``metadata["doc"]`` so ``enhance --describe`` can print it.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from enhance import configtools
-from enhance.errors import UserError
+from genhancer.runtime import configtools
+from genhancer.runtime.configtools import doc
+from genhancer.runtime.errors import UserError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -26,13 +25,6 @@ LORA_BIAS_MODES = ("none", "lora_only", "all")
 SCHEDULES = ("steps", "one_epoch")
 EXPORT_DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("webdataset", "imagefolder", "hf", "toyworld")
-
-
-def doc(default: Any, text: str) -> Any:
-    """A dataclass field whose documentation travels with it."""
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
 
 
 @dataclass
@@ -377,19 +369,3 @@ def load_config(
 ) -> EnhanceConfig:
     """Resolve defaults < preset < config file < --set overrides into a validated tree."""
     return configtools.resolve(EnhanceConfig, PRESETS_DIR, preset, config_file, overrides)
-
-
-def field_docs(cls: type = EnhanceConfig, prefix: str = "") -> dict[str, str]:
-    """Dotted key -> documentation, for --describe."""
-    out: dict[str, str] = {}
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        ftype = f.type if not isinstance(f.type, str) else None
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            out.update(field_docs(type(default), key))
-        elif ftype is None and dataclasses.is_dataclass(default):
-            out.update(field_docs(type(default), key))
-        else:
-            out[key] = f.metadata.get("doc", "")
-    return out

@@ -20,9 +20,9 @@ from types import SimpleNamespace
 
 import torch
 
-from enhance import configtools
 from enhance.model import GenHancerModel
 from enhance.stages import merge_lora
+from genhancer.runtime import configtools
 
 STEPS_DIR = "steps"
 EXPORT_META = "genhancer_export.json"

@@ -43,11 +43,11 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from enhance.checkpoint import atomic_write_text
-from enhance.data.seeding import derive_seed
 from enhance.data.sources import ItemRef, Source, UnreadableImage, decode_image
 from enhance.data.transforms import PairTransform, random_resized_crop_box
-from enhance.errors import UserError
+from genhancer.runtime.checkpoint import atomic_write_text
+from genhancer.runtime.errors import UserError
+from genhancer.runtime.seeding import derive_seed
 
 log = logging.getLogger("enhance")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from enhance.errors import UserError
 from enhance.model import GenHancerModel
+from genhancer.runtime.errors import UserError
 
 
 def lora_targets(backbone, cfg) -> str | list[str]:

@@ -11,11 +11,7 @@ from pathlib import Path
 
 import torch
 
-from enhance import checkpoint as ckpt
-from enhance import configtools
 from enhance.config import RESUME_ALLOWED_CHANGES, EnhanceConfig
-from enhance.data.seeding import derive_seed
-from enhance.errors import UserError
 from enhance.model import (
     GenHancerModel,
     cast_vae,
@@ -24,8 +20,19 @@ from enhance.model import (
     set_vae_dtype,
 )
 from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
-from enhance.trainer import LoopSpec, MetricsWriter, grad_accum_steps, lr_lambda, run_loop, start_stage
-from enhance.trainer import check_run_dir as trainer_check_run_dir
+from genhancer.runtime import checkpoint as ckpt
+from genhancer.runtime import configtools
+from genhancer.runtime.errors import UserError
+from genhancer.runtime.seeding import derive_seed
+from genhancer.runtime.trainer import (
+    LoopSpec,
+    MetricsWriter,
+    grad_accum_steps,
+    lr_lambda,
+    run_loop,
+    start_stage,
+)
+from genhancer.runtime.trainer import check_run_dir as trainer_check_run_dir
 
 log = logging.getLogger("enhance")
 
@@ -36,7 +43,7 @@ STAGE_NAMES = {1: "stage1", 2: "stage2"}
 
 
 def check_run_dir(run_dir: Path, cfg: EnhanceConfig, resume: bool) -> Path | None:
-    """See :func:`enhance.trainer.check_run_dir`; stage-2 settings are free once stage 1 finished."""
+    """See :func:`genhancer.runtime.trainer.check_run_dir`; stage-2 settings are free once stage 1 finished."""
     return trainer_check_run_dir(
         run_dir, cfg, resume, RESUME_ALLOWED_CHANGES, "stage1", ["stage2", "train.one_stage"]
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from enhance.errors import UserError, first_line
+from genhancer.runtime.errors import UserError, first_line
 
 
 class LatentCodec(nn.Module):
@@ -39,7 +39,7 @@ def build_codec(cfg, cache_dir: str | None = None) -> LatentCodec:
     """Load the VAE named by a :class:`~enhance.config.VAEConfig` and freeze it."""
     from diffusers import AutoencoderKL
 
-    from enhance.backbones.tiny import resolve_tiny
+    from genhancer.toyworld.models import resolve_tiny
 
     path = resolve_tiny(cfg.name_or_path, cache_dir)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from enhance.errors import UserError, first_line
+from genhancer.runtime.errors import UserError, first_line
 
 
 class VQCodec(nn.Module):
@@ -41,7 +41,7 @@ def build_vq(cfg, image_size: int, cache_dir: str | None = None) -> VQCodec:
     """Load the tokenizer named by ``denoiser.tokenizer`` and check it against the config."""
     from diffusers import VQModel
 
-    from enhance.backbones.tiny import resolve_tiny
+    from genhancer.toyworld.models import resolve_tiny
 
     name = cfg.tokenizer
     if not name:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enhance.errors import UserError
 from eval.config import DatasetConfig, LeaderboardConfig
+from genhancer.runtime.errors import UserError
 
 #: The MLLM benchmarks (issue 9), run through lmms-eval's task code by :mod:`eval.mllm_run`.
 MLLM_BENCHMARKS = ("mmvp", "cv_bench", "naturalbench", "pope", "hallusion_bench", "scienceqa_img")

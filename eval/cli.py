@@ -36,8 +36,8 @@ import argparse
 import os
 import sys
 
-from enhance.cliutils import add_config_flags, make_parser, print_presets, report
-from enhance.errors import UserError
+from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report
+from genhancer.runtime.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             for b in benchmarks:
                 get_benchmark(b)
 
-        from enhance import configtools
         from eval.leaderboard import ModelSpec, default_models, run_leaderboard
         from eval.report import plot_mmvp_patterns, render_markdown
         from eval.steps import curve_markdown, expand_clip_spec, plot_step_curve
+        from genhancer.runtime import configtools
 
         if args.clip:  # run:RUN and glob specs expand to one model per export (eval.steps)
             models = [m for n, s in parse_named(args.clip, "--clip").items() for m in expand_clip_spec(n, s)]

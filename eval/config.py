@@ -1,6 +1,6 @@
 """The ``leaderboard`` configuration tree (one dataclass per benchmark).
 
-Resolved like every command's (``enhance.configtools``): defaults here < a preset from
+Resolved like every command's (``genhancer.runtime.configtools``): defaults here < a preset from
 ``eval/presets/*.yaml`` < ``--config FILE`` < ``--set a.b=value``; unknown keys fail naming the key.
 Defaults describe the published benchmarks; the ``tiny`` preset points everything at generated
 toy-world fixtures.
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enhance import configtools
-from enhance.config import doc
-from enhance.errors import UserError
+from genhancer.runtime import configtools
+from genhancer.runtime.configtools import doc
+from genhancer.runtime.errors import UserError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -150,7 +150,7 @@ class LeaderboardConfig:
             raise UserError("pairs_per_pattern must be >= 1")
         if self.probe.train_size < 2 or self.probe.test_size < 1:
             raise UserError("probe.train_size must be >= 2 and probe.test_size >= 1")
-        from enhance.data.toyworld import ATTRIBUTES
+        from genhancer.toyworld.world import ATTRIBUTES
 
         bad = [a for a in self.probe.attributes if a not in ATTRIBUTES]
         if bad:

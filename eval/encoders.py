@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 #: Every dual encoder is scored in this dtype, whatever dtype its weights were saved in: the
 #: official MMVP-VLM evaluation casts towers with ``model.eval().float()``, and a bf16 tower scored
@@ -322,7 +322,7 @@ def model_fingerprint(spec: str, cache_dir: str | None = None) -> str:
     if kind in ("hf", "open_clip_dir") and Path(where).is_dir():
         return f"{Path(where).resolve()}@{files_fingerprint(Path(where))}"
     if kind == "tiny":
-        from enhance.backbones.tiny import TINY_CLIP_RECIPE
+        from genhancer.toyworld.models import TINY_CLIP_RECIPE
 
         blob = json.dumps(TINY_CLIP_RECIPE, sort_keys=True).encode()
         return f"{spec}@{hashlib.sha256(blob).hexdigest()[:12]}"
@@ -424,7 +424,7 @@ def load_encoder(
     kind, where = resolve_spec(spec, cache_dir)
     kw = {"device": resolve_device(device), "batch_size": batch_size, "progress": progress}
     if kind == "tiny":
-        from enhance.backbones.tiny import resolve_tiny
+        from genhancer.toyworld.models import resolve_tiny
 
         enc = _load_hf(spec, resolve_tiny(spec, cache_dir or None), "", False, **kw)
         enc.revision = model_fingerprint(spec).split("@")[-1]

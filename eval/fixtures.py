@@ -6,7 +6,7 @@ exactly like the published MMVP-VLM, the classification set is an image folder b
 the retrieval set is images with several captions each.
 
 Toy MMVP-VLM: every pair is a scene and the same scene with exactly one attribute changed
-(:meth:`enhance.data.toyworld.ToyWorld.vary` where it fits); each statement is its own image's
+(:meth:`genhancer.toyworld.world.ToyWorld.vary` where it fits); each statement is its own image's
 caption, so it names that image's value of the changed attribute. The nine published patterns
 map to the closest toy attribute:
 
@@ -44,8 +44,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from enhance.data.seeding import derive_seed
-from enhance.data.toyworld import (
+from eval.mmvp_vlm import CSV_COLUMNS, CSV_NAME, IMAGE_DIR, PAIRS_PER_PATTERN, PATTERNS
+from genhancer.runtime.seeding import derive_seed
+from genhancer.toyworld.world import (
     COLORS,
     NUMBER_WORDS,
     ORIENTATIONS,
@@ -57,7 +58,6 @@ from enhance.data.toyworld import (
     caption,
     render,
 )
-from eval.mmvp_vlm import CSV_COLUMNS, CSV_NAME, IMAGE_DIR, PAIRS_PER_PATTERN, PATTERNS
 
 _FIXTURE_VERSION = 1
 _TURN_90 = {"up": "right", "right": "down", "down": "left", "left": "up"}

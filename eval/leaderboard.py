@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enhance.errors import UserError
 from eval.benchmarks import BenchmarkContext, get_benchmark
 from eval.config import LeaderboardConfig
+from genhancer.runtime.errors import UserError
 
 RESULTS_NAME = "results.json"
 RECORD_KEYS = ("model", "benchmark", "metric", "value", "dataset", "revision", "seed")

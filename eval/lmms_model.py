@@ -29,8 +29,8 @@ from typing import Any
 
 from lmms_eval.api.model import lmms
 
-from enhance.errors import UserError
 from eval.lmms_entry import CLASS_PATH, MODEL_NAME, manifest  # noqa: F401  (re-exported)
+from genhancer.runtime.errors import UserError
 
 CHOICE_MODES = ("generate", "likelihood")
 

@@ -23,7 +23,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from enhance.data.toyworld import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, Scene, ToyWorld, attributes, render
+from genhancer.toyworld.world import (
+    COLORS,
+    NUMBER_WORDS,
+    POSITIONS,
+    SHAPES,
+    Scene,
+    ToyWorld,
+    attributes,
+    render,
+)
 
 _FIXTURE_VERSION = 2
 

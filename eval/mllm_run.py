@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from enhance.errors import UserError
 from eval.mllm_coverage import RowReport, check_rows, group_official_rows, task_info
 from eval.mllm_samples import dedupe, to_samples
 from eval.mllm_scoring import ORIGINAL_MMVP_KEY_FIXES, SCORERS, Sample, Score
 from eval.mllm_tasks import TaskSet
+from genhancer.runtime.errors import UserError
 
 
 @dataclass

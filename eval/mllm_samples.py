@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from enhance.errors import UserError
 from eval.answer_parsing import LETTERS, options_from_prompt
 from eval.mllm_coverage import task_info, task_name
 from eval.mllm_scoring import POPE_SPLITS, Sample
+from genhancer.runtime.errors import UserError
 
 #: Dataset columns each benchmark's scorer reads.
 NEEDS: dict[str, tuple[str, ...]] = {

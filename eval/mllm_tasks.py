@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 TASK_PREFIX = "genhancer_"
 

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 CSV_NAME = "Questions.csv"
 IMAGE_DIR = "MLLM_VLM Images"

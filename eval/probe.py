@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from enhance.data.toyworld import ToyWorld
+from genhancer.toyworld.world import ToyWorld
 
 DEFAULT_ATTRIBUTES: tuple[str, ...] = ("color", "count", "orientation", "position")
 

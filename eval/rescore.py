@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,8 @@ import glob
 import json
 from pathlib import Path
 
-from enhance.errors import UserError
 from eval.leaderboard import ModelSpec
+from genhancer.runtime.errors import UserError
 
 STEP_KEY = "stage2_step"
 FINAL_KEY = "final_export"

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

@@ -24,8 +24,8 @@ import argparse
 import json
 import sys
 
-from enhance.cliutils import add_config_flags, make_parser, print_presets, report, setup_logging
-from enhance.errors import UserError
+from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
+from genhancer.runtime.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def build_swap_parser() -> argparse.ArgumentParser:
 
 def describe(cfg) -> dict:
     """Resolved config and parameter counts: meta device for known ids, the real tiny build otherwise."""
-    from enhance import configtools
+    from genhancer.runtime import configtools
     from llava_integration import model as llava_model
     from llava_integration.config import config_docs
     from llava_integration.shapes import KNOWN_LLMS, KNOWN_TOWERS

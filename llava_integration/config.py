@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enhance import configtools
-from enhance.config import doc, field_docs
-from enhance.errors import UserError
+from genhancer.runtime import configtools
+from genhancer.runtime.configtools import doc, field_docs
+from genhancer.runtime.errors import UserError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 STAGES = ("pretrain", "finetune")

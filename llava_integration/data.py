@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from enhance.data.seeding import derive_seed
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
+from genhancer.runtime.seeding import derive_seed
 from llava_integration.templates import IGNORE_INDEX, IMAGE_TOKEN, Template, Turn, tokenize
 
 ROLES = ("human", "gpt")

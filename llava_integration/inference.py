@@ -38,7 +38,7 @@ class LlavaRunner:
     ) -> LlavaRunner:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        from enhance.errors import UserError
+        from genhancer.runtime.errors import UserError
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():

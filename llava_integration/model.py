@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 from llava_integration.config import ModelConfig
 from llava_integration.templates import IMAGE_TOKEN, TEMPLATES, chat_template_jinja
 
@@ -41,7 +41,7 @@ class Tower:
 
 
 def _resolve(name: str, cache_dir: str | None) -> str:
-    from enhance.backbones.tiny import resolve_tiny
+    from genhancer.toyworld.models import resolve_tiny
     from llava_integration.tiny import resolve_tiny_llm
 
     return resolve_tiny(resolve_tiny_llm(name, cache_dir), cache_dir)
@@ -308,7 +308,7 @@ def save_projector(model, out_dir: str | Path, tower_source: str, state_dict: di
 
     from safetensors.torch import save_file
 
-    from enhance.checkpoint import atomic_write_text
+    from genhancer.runtime.checkpoint import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

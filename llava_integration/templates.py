@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100

@@ -84,7 +84,7 @@ def _lm_texts(n: int, seed: int) -> list[str]:
     """Toy captions (plain form) and text-only vicuna chats: what "pretrained" means here."""
     import random
 
-    from enhance.data.toyworld import ToyWorld, caption
+    from genhancer.toyworld.world import ToyWorld, caption
     from llava_integration.templates import TEMPLATES, Turn, render
     from llava_integration.toydata import text_only_sample
 
@@ -133,7 +133,7 @@ def resolve_tiny_llm(name_or_path: str, cache_dir: str | Path | None = None) -> 
         return name_or_path
     import hashlib
 
-    from enhance.backbones.tiny import build_cached, default_cache_dir
+    from genhancer.toyworld.models import build_cached, default_cache_dir
     from llava_integration.toydata import corpus
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()

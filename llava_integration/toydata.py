@@ -20,8 +20,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from enhance.data.seeding import derive_seed
-from enhance.data.toyworld import (
+from genhancer.runtime.seeding import derive_seed
+from genhancer.toyworld.world import (
     COLORS,
     NUMBER_WORDS,
     POSITIONS,
@@ -155,7 +155,7 @@ def text_only_sample(rng: random.Random) -> list[tuple[str, str]]:
 
 def corpus() -> list[str]:
     """Every string the toy data can contain (the tiny tokenizer's vocabulary is built from it)."""
-    from enhance.data.toyworld import vocabulary
+    from genhancer.toyworld.world import vocabulary
     from llava_integration.templates import TEMPLATES
 
     texts = [SHORT, *CAPTION_PROMPTS, " ".join(vocabulary()), "'", ","]

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from enhance import checkpoint as ckpt
-from enhance import configtools
-from enhance.data.seeding import derive_seed
-from enhance.errors import UserError
-from enhance.trainer import (
+from genhancer.runtime import checkpoint as ckpt
+from genhancer.runtime import configtools
+from genhancer.runtime.errors import UserError
+from genhancer.runtime.seeding import derive_seed
+from genhancer.runtime.trainer import (
     LoopSpec,
     MetricsWriter,
     cosine_lambda,
@@ -28,7 +28,7 @@ from enhance.trainer import (
     run_loop,
     start_stage,
 )
-from enhance.trainer import check_run_dir as trainer_check_run_dir
+from genhancer.runtime.trainer import check_run_dir as trainer_check_run_dir
 from llava_integration.config import RESUME_ALLOWED_CHANGES, STAGES, LlavaTrainConfig, StageConfig
 
 log = logging.getLogger("llava_integration")
@@ -42,7 +42,7 @@ def stage_index(name: str) -> int:
 
 
 def check_run_dir(run_dir: Path, cfg: LlavaTrainConfig, resume: bool) -> Path | None:
-    """See :func:`enhance.trainer.check_run_dir`; finetune settings are free once pretraining finished
+    """See :func:`genhancer.runtime.trainer.check_run_dir`; finetune settings are free once pretraining finished
     (the LR schedule depends on the step count, so steps and batch sizes may not change mid-stage)."""
     return trainer_check_run_dir(run_dir, cfg, resume, RESUME_ALLOWED_CHANGES, "pretrain", ["finetune"])
 

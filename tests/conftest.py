@@ -111,7 +111,7 @@ def build_tiny_clip_dir(out_dir: Path, seed: int = 0) -> Path:
     """Write a random-init tiny ``CLIPModel`` (2 vision layers, 1 text layer) and its processor."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from enhance.backbones.tiny import build_clip_tokenizer
+    from genhancer.toyworld.models import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer(list(TINY_WORDS), model_max_length=TINY_TEXT_LEN)
     image_processor = CLIPImageProcessor(
@@ -138,7 +138,7 @@ def build_tiny_siglip_dir(out_dir: Path, seed: int = 0) -> Path:
     """
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
 
-    from enhance.backbones.tiny import build_clip_tokenizer
+    from genhancer.toyworld.models import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer(list(TINY_WORDS), model_max_length=TINY_TEXT_LEN)
     image_processor = SiglipImageProcessor(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
@@ -174,7 +174,7 @@ def build_tiny_vae_dir(out_dir: Path, seed: int = 0) -> Path:
     """Write a random-init FLUX-shaped ``AutoencoderKL`` (16 latent channels) to ``out_dir/vae``."""
     from diffusers import AutoencoderKL
 
-    from enhance.backbones.tiny import TINY_VAE_RECIPE, tiny_vae_config
+    from genhancer.toyworld.models import TINY_VAE_RECIPE, tiny_vae_config
 
     recipe = {
         **TINY_VAE_RECIPE,

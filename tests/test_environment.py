@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from enhance import envreport
+from genhancer.runtime import envreport
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / envreport.LOCK_NAME

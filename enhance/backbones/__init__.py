@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from enhance.backbones.base import BackboneOutput, VisionBackbone
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 
 def _load_hf(cfg, cache_dir) -> VisionBackbone:
     from enhance.backbones.hf import load_hf_backbone
-    from enhance.backbones.tiny import resolve_tiny
+    from genhancer.toyworld.models import resolve_tiny
 
     path = resolve_tiny(cfg.name_or_path, cache_dir)
     return load_hf_backbone(

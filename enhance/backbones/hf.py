@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from enhance.backbones.base import BackboneOutput, VisionBackbone
-from enhance.errors import UserError, first_line
+from genhancer.runtime.errors import UserError, first_line
 
 # Paper: LoRA on all linear layers of the vision encoder blocks (q/k/v/out_proj/fc1/fc2).
 _LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from enhance.backbones.base import BackboneOutput, VisionBackbone
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 
 class OpenCLIPBackbone(VisionBackbone):

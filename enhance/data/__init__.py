@@ -1,7 +1,8 @@
-"""Data for GenHancer training: the synthetic toy world and the resumable image stream."""
+"""Data for GenHancer training: image sources and the resumable, seeded image stream.
+
+The synthetic toy world the tiny presets train on lives in :mod:`genhancer.toyworld`."""
 
 from enhance.data.loading import ImageStream, build_dataloader, collate
-from enhance.data.seeding import derive_seed
 from enhance.data.sources import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -13,62 +14,25 @@ from enhance.data.sources import (
     expand_braces,
     resolve_shards,
 )
-from enhance.data.toyworld import (
-    ATTRIBUTES,
-    BACKGROUNDS,
-    COLORS,
-    NO_TEXT,
-    ORIENTATIONS,
-    POSITIONS,
-    SHAPES,
-    SIZES,
-    WORDS,
-    Scene,
-    Shape,
-    ToySample,
-    ToyWorld,
-    attributes,
-    caption,
-    caption_words,
-    render,
-    vocabulary,
-)
 from enhance.data.transforms import CLIP_MEAN, CLIP_STD, PairTransform, make_transform
+from genhancer.runtime.seeding import derive_seed
 
 __all__ = [
-    "ATTRIBUTES",
-    "BACKGROUNDS",
     "CLIP_MEAN",
     "CLIP_STD",
-    "COLORS",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
-    "NO_TEXT",
-    "ORIENTATIONS",
-    "POSITIONS",
-    "SHAPES",
-    "SIZES",
     "SOURCE_KINDS",
-    "WORDS",
     "ImageStream",
     "PairTransform",
-    "Scene",
-    "Shape",
     "Source",
-    "ToySample",
-    "ToyWorld",
     "UnreadableImage",
-    "attributes",
     "build_dataloader",
     "build_source",
-    "caption",
-    "caption_words",
     "collate",
     "decode_image",
     "derive_seed",
     "expand_braces",
     "make_transform",
-    "render",
     "resolve_shards",
-    "vocabulary",
 ]

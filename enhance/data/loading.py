@@ -34,7 +34,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from enhance.data.seeding import derive_seed
 from enhance.data.sources import (
     DEFAULT_MAX_PIXELS,
     SOURCE_KINDS,
@@ -43,7 +42,8 @@ from enhance.data.sources import (
     build_source,
     decode_image,
 )
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
+from genhancer.runtime.seeding import derive_seed
 
 __all__ = [
     "SOURCE_KINDS",

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from enhance.data.seeding import derive_seed
-from enhance.data.toyworld import ToyWorld, render
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
+from genhancer.runtime.seeding import derive_seed
+from genhancer.toyworld.world import ToyWorld, render
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 
 def _continuous(cfg, backbone, cache_dir):

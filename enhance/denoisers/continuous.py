@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 
 def pack_latents(z: torch.Tensor) -> torch.Tensor:

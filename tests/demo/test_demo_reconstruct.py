@@ -11,8 +11,8 @@ import torch
 
 from demo.models import ModelRegistry, Unavailable
 from demo.reconstruct import Reconstructor, reconstruction_views
-from enhance.errors import UserError
 from eval.encoders import load_encoder
+from genhancer.runtime.errors import UserError
 
 SIZE = 32  # tests/conftest.py TINY_IMAGE_SIZE
 
@@ -90,8 +90,8 @@ def discrete_run(tmp_path_factory, tmp_model_dirs):
     from diffusers import VQModel
     from testkit import root_conftest
 
-    from enhance.backbones.tiny import TINY_VQ_RECIPE, tiny_vq_config
     from enhance.train import run
+    from genhancer.toyworld.models import TINY_VQ_RECIPE, tiny_vq_config
 
     root = tmp_path_factory.mktemp("discrete_demo")
     recipe = {**TINY_VQ_RECIPE, "block_out_channels": [8, 8, 8], "codebook_size": 32, "image_size": 32}

@@ -10,7 +10,7 @@ precision; a resume from a checkpoint written under DeepSpeed must give the same
 only when ``cpu`` is false; with ``cpu=False`` it needs an explicit backend (gloo) or every rank
 believes it is rank 0 of 1. ``_LAUNCHER`` passes both inside the test processes. (DeepSpeed's
 broadcast of 0-dim parameters, which fails on GPUs too, is handled by the package:
-``enhance.deepspeed_compat``.)
+``genhancer.runtime.deepspeed_compat``.)
 
 The ZeRO settings are those of the shipped configs, given the way ``accelerate launch`` passes a
 config file on (environment variables); ``accelerate launch`` itself is not used because 1.15's

@@ -39,7 +39,7 @@ def _curve(run_dir: Path, key: str = "loss") -> list[list]:
 def vq_dir(tmp_path_factory) -> Path:
     from diffusers import VQModel
 
-    from enhance.backbones.tiny import TINY_VQ_RECIPE, tiny_vq_config
+    from genhancer.toyworld.models import TINY_VQ_RECIPE, tiny_vq_config
 
     root = tmp_path_factory.mktemp("golden_vq")
     recipe = {**TINY_VQ_RECIPE, "block_out_channels": [8, 8, 8], "codebook_size": 32, "image_size": 32}

@@ -109,7 +109,7 @@ sys.path.insert(0, {tests!r})
 from conftest import TinyModelDirs, build_tiny_enhance_config
 
 import enhance.train as train
-import enhance.trainer as trainer
+import genhancer.runtime.trainer as trainer
 
 root = Path({root!r})
 dirs = TinyModelDirs(root=root, clip=Path({clip!r}), siglip=Path({clip!r}), open_clip_json=root / "x.json",
@@ -171,7 +171,7 @@ def test_a_rank_whose_micro_batch_is_all_unreadable_keeps_step_with_the_others(t
     from testkit import subprocess_env
 
     from enhance.data.loading import build_source
-    from enhance.data.seeding import derive_seed
+    from genhancer.runtime.seeding import derive_seed
 
     images = tmp_path / "images"
     images.mkdir()

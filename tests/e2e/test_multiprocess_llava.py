@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file
 from testkit import free_port, load_test_module, subprocess_env
 
-from enhance import checkpoint as ckpt
+from genhancer.runtime import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def _metrics(run: Path) -> list[dict]:
 
 def _rank_modalities(run: Path) -> list[list[str]]:
     """Per finetune step, per rank: "image" when the rank's micro-batch holds an image, else "text"."""
-    from enhance.data.seeding import derive_seed
+    from genhancer.runtime.seeding import derive_seed
     from llava_integration.data import SampleOrder, load_records
 
     records = load_records(run / "data" / "finetune.json")

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from enhance.backbones import build_backbone, list_backbones
 from enhance.backbones.hf import HFCLIPBackbone, HFSiglipBackbone, load_hf_backbone
 from enhance.backbones.openclip import OpenCLIPBackbone, load_open_clip_backbone
-from enhance.errors import UserError
 from enhance.stages import add_lora, configure_stage, has_lora, merge_lora
+from genhancer.runtime.errors import UserError
 
 SIZE = 32
 N_PATCHES = (SIZE // 8) ** 2

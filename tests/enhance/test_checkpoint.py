@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from enhance import checkpoint as ckpt
+from genhancer.runtime import checkpoint as ckpt
 
 
 def _net() -> nn.Module:

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from enhance import configtools
 from enhance.cli import build_parser, main
 from enhance.config import PRESETS_DIR, load_config
+from genhancer.runtime import configtools
 
 EXPECTED_FLAGS = {
     "-h",

@@ -7,7 +7,6 @@ import re
 import pytest
 import yaml
 
-from enhance import configtools
 from enhance.config import (
     PRESETS_DIR,
     RESUME_ALLOWED_CHANGES,
@@ -15,7 +14,8 @@ from enhance.config import (
     StageConfig,
     load_config,
 )
-from enhance.errors import UserError
+from genhancer.runtime import configtools
+from genhancer.runtime.errors import UserError
 
 PRESETS = configtools.list_presets(PRESETS_DIR)
 
@@ -312,9 +312,10 @@ def test_dump_yaml_round_trips(tmp_path):
 
 
 def test_field_docs_cover_every_key():
-    from enhance.config import field_docs
+    from enhance.config import EnhanceConfig
+    from genhancer.runtime.configtools import field_docs
 
-    docs = field_docs()
+    docs = field_docs(EnhanceConfig)
     keys = set(_leaf_keys(configtools.to_dict(EnhanceConfig())))
     assert set(docs) == keys
     assert all(docs[k].strip() for k in keys), [k for k in keys if not docs[k].strip()]

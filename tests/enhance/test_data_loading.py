@@ -15,7 +15,6 @@ from enhance.data import (
     CLIP_MEAN,
     CLIP_STD,
     ImageStream,
-    ToyWorld,
     UnreadableImage,
     build_dataloader,
     build_source,
@@ -25,7 +24,8 @@ from enhance.data import (
     make_transform,
 )
 from enhance.data.transforms import random_resized_crop_box
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
+from genhancer.toyworld import ToyWorld
 
 RES = 32
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from enhance.data import toyworld as tw
-from enhance.data.toyworld import (
+from genhancer.toyworld import world as tw
+from genhancer.toyworld.world import (
     ATTRIBUTES,
     Scene,
     ToyWorld,

@@ -17,7 +17,7 @@ from enhance.denoisers.continuous import (
     pack_latents,
     unpack_latents,
 )
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 LATENT_C = 16
 

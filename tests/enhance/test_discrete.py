@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from enhance.denoisers.discrete import PerceiverDenoiser, masked_cross_entropy, sample_mask
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 GRID = 8  # 32 px tower / VQ downsampling 4
 CODES = 32
@@ -21,7 +21,7 @@ def vq_dir(tmp_path_factory) -> Path:
     """A random tiny VQModel (3 blocks -> downsample 4, 32 codes) saved as ``DIR/vqvae``."""
     from diffusers import VQModel
 
-    from enhance.backbones.tiny import TINY_VQ_RECIPE, tiny_vq_config
+    from genhancer.toyworld.models import TINY_VQ_RECIPE, tiny_vq_config
 
     root = tmp_path_factory.mktemp("vq")
     recipe = {**TINY_VQ_RECIPE, "block_out_channels": [8, 8, 8], "codebook_size": CODES, "image_size": 32}

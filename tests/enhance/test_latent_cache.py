@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from enhance import checkpoint as ckpt
 from enhance import latent_cache as lc
 from enhance.data.loading import ImageStream, build_dataloader, build_source
 from enhance.data.transforms import make_transform
-from enhance.errors import UserError
 from enhance.model import encode_posterior
+from genhancer.runtime import checkpoint as ckpt
+from genhancer.runtime.errors import UserError
 
 
 @pytest.fixture()

@@ -11,7 +11,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from enhance import checkpoint as ckpt
 from enhance.cli import describe
 from enhance.config import load_config
 from enhance.export import export_model, list_step_exports, prune_step_exports
@@ -22,6 +21,7 @@ from enhance.stages import (
     tower_bias_names,
     trainable_counts,
 )
+from genhancer.runtime import checkpoint as ckpt
 
 SIZE = 32
 
@@ -79,7 +79,7 @@ def test_describe_follows_the_lora_switches():
     [("stage2.lora_bias", "some"), ("stage2.lora_targets", "everything"), ("train.schedule", "epochs")],
 )
 def test_bad_choices_name_the_key(key, value):
-    from enhance.errors import UserError
+    from genhancer.runtime.errors import UserError
 
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         load_config("tiny", overrides=[f"{key}={value}"])

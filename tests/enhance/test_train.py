@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from enhance import checkpoint as ckpt
-from enhance.errors import UserError
 from enhance.train import run
+from genhancer.runtime import checkpoint as ckpt
+from genhancer.runtime.errors import UserError
 
 
 def _ckpt_weights(run_dir: Path, name: str | None = None) -> dict[str, torch.Tensor]:
@@ -146,7 +146,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, tiny_enhance_con
     run(tiny_enhance_config(*overrides), straight)
 
     # Crash right after the stage-2 checkpoint at step 1 has been committed.
-    import enhance.trainer as trainer
+    import genhancer.runtime.trainer as trainer
 
     real_save = trainer.save
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from enhance.errors import UserError
 from eval.encoders import load_encoder, model_fingerprint
+from genhancer.runtime.errors import UserError
 
 
 def _images(n=3, size=32):

@@ -8,8 +8,8 @@ import json
 import pytest
 from PIL import Image
 
-from enhance.errors import UserError
 from eval.lmms_model import MODEL_NAME, GenhancerLlava, check_llava_dir
+from genhancer.runtime.errors import UserError
 
 TASK, SPLIT = "toy", "test"
 DOCS = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from enhance.errors import UserError
 from eval.answer_parsing import (
     options_from_prompt,
     parse_choice,
@@ -25,6 +24,7 @@ from eval.mllm_scoring import (
     score_pope,
     score_scienceqa,
 )
+from genhancer.runtime.errors import UserError
 
 
 def S(doc: dict, response: str, prompt: str = "", split: str = "", i: int = 0) -> Sample:

@@ -7,8 +7,8 @@ import inspect
 
 import pytest
 
-from enhance.errors import UserError
 from eval.mllm_tasks import TASKS, builtin_tasks_dir, find_split_files, task_specs, write_tasks
+from genhancer.runtime.errors import UserError
 
 # Columns (and types) of each dataset as lmms-eval 0.7.3's task code reads them; where each schema is
 # documented: tests/README.md, "Benchmark fixtures".

@@ -10,10 +10,10 @@ import shutil
 import pytest
 from PIL import Image
 
-from enhance.data.toyworld import NUMBER_WORDS, ToyWorld, attributes, caption
-from enhance.errors import UserError
 from eval.fixtures import MMVP_PATTERN_ATTRIBUTES
 from eval.mmvp_vlm import PATTERNS, evaluate, load_mmvp_vlm, resolve_mmvp_vlm
+from genhancer.runtime.errors import UserError
+from genhancer.toyworld.world import NUMBER_WORDS, ToyWorld, attributes, caption
 
 
 def test_fixture_layout_matches_published(toy_mmvp_root):

@@ -34,7 +34,7 @@ def test_probe_is_deterministic_and_standardises():
 
 
 def test_toy_probe_data_labels_match_the_world():
-    from enhance.data.toyworld import ToyWorld
+    from genhancer.toyworld.world import ToyWorld
 
     data = toy_probe_data(seed=5, n_train=6, n_test=4, image_size=32, attributes=("color", "count"))
     world = ToyWorld(seed=5)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from enhance.errors import UserError
 from eval.cli import main
 from eval.encoders import load_encoder, stored_dtype
 from eval.steps import expand_clip_spec, plot_step_curve, run_dir_models, step_curve
+from genhancer.runtime.errors import UserError
 
 SMALL = [
     "--set",

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from enhance.errors import UserError
 from eval.zeroshot import (
     class_embeddings,
     evaluate_classification,
@@ -16,6 +15,7 @@ from eval.zeroshot import (
     retrieval_recall,
     topk_accuracy,
 )
+from genhancer.runtime.errors import UserError
 
 
 def test_topk_by_hand_with_a_tie():
@@ -63,7 +63,7 @@ def test_class_embedding_is_the_normalised_template_mean(fake_encoder):
 
 
 def test_classification_on_the_toy_folder(toy_data_root, fake_encoder):
-    from enhance.data.toyworld import COLOR_RGB
+    from genhancer.toyworld.world import COLOR_RGB
 
     data = load_classification("toy_color", str(toy_data_root / "zeroshot" / "toy_color"))
     assert sorted(data.classnames) == sorted(COLOR_RGB) and len(data.images) == 18

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 from llava_integration.data import (
     LlavaStream,
     RowReport,

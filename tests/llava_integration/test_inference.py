@@ -99,7 +99,7 @@ def test_an_option_that_is_a_prefix_of_another_does_not_win_by_construction(tiny
 
 
 def test_load_rejects_a_non_model_dir(tmp_path):
-    from enhance.errors import UserError
+    from genhancer.runtime.errors import UserError
 
     with pytest.raises(UserError, match="no config.json"):
         LlavaRunner.load(tmp_path)

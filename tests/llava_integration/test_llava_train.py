@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from enhance import checkpoint as ckpt
+from genhancer.runtime import checkpoint as ckpt
 from llava_integration.cli import main
 from llava_integration.config import LlavaTrainConfig, load_config
 from llava_integration.stages import LlavaTask, configure_stage
@@ -142,7 +142,7 @@ def test_resume_is_exact(tiny_dirs, tmp_path, monkeypatch):
 
 
 def test_resume_refuses_a_changed_config(tiny_dirs, tmp_path):
-    from enhance.errors import UserError
+    from genhancer.runtime.errors import UserError
     from llava_integration.train import run
 
     run(_cfg(tiny_dirs, "pretrain.steps=2", "train.stages=[pretrain]"), tmp_path / "r")
@@ -223,7 +223,7 @@ def test_lora_finetune_saves_a_merged_plain_model(tiny_dirs, tmp_path):
 
 
 def test_cosine_schedule_with_warmup():
-    from enhance.trainer import cosine_lambda
+    from genhancer.runtime.trainer import cosine_lambda
 
     f = cosine_lambda(3, 100)
     assert [f(0), f(1), f(2)] == pytest.approx([1 / 3, 2 / 3, 1.0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 from llava_integration import model as M
 from llava_integration.config import PRESETS_DIR, load_config
 from llava_integration.templates import IMAGE_TOKEN
@@ -73,7 +73,7 @@ def test_paper_presets_build_on_meta(preset, total, hidden):
 
 
 def test_every_preset_resolves():
-    from enhance.configtools import list_presets
+    from genhancer.runtime.configtools import list_presets
 
     names = list_presets(PRESETS_DIR)
     assert {"tiny", "llava15-7b", "llava15-7b-lora", "llava15-13b"} <= set(names)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 from llava_integration.templates import (
     IGNORE_INDEX,
     TEMPLATES,

@@ -23,11 +23,11 @@ import torch
 from safetensors.torch import load_file
 from testkit import subprocess_env
 
-from enhance import checkpoint as ckpt
+from genhancer.runtime import checkpoint as ckpt
 
 RUNNER = """
 import os, sys, time
-import enhance.checkpoint as c
+import genhancer.runtime.checkpoint as c
 _real, _pause = c.write_payload, float(os.environ.get("GENHANCER_TEST_CKPT_PAUSE", "0"))
 def _slow(*a, **k):
     _real(*a, **k)
@@ -205,7 +205,7 @@ class _Crash(Exception):
 
 
 def test_resume_from_the_end_of_stage1_gives_identical_stage2(tmp_path, tiny_enhance_config, monkeypatch):
-    import enhance.trainer as trainer
+    import genhancer.runtime.trainer as trainer
     from enhance.train import run
 
     overrides = ("stage1.steps=2", "stage2.steps=2", "checkpoint.keep_last=20", "logging.preview_count=0")
@@ -272,7 +272,7 @@ def test_llava_train_sigkill_at_random_moments_then_resume_is_identical(tmp_path
 
 
 def test_a_crash_mid_checkpoint_does_not_log_a_step_twice(tmp_path, tiny_enhance_config, monkeypatch):
-    import enhance.trainer as trainer
+    import genhancer.runtime.trainer as trainer
     from enhance.train import run
 
     overrides = ("train.stages=[1]", "stage1.steps=3", "logging.preview_count=0")

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from enhance import checkpoint as ckpt
-from enhance.errors import UserError
+from genhancer.runtime import checkpoint as ckpt
+from genhancer.runtime.errors import UserError
 
 # ------------------------------------------------------------------------- a tar shard cut in half
 
 
 def test_tar_shard_cut_in_the_middle_is_skipped_and_counted(tmp_path):
-    from enhance.data import CLIP_MEAN, CLIP_STD, ImageStream, ToyWorld, build_source, make_transform
+    from enhance.data import CLIP_MEAN, CLIP_STD, ImageStream, build_source, make_transform
+    from genhancer.toyworld import ToyWorld
 
     root = tmp_path / "wds"
     shards = sorted(ToyWorld(seed=7).write_webdataset(root, n=24, shard_size=8))

@@ -3,7 +3,7 @@
 A command's configuration is a tree of dataclasses. It is resolved in this order:
 dataclass defaults, then a preset (a YAML overlay shipped as package data, which may name one
 ``base:`` preset), then a ``--config`` file, then ``--set a.b=value`` overrides. Unknown keys
-and wrong types raise :class:`~enhance.errors.UserError` naming the dotted key, so a typo fails
+and wrong types raise :class:`~genhancer.runtime.errors.UserError` naming the dotted key, so a typo fails
 at start-up rather than hours into a run. Config files are parsed as data (YAML), never executed.
 """
 
@@ -20,9 +20,29 @@ from typing import Any, TypeVar
 
 import yaml
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 T = TypeVar("T")
+
+
+def doc(default: Any, text: str) -> Any:
+    """A dataclass field whose documentation travels with it (``--describe`` prints it)."""
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text})
+    return dataclasses.field(default=default, metadata={"doc": text})
+
+
+def field_docs(cls: type, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> documentation of every leaf field of a config tree."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out.update(field_docs(type(default), key))
+        else:
+            out[key] = f.metadata.get("doc", "")
+    return out
 
 
 def _type_name(tp: Any) -> str:

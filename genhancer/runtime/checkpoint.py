@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 STATE_FILE = "state.json"
 

@@ -115,7 +115,7 @@ def resolve_tiny(name_or_path: str, cache_dir: str | Path | None = None) -> str:
         return str(build_cached(cache, "tiny-vae", TINY_VAE_RECIPE, build_tiny_vae))
     if what == "vq":
         return str(build_cached(cache, "tiny-vq", TINY_VQ_RECIPE, build_tiny_vq))
-    from enhance.errors import UserError
+    from genhancer.runtime.errors import UserError
 
     raise UserError(f"unknown tiny model '{name_or_path}'; choose {TINY_PREFIX}clip, vae or vq")
 
@@ -167,7 +167,7 @@ def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
     """Build, contrastively pretrain on toy-world captions, and save a tiny CLIP + processor."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from enhance.data.toyworld import ToyWorld, vocabulary
+    from genhancer.toyworld.world import ToyWorld, vocabulary
 
     r = recipe
     torch.manual_seed(r["seed"])
@@ -253,7 +253,7 @@ def _autoencoder_blocks(recipe: dict) -> dict:
 def _toy_images(seed: int, image_size: int, n: int) -> torch.Tensor:
     import numpy as np
 
-    from enhance.data.toyworld import ToyWorld
+    from genhancer.toyworld.world import ToyWorld
 
     world = ToyWorld(seed=seed, image_size=image_size)
     arr = np.stack([np.asarray(world.sample(i).image, dtype=np.float32) for i in range(n)])

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from enhance.data.seeding import derive_seed
+from genhancer.runtime.seeding import derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import torch
 
-from enhance import checkpoint as ckpt
-from enhance.data.seeding import derive_seed
-from enhance.errors import UserError
+from genhancer.runtime import checkpoint as ckpt
+from genhancer.runtime.errors import UserError
+from genhancer.runtime.seeding import derive_seed
 
 
 class LoopTask(Protocol):
@@ -468,7 +468,7 @@ def start_stage(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_fn)
     if is_deepspeed(accelerator):
-        from enhance.deepspeed_compat import allow_scalar_parameter_broadcast
+        from genhancer.runtime.deepspeed_compat import allow_scalar_parameter_broadcast
 
         allow_scalar_parameter_broadcast()  # CLIP's 0-dim logit_scale (see the module)
         # No dataloader goes through prepare (each rank streams its own data), so DeepSpeed cannot
@@ -528,7 +528,7 @@ def check_run_dir(
     """Refuse to overwrite a run; on --resume return the latest complete checkpoint after checking
     that the config changed only in ``allowed_changes`` (plus ``freed_after_first_stage`` once
     ``first_stage`` has finished, since the next stage has not used its settings yet)."""
-    from enhance import configtools
+    from genhancer.runtime import configtools
 
     latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
     saved = run_dir / "config.yaml"

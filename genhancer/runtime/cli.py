@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from enhance.errors import UserError
+from genhancer.runtime.errors import UserError
 
 
 def make_parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def add_config_flags(
 
 def print_presets(presets_dir, width: int = 24) -> None:
     """``--list-presets``: one line per preset, name then its description."""
-    from enhance.configtools import list_presets, preset_description
+    from genhancer.runtime.configtools import list_presets, preset_description
 
     try:
         for name in list_presets(presets_dir):

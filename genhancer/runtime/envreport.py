@@ -81,7 +81,7 @@ def lock_diff(locked: dict[str, str], installed: dict[str, str]) -> dict[str, li
 
 def default_lock() -> Path | None:
     """The lock of the checkout this package runs from (editable installs), if there is one."""
-    cand = Path(__file__).resolve().parent.parent / LOCK_NAME
+    cand = Path(__file__).resolve().parents[2] / LOCK_NAME
     return cand if cand.is_file() else None
 
 
