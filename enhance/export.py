@@ -8,6 +8,9 @@
 ``DIR/export/steps/<step>/``  the merged tower every ``stage2.export_every`` stage-2 steps, in the
                               tower layouts above (checkpoint selection; no denoiser)
 ``genhancer_export.json``     in each export folder: stage-2 step, dtype, LoRA settings
+
+:func:`load_denoiser_export` reads ``export/denoiser/`` back into the classes that wrote it, so
+consumers (the demo's reconstruction view) never rebuild the model themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +27,9 @@ import torch
 from enhance.model import GenHancerModel
 from enhance.stages import merge_lora
 from genhancer.runtime import configtools
+from genhancer.runtime.errors import UserError, first_line
 
+DENOISER_META = "genhancer.json"
 STEPS_DIR = "steps"
 EXPORT_META = "genhancer_export.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -75,7 +81,7 @@ def export_model(model: GenHancerModel, cfg, out_dir: Path, stage2_step: int | N
         "flow": configtools.to_dict(cfg.flow),
         "backbone": configtools.to_dict(cfg.backbone),
     }
-    (den_dir / "genhancer.json").write_text(json.dumps(meta, indent=2))
+    (den_dir / DENOISER_META).write_text(json.dumps(meta, indent=2))
     (tmp / EXPORT_META).write_text(json.dumps(_meta(cfg, stage2_step, True), indent=2))
     written["denoiser"] = str(den_dir)
     if (out_dir / STEPS_DIR).exists():  # a rename within the same folder: a crash leaves it in tmp
@@ -134,3 +140,112 @@ def prune_step_exports(steps_dir: Path, keep: int) -> list[Path]:
     for p in removed:
         shutil.rmtree(p)
     return removed
+
+
+# --- reading export/denoiser/ back ---------------------------------------------------------------
+
+
+@dataclass
+class DenoiserExport:
+    """The projector, denoiser and frozen codec of ``export/denoiser/``, as training built them.
+
+    Args:
+        projector: the :class:`~enhance.projector.ConditionProjector`.
+        denoiser: a :class:`~enhance.denoisers.continuous.ContinuousDenoiser` or a
+            :class:`~enhance.denoisers.discrete.PerceiverDenoiser`.
+        codec: the :class:`~enhance.vae.LatentCodec` (continuous) or :class:`~enhance.vq.VQCodec`.
+        meta: the parsed ``genhancer.json`` (the run's denoiser, vae, flow and backbone settings).
+    """
+
+    projector: torch.nn.Module
+    denoiser: torch.nn.Module
+    codec: torch.nn.Module
+    meta: dict
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("denoiser", {}).get("kind", "continuous")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["backbone"]["image_size"])
+
+    @property
+    def local_token_ratio(self) -> float:
+        return float(self.meta["backbone"].get("local_token_ratio", 0.0))
+
+    @property
+    def preview_steps(self) -> int:
+        """The run's ``flow.preview_steps`` (Euler steps of its own previews)."""
+        from enhance.config import FlowConfig
+
+        return configtools.from_dict(FlowConfig, self.meta.get("flow", {}), "flow").preview_steps
+
+    def to(self, device: str | torch.device) -> DenoiserExport:
+        for part in (self.projector, self.denoiser, self.codec):
+            part.to(device)
+        return self
+
+    @torch.no_grad()
+    def reconstruct(
+        self, token: torch.Tensor, pixels: torch.Tensor, generator: torch.Generator, steps: int
+    ) -> torch.Tensor:
+        """Images in [-1, 1] rebuilt from ``token`` (a precomputed global token per image) with the
+        training model's own :meth:`reconstruct` (``pixels`` only give the output size)."""
+        from enhance.model import DiscreteGenHancerModel
+
+        cls = DiscreteGenHancerModel if self.kind == "discrete" else GenHancerModel
+        model = cls(_FixedToken(token), self.projector, self.denoiser, self.codec)
+        return model.reconstruct(pixels, generator, steps=steps)
+
+
+class _FixedToken(torch.nn.Module):
+    """A stand-in backbone that hands the model an already computed global token."""
+
+    def __init__(self, token: torch.Tensor):
+        super().__init__()
+        self.token = token
+
+    def forward(self, pixel_values: torch.Tensor):
+        from enhance.backbones.base import BackboneOutput
+
+        return BackboneOutput(global_token=self.token, local_tokens=self.token[:, None, :0])
+
+
+def load_denoiser_export(folder: str | Path, cache_dir: str | None = None) -> DenoiserExport:
+    """Rebuild ``export/denoiser/`` (what :func:`export_model` wrote); errors name what is missing."""
+    from diffusers import FluxTransformer2DModel
+
+    from enhance.config import DenoiserConfig, VAEConfig
+    from enhance.denoisers.continuous import ContinuousDenoiser
+    from enhance.denoisers.discrete import PerceiverDenoiser
+    from enhance.projector import ConditionProjector
+    from enhance.vae import build_codec
+    from enhance.vq import build_vq
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / DENOISER_META).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder / DENOISER_META}: {first_line(exc)}") from None
+    kind = meta.get("denoiser", {}).get("kind", "continuous")
+    if kind not in ("continuous", "discrete"):
+        raise UserError(f"the run in {folder.parent.parent} used an unknown '{kind}' denoiser")
+    weights = "transformer" if kind == "continuous" else "perceiver"
+    if not (folder / weights / "config.json").is_file():
+        raise UserError(f"{folder} has no {weights}/ (the exported {kind} denoiser weights)")
+    try:
+        projector = ConditionProjector.from_pretrained(folder / "projector")
+        if kind == "continuous":
+            module = FluxTransformer2DModel.from_pretrained(folder / weights)
+        else:
+            module = PerceiverDenoiser.from_pretrained(folder / weights)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the denoiser from {folder}: {first_line(exc)}") from None
+    if kind == "discrete":
+        den_cfg = configtools.from_dict(DenoiserConfig, meta["denoiser"], "denoiser")
+        codec = build_vq(den_cfg, int(meta["backbone"]["image_size"]), cache_dir)
+        return DenoiserExport(projector.eval(), module.eval(), codec.eval(), meta)
+    codec = build_codec(configtools.from_dict(VAEConfig, meta["vae"], "vae"), cache_dir)
+    denoiser = ContinuousDenoiser(module, guidance=float(meta["denoiser"].get("guidance", 4.0)))
+    return DenoiserExport(projector.eval(), denoiser.eval(), codec.eval(), meta)
