@@ -1,6 +1,6 @@
 """Rectified-flow pieces: timestep sampling, interpolation, loss, Euler sampling.
 
-Convention (DESIGN.md, FLUX): ``x_t = (1 - t) * x_data + t * noise`` and the denoiser predicts the
+Convention (FLUX's rectified flow): ``x_t = (1 - t) * x_data + t * noise`` and the denoiser predicts the
 velocity ``noise - x_data``. The paper writes the same path with t flipped; the scaled
 logit-normal density is symmetric, so the two agree.
 """

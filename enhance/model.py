@@ -84,7 +84,7 @@ class GenHancerModel(nn.Module):
         return self.codec.decode(z)
 
 
-# --- latent cache building blocks (issue 8 item 3) ----------------------------------------------
+# --- latent cache building blocks ----------------------------------------------
 
 
 @torch.no_grad()

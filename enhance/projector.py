@@ -16,7 +16,7 @@ def _head(in_dim: int, out_dim: int, act: str) -> nn.Sequential:
 
 
 class ConditionProjector(ModelMixin, ConfigMixin):
-    """Two heads, each ``LayerNorm -> Linear(D, H) -> act -> Linear(H, H)`` (DESIGN.md).
+    """Two heads, each ``LayerNorm -> Linear(D, H) -> act -> Linear(H, H)`` (the official projector).
 
     The pooled head feeds FLUX's pooled vector ``y``; the context head produces the single context
     token the double blocks attend to. With the local-token ablation (paper Fig. 1 iii), a third

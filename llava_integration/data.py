@@ -3,7 +3,7 @@
 A sample is ``{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}...]}`` with
 ``<image>`` in a human turn, and images under an image root (LCS-558K and llava_v1_5_mix665k as
 published). The stream yields whole micro-batches; which samples form micro-batch ``g`` is a pure
-function of ``(seed, g)``, so resuming needs only the stored sample position (STYLE.md example 7).
+function of ``(seed, g)``, so resuming needs only the stored sample position (no replay of history).
 Rows LLaVA-1.5 tolerates are repaired and counted, broken rows are skipped and counted by reason
 (:class:`RowReport`); unreadable images drop their sample (counted); too-long samples are
 truncated (counted), or dropped when truncation would cut the image or leave no answer token.

@@ -1,4 +1,4 @@
-"""Shared tiny factories for the whole suite (STYLE.md example 13).
+"""Shared tiny factories for the whole suite (built from configs in seconds).
 
 Everything here is built directly from configs in a temporary folder, in well under a second
 each, so no test needs a model hub or the cached ``genhancer-tiny:*`` models (those train for
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# The suite runs offline (DESIGN.md: tiny models and generated data only). Without this, a test of
+# The suite runs offline (tiny models and generated data only). Without this, a test of
 # a missing model id waits out the hub client's retries (~50 s) instead of failing at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -46,7 +46,7 @@ TINY_VAE_BLOCKS = [8, 8, 8]
 TINY_LATENT_CHANNELS = 16
 TINY_WORDS = ("a", "red", "green", "blue", "square", "circle", "triangle", "photo", "of")
 
-#: Overrides that shrink the ``tiny`` preset further (DESIGN.md pitfall: sum(axes) == head dim).
+#: Overrides that shrink the ``tiny`` preset further (FLUX's rotary axes must sum to the head dim).
 TINY_DENOISER_OVERRIDES = (
     "denoiser.num_layers=1",
     "denoiser.num_single_layers=1",

@@ -1,7 +1,7 @@
 """One interface over the vision-language backbones GenHancer enhances.
 
 The trainer only needs four things from a backbone: the global token that conditions the
-denoiser (DESIGN.md: CLIP ``pooler_output`` through ``visual_projection``; SigLIP
+denoiser (CLIP ``pooler_output`` through ``visual_projection``; SigLIP
 ``pooler_output``), the local patch tokens (ablation), the image-processor settings, and which
 modules LoRA adapts. Everything else (loading, export) is family specific.
 """

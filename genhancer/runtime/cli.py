@@ -1,4 +1,4 @@
-"""Pieces every console script shares: the DESIGN.md flag contract and the one-line error.
+"""Pieces every console script shares: the common flags and the one-line error.
 
 Each command (``enhance``, ``llava-train``, ``leaderboard``, ``genhancer-demo``) builds its parser
 with :func:`make_parser` and :func:`add_config_flags`, and turns a :class:`UserError` into

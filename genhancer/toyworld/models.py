@@ -128,7 +128,7 @@ def build_clip_tokenizer(words: list[str], model_max_length: int = 77):
 
     The vocabulary holds every printable ASCII character (with and without the ``</w>``
     end-of-word marker), a left-to-right merge chain for each word, and the start/end tokens.
-    CLIP pools text at the end-of-text token, which the tokenizer appends (DESIGN.md pitfall).
+    CLIP pools text at the end-of-text token, which the tokenizer appends; without it every caption embeds alike.
     """
     from transformers import CLIPTokenizer
 

@@ -1,5 +1,5 @@
 """Vision backbones: the global/local tokens each family conditions on, loading errors, LoRA on the
-image side only, merging, and the exports downstream tools load (DESIGN.md contracts)."""
+image side only, merging, and the exports downstream tools load (the export contract)."""
 
 from __future__ import annotations
 

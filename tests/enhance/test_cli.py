@@ -1,4 +1,4 @@
-"""``enhance`` command line, called in-process through ``main([...])`` (DESIGN.md contracts:
+"""``enhance`` command line, called in-process through ``main([...])`` (the command contracts:
 --help, --preset/--config/--set, exit code 2 with a one-line message, --describe, --list-presets)."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _assert_one_line_error(err: str, *needles: str) -> None:
 
 
 def test_flag_list_is_pinned():
-    """A new knob is a config field reached through --set, never a new flag (STYLE.md example 9)."""
+    """A new knob is a config field reached through --set, never a new flag (the flag list is pinned)."""
     flags = {s for action in build_parser()._actions for s in action.option_strings}
     assert flags == EXPECTED_FLAGS
 
@@ -156,7 +156,7 @@ def test_describe_paper_preset(capsys):
     assert code == 0
     params = json.loads(out)["parameters"]
     assert 1.30e9 < params["denoiser"] < 1.32e9  # paper Table 7
-    # 768-d global token -> pooled 768 and context 4096 (DESIGN.md)
+    # 768-d global token -> pooled 768 and context 4096 (FLUX's pooled and context widths)
     pooled = 2 * 768 + 768 * 768 + 768 + 768 * 768 + 768
     context = 2 * 768 + 768 * 4096 + 4096 + 4096 * 4096 + 4096
     assert params["projector"] == pooled + context

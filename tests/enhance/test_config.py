@@ -188,7 +188,7 @@ def test_every_preset_resolves_validates_and_builds_on_meta(name):
         assert re.search(rf"-{cfg.backbone.image_size}(-|$)", name)  # the resolution the name promises
     if cfg.denoiser.kind != "continuous":
         return  # discrete presets: see test_cli.py::test_describe_discrete_preset_counts_its_parts
-    counts = describe(cfg)["parameters"]  # DESIGN.md: a count for each part the preset defines
+    counts = describe(cfg)["parameters"]  # a count for each part the preset defines
     assert isinstance(counts["denoiser"], int) and counts["denoiser"] > 0
     if not name.startswith("tiny"):  # paper presets keep the paper's denoiser (Table 7)
         assert 1.30e9 < counts["denoiser"] < 1.32e9

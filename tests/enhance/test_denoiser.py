@@ -106,7 +106,7 @@ def test_forward_shape(denoiser, tiny_cfg, grid):
 
 
 def test_rotary_axes_must_sum_to_the_head_dim(tiny_cfg):
-    """DESIGN.md pitfall: validate() catches what FLUX would only hit at the first forward."""
+    """Rotary axes must sum to the head dim: validate() catches what FLUX would only hit at the first forward."""
     with pytest.raises(UserError, match="must sum to"):
         load_config("tiny", overrides=["denoiser.attention_head_dim=16", "denoiser.axes_dims_rope=[4, 6, 8]"])
     cfg = tiny_cfg.denoiser

@@ -1,4 +1,4 @@
-"""The on-disk latent cache (issue 8 item 3): what it stores, that a build resumes shard by shard,
+"""The on-disk latent cache: what it stores, that a build resumes shard by shard,
 that it refuses a cache built for another setup, and that training from it is resumable and
 follows the on-the-fly training curve."""
 

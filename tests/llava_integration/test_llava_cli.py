@@ -25,7 +25,7 @@ FLAGS = {
 
 
 def test_flag_list_is_pinned():
-    """New knobs become config fields reached through --set, not new flags (STYLE.md example 9)."""
+    """New knobs become config fields reached through --set, not new flags (the flag list is pinned)."""
     flags = {s for a in build_parser()._actions for s in a.option_strings if s.startswith("--")}
     assert flags == FLAGS
 

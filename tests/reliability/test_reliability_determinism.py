@@ -1,4 +1,4 @@
-"""Determinism (issue 10): the same seed and config on the same CPU give identical metrics."""
+"""Determinism: the same seed and config on the same CPU give identical metrics."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_leaderboard_mmvp_vlm_numbers_are_identical_on_a_forced_rerun(tmp_path, 
     """The toy MMVP-VLM of tests/eval/conftest.py (``toy_mmvp_root``), scored twice: the second
     time with ``--force`` (recomputed, not read from the cache)."""
     from eval.cli import main
-    from eval.fixtures import write_toy_mmvp_vlm
+    from eval.clip.fixtures import write_toy_mmvp_vlm
 
     root = write_toy_mmvp_vlm(
         tmp_path / "mmvp_vlm", seed=3, image_size=32, pairs_per_pattern=3, patterns=("color", "quantity")

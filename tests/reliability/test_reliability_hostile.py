@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 10): each gets a clear error or a counted skip, and nothing written before
+"""Hostile inputs: each gets a clear error or a counted skip, and nothing written before
 it is lost. Earlier rows of the table live in tests/enhance/test_hostile.py (custom code),
 tests/enhance/test_data_loading.py (truncated, zero-byte and bomb images) and
 tests/llava_integration/test_data.py (``../`` image paths)."""
