@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import torch
-from testkit import load_test_module, tiny_enhance_flags
+from testkit import load_test_module, tiny_enhance_flags, tiny_llava_sets
 
 
 def test_enhance_then_llava_train_then_leaderboard(tmp_path, tmp_model_dirs):
@@ -25,19 +25,7 @@ def test_enhance_then_llava_train_then_leaderboard(tmp_path, tmp_model_dirs):
     parts = load_test_module("llava_integration/conftest.py", "_genhancer_tests_llava_conftest")
     llm = parts.make_llm(tmp_path / "llm")
     llava = tmp_path / "llava"
-    sets = [
-        f"model.llm={llm}",
-        "data.toy_pretrain_size=4",
-        "data.toy_finetune_size=4",
-        "data.toy_eval_size=2",
-        "data.max_length=96",
-        "pretrain.global_batch_size=2",
-        "pretrain.per_device_batch_size=2",
-        "finetune.global_batch_size=2",
-        "finetune.per_device_batch_size=2",
-        "logging.progress=false",
-        "train.eval_toy=false",
-    ]
+    sets = tiny_llava_sets(llm, samples=4)
     argv = ["--preset", "tiny", "--vision-tower", str(tower), "--output-dir", str(llava)]
     assert llava_train([*argv, *[x for s in sets for x in ("--set", s)]]) == 0
     final = llava / "final"

@@ -57,7 +57,7 @@ def _enhance(tiny_enhance_config, out: Path, *extra: str) -> list[list]:
 
 
 def _llava(tmp_path: Path) -> list[list]:
-    from testkit import load_test_module
+    from testkit import load_test_module, tiny_llava_sets
 
     from llava_integration.config import load_config
     from llava_integration.train import run
@@ -65,25 +65,8 @@ def _llava(tmp_path: Path) -> list[list]:
     parts = load_test_module("llava_integration/conftest.py", "_genhancer_tests_llava_conftest")
     tower = parts.make_tower(tmp_path / "tower")
     llm = parts.make_llm(tmp_path / "llm")
-    cfg = load_config(
-        "tiny",
-        None,
-        [
-            f"model.vision_tower={tower}",
-            f"model.llm={llm}",
-            "data.toy_pretrain_size=8",
-            "data.toy_finetune_size=8",
-            "data.toy_eval_size=2",
-            "data.max_length=96",
-            "pretrain.global_batch_size=2",
-            "pretrain.per_device_batch_size=2",
-            "finetune.global_batch_size=2",
-            "finetune.per_device_batch_size=2",
-            "logging.progress=false",
-            "logging.every=1",
-            "train.eval_toy=false",
-        ],
-    )
+    sets = tiny_llava_sets(llm, 8, 2, f"model.vision_tower={tower}", "logging.every=1")
+    cfg = load_config("tiny", None, sets)
     run(cfg, tmp_path / "run")
     return _curve(tmp_path / "run")
 
