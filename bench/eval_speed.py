@@ -79,10 +79,12 @@ def measure(encoder, images, texts, repeat: int, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.encoders import load_encoder
+    from eval.clip.encoders import load_encoder
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="genhancer-tiny:clip", help="encoder spec (eval.encoders.load_encoder)")
+    p.add_argument(
+        "--model", default="genhancer-tiny:clip", help="encoder spec (eval.clip.encoders.load_encoder)"
+    )
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--texts", type=int, default=128)
     p.add_argument(

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from eval.lmms_model import GenhancerLlava
+    from eval.mllm.lmms_model import GenhancerLlava
 
     runner = load_runner(args.pretrained, args.device)
     docs, reqs = requests(args.questions, args.max_new_tokens)

@@ -9,7 +9,7 @@ between images and a uniform background offset hides the objects; the gradient n
 shapes consistently.) Each map is stretched to [0, 1] (its own min to its own max), so the two
 panels compare *where*, not *how much*; the raw scores are in the captions.
 
-Works for every :class:`eval.encoders.DualEncoder` kind (HF CLIP, SigLIP, open_clip): it uses
+Works for every :class:`eval.clip.encoders.DualEncoder` kind (HF CLIP, SigLIP, open_clip): it uses
 the encoder's own preprocessing and global-token hooks (``preprocess``, ``global_token``).
 """
 

@@ -148,7 +148,7 @@ class ModelRegistry:
             return value
 
     def encoder(self, side: str):
-        """The dual encoder for ``side`` (an :class:`eval.encoders.DualEncoder`)."""
+        """The dual encoder for ``side`` (an :class:`eval.clip.encoders.DualEncoder`)."""
         spec = self.encoder_spec(side)
         if not spec:
             raise Unavailable(f"no {side} encoder was given (start the demo with --{side} ID_OR_DIR)")
@@ -198,7 +198,7 @@ class ModelRegistry:
 
 
 def _load_encoder(spec: str, device: str, cache_dir: str | None):
-    from eval.encoders import load_encoder
+    from eval.clip.encoders import load_encoder
 
     return load_encoder(spec, device=device, cache_dir=cache_dir, batch_size=8)
 

@@ -3,7 +3,7 @@
 This is MMVP-VLM's question made interactive: for each statement, a softmax of the model's own
 logits over the two images says which image the model thinks the statement describes. When the
 user marks which image a statement is true of, the pick turns green (right) or red (wrong).
-Ties count as wrong, as in :mod:`eval.mmvp_vlm`.
+Ties count as wrong, as in :mod:`eval.clip.mmvp_vlm`.
 """
 
 from __future__ import annotations

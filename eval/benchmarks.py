@@ -3,9 +3,9 @@
 A benchmark is prepared once per run (data loaded and validated before any model is loaded, so
 bad data fails fast) and then run per model. ``run`` returns metric dicts
 ``{"metric", "value", "dataset", "revision", "seed"}``; the leaderboard adds the model and
-bookkeeping fields. CLIP-level benchmarks take a :class:`~eval.encoders.DualEncoder`;
+bookkeeping fields. CLIP-level benchmarks take a :class:`~eval.clip.encoders.DualEncoder`;
 MLLM benchmarks (``mmvp``, ``cv_bench``, ...; ``model_kind="mllm"``) take a
-:class:`~eval.lmms_model.GenhancerLlava` and run through lmms-eval (:mod:`eval.mllm_run`).
+:class:`~eval.mllm.lmms_model.GenhancerLlava` and run through lmms-eval (:mod:`eval.mllm.run`).
 
 Registration is explicit (a plain dict), and an unknown name lists the valid ones.
 """
@@ -21,7 +21,7 @@ from typing import Any
 from eval.config import DatasetConfig, LeaderboardConfig
 from genhancer.runtime.errors import UserError
 
-#: The MLLM benchmarks (issue 9), run through lmms-eval's task code by :mod:`eval.mllm_run`.
+#: The MLLM benchmarks (issue 9), run through lmms-eval's task code by :mod:`eval.mllm.run`.
 MLLM_BENCHMARKS = ("mmvp", "cv_bench", "naturalbench", "pope", "hallusion_bench", "scienceqa_img")
 
 
@@ -71,7 +71,7 @@ class Benchmark:
 
 
 def _mmvp_prepare(ctx: BenchmarkContext):
-    from eval.mmvp_vlm import load_mmvp_vlm, resolve_mmvp_vlm
+    from eval.clip.mmvp_vlm import load_mmvp_vlm, resolve_mmvp_vlm
 
     c = ctx.cfg.mmvp_vlm
     if c.source and not ctx.fixture:
@@ -84,7 +84,7 @@ def _mmvp_prepare(ctx: BenchmarkContext):
 
 
 def _mmvp_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
-    from eval.mmvp_vlm import evaluate
+    from eval.clip.mmvp_vlm import evaluate
 
     prefix = ctx.cfg.mmvp_vlm.prompt_prefix
     score = evaluate(encoder, data, ctx.limit, prefix)
@@ -113,7 +113,7 @@ def _dataset_path(ctx: BenchmarkContext, ds: DatasetConfig) -> str:
 
 
 def _zeroshot_prepare(ctx: BenchmarkContext):
-    from eval.zeroshot import TEMPLATES, get_templates, load_classification, load_retrieval
+    from eval.clip.zeroshot import TEMPLATES, get_templates, load_classification, load_retrieval
 
     z = ctx.cfg.zeroshot
     cls = []
@@ -133,7 +133,7 @@ def _zeroshot_prepare(ctx: BenchmarkContext):
 
 
 def _zeroshot_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
-    from eval.zeroshot import evaluate_classification, evaluate_retrieval
+    from eval.clip.zeroshot import evaluate_classification, evaluate_retrieval
 
     cls, ret = data
     out = []
@@ -177,7 +177,7 @@ def _probe_sizes(ctx: BenchmarkContext) -> tuple[int, int]:
 
 
 def _probe_prepare(ctx: BenchmarkContext):
-    from eval.probe import toy_probe_data
+    from eval.clip.probe import toy_probe_data
 
     p = ctx.cfg.probe
     n_train, n_test = _probe_sizes(ctx)
@@ -185,7 +185,7 @@ def _probe_prepare(ctx: BenchmarkContext):
 
 
 def _probe_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
-    from eval.probe import evaluate_probes
+    from eval.clip.probe import evaluate_probes
 
     p = ctx.cfg.probe
     n_train, n_test = _probe_sizes(ctx)
@@ -213,11 +213,11 @@ def _mllm_root(ctx: BenchmarkContext) -> Path | None:
 
 def _mllm_prepare_for(name: str):
     def prepare(ctx: BenchmarkContext):
-        from eval.mllm_tasks import write_tasks
+        from eval.mllm.tasks import write_tasks
 
         root = _mllm_root(ctx)
         if ctx.fixture:
-            from eval.mllm_fixtures import MllmFixtureRecipe, ensure_mllm_fixtures
+            from eval.mllm.fixtures import MllmFixtureRecipe, ensure_mllm_fixtures
 
             f = ctx.cfg.lmms.fixtures
             ensure_mllm_fixtures(root, MllmFixtureRecipe(**dataclasses.asdict(f)), [name])
@@ -229,7 +229,7 @@ def _mllm_prepare_for(name: str):
 
 def _mllm_run_for(name: str):
     def run(model, tasks, ctx: BenchmarkContext) -> list[dict]:
-        from eval.mllm_run import ScoreSettings, run_benchmark
+        from eval.mllm.run import ScoreSettings, run_benchmark
 
         lm = ctx.cfg.lmms
         settings = ScoreSettings(lm.mmvp_answer_key, lm.hallusion_judge, ctx.api_key)
@@ -271,7 +271,7 @@ _MLLM_ORDER = {
 
 
 def _mmvp_order() -> tuple[str, ...]:
-    from eval.mmvp_vlm import PATTERN_KEYS
+    from eval.clip.mmvp_vlm import PATTERN_KEYS
 
     return (*PATTERN_KEYS, "average")
 

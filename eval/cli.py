@@ -89,7 +89,7 @@ def parse_named(items: list[str], flag: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["rescore"]:
-        from eval.rescore import main as rescore_main
+        from eval.mllm.rescore import main as rescore_main
 
         return rescore_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -114,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             for b in benchmarks:
                 get_benchmark(b)
 
+        from eval.clip.steps import curve_markdown, expand_clip_spec, plot_step_curve
         from eval.leaderboard import ModelSpec, default_models, run_leaderboard
         from eval.report import plot_mmvp_patterns, render_markdown
-        from eval.steps import curve_markdown, expand_clip_spec, plot_step_curve
         from genhancer.runtime import configtools
 
-        if args.clip:  # run:RUN and glob specs expand to one model per export (eval.steps)
+        if args.clip:  # run:RUN and glob specs expand to one model per export (eval.clip.steps)
             models = [m for n, s in parse_named(args.clip, "--clip").items() for m in expand_clip_spec(n, s)]
         elif args.mllm and args.benchmarks and all(get_benchmark(b).model_kind == "mllm" for b in benchmarks):
             models = []  # only MLLM benchmarks asked for: no default CLIP models

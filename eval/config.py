@@ -27,7 +27,7 @@ class DatasetConfig:
     label_column: str = doc("label", "class column (classification; class names from its feature)")
     caption_column: str = doc("caption", "caption-list column (retrieval)")
     templates: str = doc(
-        "", "prompt ensemble name in eval.zeroshot.TEMPLATES (empty: the dataset name, else generic)"
+        "", "prompt ensemble name in eval.clip.zeroshot.TEMPLATES (empty: the dataset name, else generic)"
     )
 
 

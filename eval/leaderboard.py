@@ -76,7 +76,7 @@ class ResultsStore:
 @dataclass
 class ModelSpec:
     """A named model to evaluate: ``kind`` ``clip`` (dual encoder) or ``mllm``; ``extra`` goes into
-    each of its records (e.g. ``stage2_step`` of a per-step export, see :mod:`eval.steps`)."""
+    each of its records (e.g. ``stage2_step`` of a per-step export, see :mod:`eval.clip.steps`)."""
 
     name: str
     spec: str
@@ -102,7 +102,7 @@ def cache_key(model_fingerprint: str, benchmark: str, inputs: dict, limit: int |
 def default_models(cfg: LeaderboardConfig) -> tuple[list[ModelSpec], list[str]]:
     """Models from the config's ``clip`` map; with ``skip_missing``, local paths that do not exist
     are left out (returned second) instead of failing."""
-    from eval.encoders import resolve_spec
+    from eval.clip.encoders import resolve_spec
 
     models, skipped = [], []
     for name, spec in cfg.clip.items():
@@ -117,10 +117,10 @@ def default_models(cfg: LeaderboardConfig) -> tuple[list[ModelSpec], list[str]]:
 
 
 def _fingerprint(m: ModelSpec, cfg: LeaderboardConfig) -> str:
-    from eval.encoders import files_fingerprint, model_fingerprint
+    from eval.clip.encoders import files_fingerprint, model_fingerprint
 
     if m.kind == "mllm":
-        from eval.lmms_model import check_llava_dir
+        from eval.mllm.lmms_model import check_llava_dir
 
         path = check_llava_dir(m.spec)
         return f"{path.resolve()}@{files_fingerprint(path)}"
@@ -130,7 +130,7 @@ def _fingerprint(m: ModelSpec, cfg: LeaderboardConfig) -> str:
 def _load_model(m: ModelSpec, cfg: LeaderboardConfig):
     """A CLIP-style dual encoder, or for ``mllm`` specs the lmms-eval model over a LLaVA dir."""
     if m.kind == "mllm":
-        from eval.lmms_model import GenhancerLlava, register
+        from eval.mllm.lmms_model import GenhancerLlava, register
 
         register()
         lm = cfg.lmms
@@ -142,7 +142,7 @@ def _load_model(m: ModelSpec, cfg: LeaderboardConfig):
             max_new_tokens=lm.max_new_tokens or None,
             progress=cfg.progress,
         )
-    from eval.encoders import load_encoder
+    from eval.clip.encoders import load_encoder
 
     return load_encoder(
         m.spec,
@@ -194,7 +194,7 @@ def run_leaderboard(
 
     fixture = cfg.fixtures.enabled and data_root is None and not cfg.data_root
     if fixture:
-        from eval.fixtures import FixtureRecipe, ensure_toy_fixtures
+        from eval.clip.fixtures import FixtureRecipe, ensure_toy_fixtures
 
         f = cfg.fixtures
         root: Path | None = output_dir / "fixtures"
@@ -215,7 +215,7 @@ def run_leaderboard(
     pairs = [(m, b) for m in models for b in benches if b.model_kind == m.kind]
     for m, b in pairs:
         inputs = b.cache_inputs(ctx)
-        if m.kind == "clip":  # dual encoders are scored in float32 (eval.encoders.EVAL_DTYPE)
+        if m.kind == "clip":  # dual encoders are scored in float32 (eval.clip.encoders.EVAL_DTYPE)
             inputs = {**inputs, "eval_dtype": "float32"}
         keys[m.name, b.name] = cache_key(fingerprints[m.kind, m.name], b.name, inputs, limit)
     todo = [(m, b) for m, b in pairs if force or not store.is_cached(m.name, b.name, keys[m.name, b.name])]

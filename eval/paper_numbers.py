@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.mmvp_vlm import PATTERN_KEYS
+from eval.clip.mmvp_vlm import PATTERN_KEYS
 
 # Backbone rows of Table 1: (label, resolution) per HF id.
 BACKBONES: dict[str, tuple[str, int]] = {

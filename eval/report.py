@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.mmvp_vlm import PATTERN_KEYS, PATTERN_TITLES, PROMPT_PREFIX
+from eval.clip.mmvp_vlm import PATTERN_KEYS, PATTERN_TITLES, PROMPT_PREFIX
 from eval.paper_numbers import LLAVA_TABLE2, TABLE2_COLUMNS, match_paper_row
 
 _TITLES = {

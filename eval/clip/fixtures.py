@@ -44,7 +44,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from eval.mmvp_vlm import CSV_COLUMNS, CSV_NAME, IMAGE_DIR, PAIRS_PER_PATTERN, PATTERNS
+from eval.clip.mmvp_vlm import CSV_COLUMNS, CSV_NAME, IMAGE_DIR, PAIRS_PER_PATTERN, PATTERNS
 from genhancer.runtime.seeding import derive_seed
 from genhancer.toyworld.world import (
     COLORS,

@@ -246,7 +246,7 @@ def resolve_mmvp_vlm(
 def pair_similarities(
     encoder, data: MMVPData, limit: int | None = None, prompt_prefix: str = PROMPT_PREFIX
 ) -> list[list[list[float]]]:
-    """``[pair][statement][image]`` logits of ``encoder`` (a :class:`~eval.encoders.DualEncoder`).
+    """``[pair][statement][image]`` logits of ``encoder`` (a :class:`~eval.clip.encoders.DualEncoder`).
 
     ``prompt_prefix`` is the official ``"a photo of "``; only the toy preset changes it (its
     tiny tower never saw that phrase in training).

@@ -4,7 +4,7 @@ A text-free companion to MMVP-VLM: GenHancer trains the global token to carry th
 denoiser needs to reconstruct the image, so a linear classifier reading that token should
 separate colour, count, orientation and position better after enhancement.
 
-The features are the encoder's global token (:meth:`eval.encoders.DualEncoder.encode_images`,
+The features are the encoder's global token (:meth:`eval.clip.encoders.DualEncoder.encode_images`,
 the same definition ``enhance.backbones`` conditions the denoiser on). The probe is multinomial
 logistic regression on standardised features with an L2 penalty, fitted full-batch with L-BFGS
 in float64 from zero weights: no randomness, so the same features give the same accuracy.

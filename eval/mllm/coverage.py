@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.mllm_scoring import Sample
+from eval.mllm.scoring import Sample
 
 #: Official number of rows (questions) of each benchmark as the paper scores it.
 OFFICIAL_ROWS: dict[str, int] = {

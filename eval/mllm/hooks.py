@@ -1,11 +1,11 @@
-"""Aggregation hooks our generated task YAMLs name (``!function eval.lmms_hooks.<fn>``).
+"""Aggregation hooks our generated task YAMLs name (``!function eval.mllm.hooks.<fn>``).
 
 They replace two built-in aggregations that cannot run offline or on a subset (see
-:mod:`eval.mllm_tasks`) and give the harness's own results table sensible numbers. They see only
+:mod:`eval.mllm.tasks`) and give the harness's own results table sensible numbers. They see only
 what the built-in ``process_results`` emitted: NaturalBench's parsed label (1 yes/A, 0 no/B,
 -1 neither) and ``Index``, whose position in its group fixes the expected answer
-(:func:`eval.mllm_scoring.naturalbench_label`). The leaderboard's recorded numbers come from
-:mod:`eval.mllm_scoring` on the full per-sample logs instead. Scales follow the built-in tasks:
+(:func:`eval.mllm.scoring.naturalbench_label`). The leaderboard's recorded numbers come from
+:mod:`eval.mllm.scoring` on the full per-sample logs instead. Scales follow the built-in tasks:
 NaturalBench 0-1, HallusionBench 0-100.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eval.mllm_scoring import Sample, score_hallusion, score_naturalbench
+from eval.mllm.scoring import Sample, score_hallusion, score_naturalbench
 
 
 def hb_doc_to_visual(doc: dict[str, Any]) -> list:

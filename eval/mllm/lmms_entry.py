@@ -5,13 +5,13 @@ lmms-eval loads entry points while ``lmms_eval.models`` is still initialising
 its path and loaded only when a run asks for it. pyproject::
 
     [project.entry-points."lmms_eval.models"]
-    genhancer_llava = "eval.lmms_entry:manifest"
+    genhancer_llava = "eval.mllm.lmms_entry:manifest"
 """
 
 from __future__ import annotations
 
 MODEL_NAME = "genhancer_llava"
-CLASS_PATH = "eval.lmms_model.GenhancerLlava"
+CLASS_PATH = "eval.mllm.lmms_model.GenhancerLlava"
 
 
 def manifest():

@@ -29,7 +29,7 @@ from typing import Any
 
 from lmms_eval.api.model import lmms
 
-from eval.lmms_entry import CLASS_PATH, MODEL_NAME, manifest  # noqa: F401  (re-exported)
+from eval.mllm.lmms_entry import CLASS_PATH, MODEL_NAME, manifest  # noqa: F401  (re-exported)
 from genhancer.runtime.errors import UserError
 
 CHOICE_MODES = ("generate", "likelihood")

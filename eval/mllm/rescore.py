@@ -106,10 +106,10 @@ def rescore(
     Raises UserError naming the counts when rows are duplicate, missing or extra, unless
     ``allow_partial``.
     """
-    from eval.mllm_coverage import task_name
-    from eval.mllm_run import naturalbench_prefix, score_tasks
-    from eval.mllm_samples import read_jsonl, to_samples
-    from eval.mllm_scoring import SCORERS
+    from eval.mllm.coverage import task_name
+    from eval.mllm.run import naturalbench_prefix, score_tasks
+    from eval.mllm.samples import read_jsonl, to_samples
+    from eval.mllm.scoring import SCORERS
 
     if benchmark not in SCORERS:
         raise UserError(f"unknown MLLM benchmark '{benchmark}'; choose from: {', '.join(SCORERS)}")
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from eval.config import load_config
-        from eval.mllm_run import ScoreSettings
+        from eval.mllm.run import ScoreSettings
 
         cfg = load_config(args.preset, args.config, args.overrides)
         lm = cfg.lmms

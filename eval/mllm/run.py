@@ -1,5 +1,5 @@
 """Run one MLLM benchmark for one model through lmms-eval's own task code, keep the per-sample
-logs, and score them officially (:mod:`eval.mllm_scoring`).
+logs, and score them officially (:mod:`eval.mllm.scoring`).
 
 Audit folder per (model, benchmark, cache key)::
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.mllm_coverage import RowReport, check_rows, group_official_rows, task_info
-from eval.mllm_samples import dedupe, to_samples
-from eval.mllm_scoring import ORIGINAL_MMVP_KEY_FIXES, SCORERS, Sample, Score
-from eval.mllm_tasks import TaskSet
+from eval.mllm.coverage import RowReport, check_rows, group_official_rows, task_info
+from eval.mllm.samples import dedupe, to_samples
+from eval.mllm.scoring import ORIGINAL_MMVP_KEY_FIXES, SCORERS, Sample, Score
+from eval.mllm.tasks import TaskSet
 from genhancer.runtime.errors import UserError
 
 
@@ -173,7 +173,7 @@ def score_tasks(
     """Score one benchmark's samples from one or more tasks, keyed by (task, split, doc_id).
 
     Tasks are grouped by metric prefix (NaturalBench mode, ScienceQA-FULL apart from IMG); each
-    group's rows are checked (:func:`~eval.mllm_coverage.check_rows`), de-duplicated and scored,
+    group's rows are checked (:func:`~eval.mllm.coverage.check_rows`), de-duplicated and scored,
     and every record carries the group's coverage (``rows``, ``official_rows``, ``complete``...).
     """
     grouped: dict[str, list[Sample]] = {}
@@ -212,7 +212,7 @@ def run_benchmark(
     limit: int | None = None,
     settings: ScoreSettings | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate ``model`` (a :class:`~eval.lmms_model.GenhancerLlava`) on ``benchmark``'s tasks.
+    """Evaluate ``model`` (a :class:`~eval.mllm.lmms_model.GenhancerLlava`) on ``benchmark``'s tasks.
 
     Returns metric dicts (``metric``, ``value``, ``counts``, ``notes``, ``tasks``, ``task_versions``,
     ``lmms_eval_version``, ``audit``). Replies already in ``audit_dir/responses.jsonl`` are reused.
@@ -220,7 +220,7 @@ def run_benchmark(
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from eval.lmms_model import ResponseLog
+    from eval.mllm.lmms_model import ResponseLog
 
     audit = Path(audit_dir)
     audit.mkdir(parents=True, exist_ok=True)

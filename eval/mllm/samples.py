@@ -1,5 +1,5 @@
 """Read lmms-eval per-sample logs (``--log_samples`` JSONL, or ``results["samples"]``) into
-:class:`~eval.mllm_scoring.Sample` records, for any model's run.
+:class:`~eval.mllm.scoring.Sample` records, for any model's run.
 
 lmms-eval 0.7.3 writes ``doc_id``, ``target``, ``resps``/``filtered_resps``, ``input`` (the
 prompt) and each metric's ``process_results`` payload, but drops ``doc``
@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from eval.answer_parsing import LETTERS, options_from_prompt
-from eval.mllm_coverage import task_info, task_name
-from eval.mllm_scoring import POPE_SPLITS, Sample
+from eval.mllm.answer_parsing import LETTERS, options_from_prompt
+from eval.mllm.coverage import task_info, task_name
+from eval.mllm.scoring import POPE_SPLITS, Sample
 from genhancer.runtime.errors import UserError
 
 #: Dataset columns each benchmark's scorer reads.
@@ -151,7 +151,7 @@ def _split_of(benchmark: str, task: str) -> str:
 def to_samples(benchmark: str, rows: Iterable[dict], source: str = "") -> list[Sample]:
     """Sample records of one benchmark from log rows.
 
-    ``source`` is the log file or task name; its task (:func:`eval.mllm_coverage.task_name`) is
+    ``source`` is the log file or task name; its task (:func:`eval.mllm.coverage.task_name`) is
     part of every row's key and gives POPE's split when the row has no ``category``.
     """
     if benchmark not in NEEDS:
@@ -180,7 +180,7 @@ def to_samples(benchmark: str, rows: Iterable[dict], source: str = "") -> list[S
 
 def dedupe(samples: list[Sample]) -> list[Sample]:
     """One sample per (task, split, doc_id), the last one winning; call it only after
-    :func:`eval.mllm_coverage.check_rows` has counted (and reported) the duplicates."""
+    :func:`eval.mllm.coverage.check_rows` has counted (and reported) the duplicates."""
     seen: dict[tuple[str, str, int], Sample] = {}
     for s in samples:
         seen[(s.source, s.split, s.doc_id)] = s

@@ -8,9 +8,10 @@ wherever those depart from the official protocols (``README.md``,
 - MMVP (dev. 9, 10): pairs by the explicit ``Index`` (1-based: pair = (Index-1)//2), a pair counts
   when both questions are right; a complete run (300 questions) divides by the benchmark's 150
   pairs, a partial one by the complete pairs seen (in ``counts``, with the rows left out).
-  Answers are parsed by :func:`~eval.answer_parsing.parse_choice` instead of the official GPT-4 grader. Answer key:
-  ``lmms-lab-eval/MMVP`` already fixes the two swapped pairs of ``MMVP/MMVP`` (lmms-eval issue
-  #1018); pass ``key_fixes=ORIGINAL_MMVP_KEY_FIXES`` for data copied from ``MMVP/MMVP``.
+  Answers are parsed by :func:`~eval.mllm.answer_parsing.parse_choice` instead of the official
+  GPT-4 grader. Answer key: ``lmms-lab-eval/MMVP`` already fixes the two swapped pairs of
+  ``MMVP/MMVP`` (lmms-eval issue #1018); pass ``key_fixes=ORIGINAL_MMVP_KEY_FIXES`` for data
+  copied from ``MMVP/MMVP``.
 - CV-Bench (dev. 7, 8): accuracy per source; 2D = mean(ADE20K, COCO), 3D = Omni3D,
   overall = (2D + 3D) / 2 (Cambrian-1 App. C); robust letter parsing.
 - NaturalBench (dev. 4, 5, 6): Acc, Q_Acc, I_Acc, G_Acc as in ``Baiqi-Li/NaturalBench``: group =
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval.answer_parsing import (
+from eval.mllm.answer_parsing import (
     LETTERS,
     options_from_prompt,
     parse_choice,

@@ -11,9 +11,9 @@ and ``process_results`` run unchanged. What we change, and why:
 - NaturalBench's aggregations assert all 7600 rows (``naturalbench/utils.py:187``) and
   HallusionBench's call GPT-4 (``hallusion_bench/evaluate_hb.py:48``; offline every sample is
   scored 0 after ~10 s, and a second model in the same folder reuses stale verdicts); both are
-  replaced by :mod:`eval.lmms_hooks`, which calls :mod:`eval.mllm_scoring`.
+  replaced by :mod:`eval.mllm.hooks`, which calls :mod:`eval.mllm.scoring`.
 - ``genhancer_naturalbench_lik``: the same task with ``genhancer_choice_mode: likelihood`` in its
-  generation kwargs, which :class:`eval.lmms_model.GenhancerLlava` answers by highest likelihood
+  generation kwargs, which :class:`eval.mllm.lmms_model.GenhancerLlava` answers by highest likelihood
   (the paper's Table 2 protocol).
 - ``genhancer_hallusion_bench_non_image``: lmms-eval has a task for HallusionBench's ``image``
   split only (951 of the 1,129 questions the official aAcc and qAcc count); this one reads the
@@ -68,7 +68,7 @@ def _metrics(pairs: list[tuple[str, str]]) -> str:
     for metric, fn in pairs:
         lines += [
             f"  - metric: {metric}",
-            f"    aggregation: !function eval.lmms_hooks.{fn}",
+            f"    aggregation: !function eval.mllm.hooks.{fn}",
             "    higher_is_better: true",
         ]
     return "\n".join(lines) + "\n"
@@ -113,7 +113,7 @@ TASKS: dict[str, tuple[TaskSpec, ...]] = {
             "hallusion_bench/hallusion_bench_image.yaml",
             "non_image",
             "",
-            _HB_METRICS + "doc_to_visual: !function eval.lmms_hooks.hb_doc_to_visual\n",
+            _HB_METRICS + "doc_to_visual: !function eval.mllm.hooks.hb_doc_to_visual\n",
             rename="hallusion_bench_non_image",
         ),
     ),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from demo.gallery import load_gallery
-from eval.fixtures import write_toy_mmvp_vlm
-from eval.mmvp_vlm import PATTERN_KEYS
+from eval.clip.fixtures import write_toy_mmvp_vlm
+from eval.clip.mmvp_vlm import PATTERN_KEYS
 
 
 def test_toy_gallery_has_one_pair_per_pattern_first(toy_gallery):

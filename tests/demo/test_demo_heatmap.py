@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from demo.heatmap import DISPLAY_SIZE, heatmap_views, overlay, patch_relevance
-from eval.encoders import load_encoder
+from eval.clip.encoders import load_encoder
 
 
 def _image():

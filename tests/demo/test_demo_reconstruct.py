@@ -11,7 +11,7 @@ import torch
 
 from demo.models import ModelRegistry, Unavailable
 from demo.reconstruct import Reconstructor, reconstruction_views
-from eval.encoders import load_encoder
+from eval.clip.encoders import load_encoder
 from genhancer.runtime.errors import UserError
 
 SIZE = 32  # tests/conftest.py TINY_IMAGE_SIZE

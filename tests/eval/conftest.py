@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.encoders import DualEncoder
+from eval.clip.encoders import DualEncoder
 
 TEST_IMAGE_SIZE = 32
 
@@ -17,7 +17,7 @@ TEST_IMAGE_SIZE = 32
 @pytest.fixture(scope="session")
 def toy_mmvp_root(tmp_path_factory) -> Path:
     """A 2-pattern toy MMVP-VLM (colour, count; 3 pairs each) in the published layout."""
-    from eval.fixtures import write_toy_mmvp_vlm
+    from eval.clip.fixtures import write_toy_mmvp_vlm
 
     root = tmp_path_factory.mktemp("mmvp") / "mmvp_vlm"
     return write_toy_mmvp_vlm(
@@ -28,7 +28,7 @@ def toy_mmvp_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_data_root(tmp_path_factory) -> Path:
     """A full fixture data root (9 patterns x 2 pairs, 6 colours x 3 images, 6 retrieval images)."""
-    from eval.fixtures import FixtureRecipe, ensure_toy_fixtures
+    from eval.clip.fixtures import FixtureRecipe, ensure_toy_fixtures
 
     recipe = FixtureRecipe(
         seed=0, image_size=TEST_IMAGE_SIZE, pairs_per_pattern=2, class_images=3, retrieval_images=6
@@ -124,7 +124,7 @@ def mllm_recipe() -> dict:
 @pytest.fixture(scope="session")
 def mllm_fixture_root(tmp_path_factory) -> Path:
     """The six toy MLLM benchmarks, small (6 MMVP rows, 6 CV-Bench, 8 NaturalBench, 3x4 POPE, 8 Hallusion, 4 SciQA)."""
-    from eval.mllm_fixtures import MllmFixtureRecipe, ensure_mllm_fixtures
+    from eval.mllm.fixtures import MllmFixtureRecipe, ensure_mllm_fixtures
 
     return ensure_mllm_fixtures(tmp_path_factory.mktemp("mllm_data"), MllmFixtureRecipe(**SMALL_MLLM_RECIPE))
 

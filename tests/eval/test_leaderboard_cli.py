@@ -79,7 +79,7 @@ def test_rerun_reuses_cached_results_and_force_recomputes(board, monkeypatch, ca
     def boom(*args, **kwargs):
         raise AssertionError("recomputed a cached result")
 
-    monkeypatch.setattr("eval.encoders.load_encoder", boom)
+    monkeypatch.setattr("eval.clip.encoders.load_encoder", boom)
     for name, b in list(bench_mod.BENCHMARKS.items()):
         monkeypatch.setitem(bench_mod.BENCHMARKS, name, dataclasses.replace(b, run=boom, prepare=boom))
     assert main(argv) == 0

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eval.mmvp_vlm import PATTERN_KEYS
+from eval.clip.mmvp_vlm import PATTERN_KEYS
 from eval.paper_numbers import MMVP_VLM, ZEROSHOT, match_paper_row
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.encoders import load_encoder, model_fingerprint
+from eval.clip.encoders import load_encoder, model_fingerprint
 from genhancer.runtime.errors import UserError
 
 

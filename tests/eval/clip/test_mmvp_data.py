@@ -10,8 +10,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from eval.fixtures import MMVP_PATTERN_ATTRIBUTES
-from eval.mmvp_vlm import PATTERNS, evaluate, load_mmvp_vlm, resolve_mmvp_vlm
+from eval.clip.fixtures import MMVP_PATTERN_ATTRIBUTES
+from eval.clip.mmvp_vlm import PATTERNS, evaluate, load_mmvp_vlm, resolve_mmvp_vlm
 from genhancer.runtime.errors import UserError
 from genhancer.toyworld.world import NUMBER_WORDS, ToyWorld, attributes, caption
 
@@ -133,8 +133,8 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch):
 def test_same_model_same_numbers(toy_mmvp_root, tmp_model_dirs):
     import pytest
 
-    from eval.encoders import load_encoder
-    from eval.mmvp_vlm import pair_similarities, score_pairs
+    from eval.clip.encoders import load_encoder
+    from eval.clip.mmvp_vlm import pair_similarities, score_pairs
 
     data = load_mmvp_vlm(toy_mmvp_root, pairs_per_pattern=3)
     patterns = [p.pattern for p in data.pairs]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.mmvp_vlm import score_pairs, statement_correct
+from eval.clip.mmvp_vlm import score_pairs, statement_correct
 
 # sims[statement][image]; statement 0 describes image 0, statement 1 image 1.
 BOTH_RIGHT = [[2.0, 1.0], [0.5, 3.0]]

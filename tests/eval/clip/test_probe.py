@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from eval.probe import fit_linear_probe, probe_accuracy, toy_probe_data
+from eval.clip.probe import fit_linear_probe, probe_accuracy, toy_probe_data
 
 
 def test_separable_features_are_learned():

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from eval.cli import main
-from eval.encoders import load_encoder, stored_dtype
-from eval.steps import expand_clip_spec, plot_step_curve, run_dir_models, step_curve
+from eval.clip.encoders import load_encoder, stored_dtype
+from eval.clip.steps import expand_clip_spec, plot_step_curve, run_dir_models, step_curve
 from genhancer.runtime.errors import UserError
 
 SMALL = [

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from eval.zeroshot import (
+from eval.clip.zeroshot import (
     class_embeddings,
     evaluate_classification,
     load_classification,

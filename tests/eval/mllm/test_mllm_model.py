@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from eval.lmms_model import MODEL_NAME, GenhancerLlava, check_llava_dir
+from eval.mllm.lmms_model import MODEL_NAME, GenhancerLlava, check_llava_dir
 from genhancer.runtime.errors import UserError
 
 TASK, SPLIT = "toy", "test"
@@ -36,7 +36,7 @@ def _gen(i: int, **gen_kwargs):
 def test_registered_for_simple_evaluate(tiny_llava_dir):
     from lmms_eval.models import get_model
 
-    from eval.lmms_model import register
+    from eval.mllm.lmms_model import register
 
     register()
     cls = get_model(MODEL_NAME)
@@ -95,7 +95,7 @@ def test_loglikelihood_matches_the_runner_and_flags_greedy(lm):
 
 
 def test_response_log_resumes_without_the_model(lm, tmp_path):
-    from eval.lmms_model import ResponseLog
+    from eval.mllm.lmms_model import ResponseLog
 
     log = tmp_path / "responses.jsonl"
     lm.responses = ResponseLog(log)
@@ -130,7 +130,7 @@ def test_simple_evaluate_through_the_model_class(lm, mllm_fixture_root, tmp_path
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from eval.mllm_tasks import write_tasks
+    from eval.mllm.tasks import write_tasks
 
     ts = write_tasks(tmp_path / "tasks", ["pope", "naturalbench"], mllm_fixture_root, ("likelihood",))
     tm = TaskManager("WARNING", include_path=str(ts.root), include_defaults=False)
@@ -174,7 +174,7 @@ def test_entry_point_payload_registers_the_model():
 
     from lmms_eval.models.registry_v2 import ModelRegistryV2
 
-    ep = EntryPoint(name="genhancer_llava", value="eval.lmms_entry:manifest", group="lmms_eval.models")
+    ep = EntryPoint(name="genhancer_llava", value="eval.mllm.lmms_entry:manifest", group="lmms_eval.models")
     registry = ModelRegistryV2()
     for m in registry._coerce_payload_to_manifests(ep.load()):
         registry.register_manifest(m)
@@ -185,7 +185,7 @@ def test_mllm_speed_bench_reports_questions_per_s(tiny_llava_dir, capsys):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "mllm_speed.py"
+    path = Path(__file__).resolve().parents[3] / "bench" / "mllm_speed.py"
     spec = importlib.util.spec_from_file_location("bench_mllm_speed", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.mllm_tasks import TASKS, builtin_tasks_dir, write_tasks
+from eval.mllm.tasks import TASKS, builtin_tasks_dir, write_tasks
 
 NB_ANSWERS = {"yes_no": ("Yes", "No", "No", "Yes"), "multiple_choice": ("A", "B", "B", "A")}
 
@@ -284,7 +284,7 @@ def test_rescore_bad_input(logged, tmp_path, capsys):
 def tiny_logged(tiny_llava_dir, mllm_fixture_root, tmp_path_factory):
     """``genhancer_llava`` resolved by name (as ``lmms-eval --model genhancer_llava`` does), answering
     NaturalBench by likelihood through its model_args, on the six benchmarks' fixture tasks."""
-    from eval.lmms_model import register
+    from eval.mllm.lmms_model import register
 
     register()
     out = tmp_path_factory.mktemp("tiny_logs")
@@ -297,8 +297,8 @@ def tiny_logged(tiny_llava_dir, mllm_fixture_root, tmp_path_factory):
 def test_logs_of_our_model_rescore_to_the_numbers_their_full_rows_give(tiny_logged, capsys, tmp_path):
     """Rows without doc (rebuilt from the payloads, target and prompt) score exactly as the rows with
     doc that simple_evaluate returned; NaturalBench is read as likelihood from the run's model_args."""
-    from eval.mllm_run import score_tasks
-    from eval.mllm_samples import response_of, to_samples
+    from eval.mllm.run import score_tasks
+    from eval.mllm.samples import response_of, to_samples
 
     folder, res = tiny_logged
     for bench in TASKS:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from eval.answer_parsing import (
+from eval.mllm.answer_parsing import (
     options_from_prompt,
     parse_choice,
     parse_naturalbench,
     parse_scienceqa_llava,
     parse_yes_no_llava,
 )
-from eval.mllm_scoring import (
+from eval.mllm.scoring import (
     ORIGINAL_MMVP_KEY_FIXES,
     Sample,
     naturalbench_label,
@@ -422,7 +422,7 @@ class _Reply:
 
 
 def test_gpt_judge_reads_verdicts_the_official_way():
-    from eval.mllm_run import gpt_verdicts
+    from eval.mllm.run import gpt_verdicts
 
     replies = iter(["Correct", "incorrect.", "The answer is unclear", "correct"])
     seen = []
@@ -439,7 +439,7 @@ def test_gpt_judge_reads_verdicts_the_official_way():
 
 
 def test_gpt_judge_failures_are_an_error_not_a_wrong_answer():
-    from eval.mllm_run import gpt_verdicts
+    from eval.mllm.run import gpt_verdicts
 
     calls = []
 
@@ -473,7 +473,7 @@ def _rows(task: str, n: int, split: str = "") -> list[Sample]:
 
 
 def test_official_sizes_make_a_complete_run():
-    from eval.mllm_coverage import check_rows
+    from eval.mllm.coverage import check_rows
 
     cv = check_rows("cv_bench", _rows("cv_bench_2d", 1438) + _rows("cv_bench_3d", 1200))
     assert cv.complete and cv.total == 2638 and cv.coverage().startswith("complete (2638 rows")
@@ -487,7 +487,7 @@ def test_official_sizes_make_a_complete_run():
 
 
 def test_row_problems_are_counted_per_task():
-    from eval.mllm_coverage import check_rows
+    from eval.mllm.coverage import check_rows
 
     rows = _rows("pope_random", 3000, "random")
     del rows[10]  # a hole

@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from eval.mllm_tasks import TASKS, builtin_tasks_dir, find_split_files, task_specs, write_tasks
+from eval.mllm.tasks import TASKS, builtin_tasks_dir, find_split_files, task_specs, write_tasks
 from genhancer.runtime.errors import UserError
 
 # Columns (and types) of each dataset as lmms-eval 0.7.3's task code reads them; where each schema is
@@ -103,7 +103,7 @@ def test_overridden_aggregations_and_likelihood_variant(mllm_fixture_root, tmp_p
         "genhancer_hallusion_bench_non_image",
     ):
         aggs = tasks[name].aggregation()
-        assert all(inspect.getmodule(fn).__name__ == "eval.lmms_hooks" for fn in aggs.values()), name
+        assert all(inspect.getmodule(fn).__name__ == "eval.mllm.hooks" for fn in aggs.values()), name
     assert "naturalbench_Acc" in tasks["genhancer_naturalbench"].aggregation()
     gk = tasks["genhancer_naturalbench_lik"].config.generation_kwargs
     assert gk["genhancer_choice_mode"] == "likelihood" and gk["max_new_tokens"] == 16
@@ -122,7 +122,7 @@ def test_hub_mode_keeps_the_builtin_dataset(tmp_path):
     text = (tmp_path / "pope" / "genhancer_pope_adv.yaml").read_text()
     assert "dataset_path" not in text and ts.data["pope"].startswith("hub")
     hb = (tmp_path / "hallusion_bench" / "genhancer_hallusion_bench_non_image.yaml").read_text()
-    assert "test_split: non_image" in hb and "eval.lmms_hooks.hb_doc_to_visual" in hb
+    assert "test_split: non_image" in hb and "eval.mllm.hooks.hb_doc_to_visual" in hb
 
 
 def test_missing_split_names_the_file(mllm_fixture_root, tmp_path):
