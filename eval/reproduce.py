@@ -257,10 +257,13 @@ def summaries(m: dict[str, float]) -> dict[str, float]:
 # --- training -------------------------------------------------------------------------------------
 
 
-def enhance_overrides(p: Protocol, clip_dir: Path, seed: int, variant: str, cache_dir: str) -> list[str]:
+def enhance_overrides(
+    p: Protocol, clip_dir: Path, seed: int, variant: str, cache_dir: str, vae: str = "genhancer-tiny:vae"
+) -> list[str]:
     """``--set`` overrides on ``enhance --preset tiny`` for one variant."""
     sets = [
         f"backbone.name_or_path={clip_dir}",
+        f"vae.name_or_path={vae}",
         f"cache_dir={cache_dir}",
         f"train.seed={seed}",
         f"data.toyworld_seed={2000 + seed}",
@@ -290,7 +293,7 @@ def enhance_overrides(p: Protocol, clip_dir: Path, seed: int, variant: str, cach
 
 
 def train_variant(
-    p: Protocol, clip_dir: Path, seed: int, variant: str, run_dir: Path, cache_dir: str
+    p: Protocol, clip_dir: Path, seed: int, variant: str, run_dir: Path, cache_dir: str, vae: str
 ) -> Path:
     """Run ``enhance`` (in process) unless ``run_dir`` already holds its export; the merged HF dir."""
     done = run_dir / "export" / "hf" / "config.json"
@@ -298,7 +301,7 @@ def train_variant(
         from enhance.config import load_config
         from enhance.train import run
 
-        cfg = load_config("tiny", overrides=enhance_overrides(p, clip_dir, seed, variant, cache_dir))
+        cfg = load_config("tiny", overrides=enhance_overrides(p, clip_dir, seed, variant, cache_dir, vae))
         if run_dir.exists():
             import shutil
 
@@ -328,7 +331,7 @@ def tower_change(original: Path, enhanced: Path) -> float:
     return math.sqrt(num / den)
 
 
-def run_seed(p: Protocol, seed: int, out: Path, data: HeldOut, cache_dir: str) -> dict:
+def run_seed(p: Protocol, seed: int, out: Path, data: HeldOut, cache_dir: str, vae: str) -> dict:
     """Pretrain, enhance three ways, score four towers; writes ``out/seed<k>/scores.json``."""
     from genhancer.toyworld.sparse import sparse_clip
 
@@ -344,7 +347,7 @@ def run_seed(p: Protocol, seed: int, out: Path, data: HeldOut, cache_dir: str) -
     towers = {"original": clip_dir}
     for v in VARIANTS:
         t = time.time()
-        towers[v] = train_variant(p, clip_dir, seed, v, folder / v, cache_dir)
+        towers[v] = train_variant(p, clip_dir, seed, v, folder / v, cache_dir, vae)
         timings[f"{v}_train_s"] = time.time() - t
     t = time.time()
     scored = {name: score_tower(d, data) for name, d in towers.items()}
@@ -577,6 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cache-dir", default="", help="tiny VAE / sparse CLIP cache (default ~/.cache/genhancer)"
     )
+    parser.add_argument(
+        "--vae", default="genhancer-tiny:vae", help="FLUX-style VAE dir (tests pass their own)"
+    )
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -592,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = []
     for seed in args.seeds:
         log.info("seed %d", seed)
-        records.append(run_seed(p, seed, out, data, cache_dir))
+        records.append(run_seed(p, seed, out, data, cache_dir, args.vae))
     wall = time.time() - start
     agg = aggregate(records)
     agg["protocol"] = dataclasses.asdict(p)
