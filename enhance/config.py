@@ -9,27 +9,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from genhancer.runtime import configtools
 from genhancer.runtime.configtools import doc
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.sections import (
+    CheckpointSection,
+    LoggingSection,
+    OptimSection,
+    TrainSection,
+    check_common,
+)
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
-BACKBONE_FAMILIES = ("openai-clip", "metaclip", "siglip", "open_clip")
-DENOISER_KINDS = ("continuous", "discrete")
-TIMESTEP_SAMPLERS = ("logit_normal", "uniform")
-STAGE2_VARIANTS = ("stage2_all", "stage2_only")
-LORA_TARGETS = ("all-linear", "encoder")
-LORA_BIAS_MODES = ("none", "lora_only", "all")
-SCHEDULES = ("steps", "one_epoch")
-EXPORT_DTYPES = ("float32", "bfloat16")
-DATA_SOURCES = ("webdataset", "imagefolder", "hf", "toyworld")
+# The enums of this tree: configtools rejects any other value and names the key.
+BackboneFamily = Literal["openai-clip", "metaclip", "siglip", "open_clip"]
+DenoiserKind = Literal["continuous", "discrete"]
+TimestepSampler = Literal["logit_normal", "uniform"]
+Stage2Variant = Literal["stage2_all", "stage2_only"]
+LoraTargets = Literal["all-linear", "encoder"]
+LoraBias = Literal["none", "lora_only", "all"]
+Schedule = Literal["steps", "one_epoch"]
+ExportDtype = Literal["float32", "bfloat16"]
+DataSource = Literal["webdataset", "imagefolder", "hf", "toyworld"]
+VaeDtype = Literal["float32", "bfloat16", "auto"]
+CacheDtype = Literal["bfloat16", "float16", "float32"]
 
 
 @dataclass
 class BackboneConfig:
-    family: str = doc("openai-clip", "openai-clip | metaclip | siglip | open_clip")
+    family: BackboneFamily = doc("openai-clip", "openai-clip | metaclip | siglip | open_clip")
     name_or_path: str = doc(
         "openai/clip-vit-large-patch14",
         "HF id or local dir (open_clip: model name, with `pretrained` naming the weights). "
@@ -54,7 +65,7 @@ class ProjectorConfig:
 
 @dataclass
 class DenoiserConfig:
-    kind: str = doc("continuous", "continuous (FLUX-style MM-DiT) | discrete (VQ + Perceiver)")
+    kind: DenoiserKind = doc("continuous", "continuous (FLUX-style MM-DiT) | discrete (VQ + Perceiver)")
     num_layers: int = doc(2, "MM-DiT (double-stream) blocks")
     num_single_layers: int = doc(4, "single-stream DiT blocks")
     attention_head_dim: int = doc(128, "per-head width; must equal sum(axes_dims_rope)")
@@ -92,14 +103,16 @@ class VAEConfig:
 
 @dataclass
 class FlowConfig:
-    timestep_sampler: str = doc("logit_normal", "logit_normal (t = sigmoid(s * N(0,1))) | uniform")
+    timestep_sampler: TimestepSampler = doc(
+        "logit_normal", "logit_normal (t = sigmoid(s * N(0,1))) | uniform"
+    )
     scale: float = doc(1.0, "s of the scaled logit-normal sampler (paper Sec. 3.3)")
     preview_steps: int = doc(20, "Euler steps when sampling previews")
 
 
 @dataclass
 class DataConfig:
-    source: str = doc("webdataset", "webdataset | imagefolder | hf | toyworld")
+    source: DataSource = doc("webdataset", "webdataset | imagefolder | hf | toyworld")
     path: str = doc("", "shards (dir, glob or brace pattern), image folder, or datasets path/id")
     image_column: str = doc("image", "image column of a `datasets` dataset")
     split: str = doc("train", "split of a `datasets` dataset")
@@ -123,14 +136,16 @@ class LatentCacheConfig:
         "cache; `enhance --build-latent-cache` builds it only). Empty: encode on the fly",
     )
     crops: int = doc(4, "fixed RandomResizedCrop crops cached per image (a cached run cycles through them)")
-    dtype: str = doc("bfloat16", "storage dtype of the posterior mean/logvar: bfloat16 | float16 | float32")
+    dtype: CacheDtype = doc(
+        "bfloat16", "storage dtype of the posterior mean/logvar: bfloat16 | float16 | float32"
+    )
     seed: int = doc(0, "seed of the cached crop boxes")
     shard_size: int = doc(256, "images per shard file (the build resumes shard by shard)")
     batch_size: int = doc(64, "crops per VAE forward while building")
 
 
 @dataclass
-class StageConfig:
+class StageConfig(OptimSection):
     steps: int = doc(
         100000,
         "optimizer steps (paper and official config: 100,000 in stage 1; train.schedule=one_epoch "
@@ -138,10 +153,8 @@ class StageConfig:
     )
     lr: float = doc(1e-4, "constant learning rate")
     weight_decay: float = doc(0.01, "AdamW weight decay")
-    betas: list[float] = doc([0.9, 0.999], "AdamW betas")
     global_batch_size: int = doc(256, "images per optimizer step over all processes")
     per_device_batch_size: int = doc(16, "images per forward pass; accumulation fills the global batch")
-    grad_clip: float = doc(1.0, "max grad norm (0 disables)")
     warmup_steps: int = doc(0, "linear warmup steps (paper: none, constant LR)")
 
 
@@ -153,11 +166,13 @@ class Stage2Config(StageConfig):
         "derives one pass over the data instead)",
     )
     lr: float = doc(1e-5, "constant learning rate for LoRA (and the denoiser in stage2_all)")
-    variant: str = doc("stage2_all", "stage2_all: also train projector+denoiser; stage2_only: freeze them")
+    variant: Stage2Variant = doc(
+        "stage2_all", "stage2_all: also train projector+denoiser; stage2_only: freeze them"
+    )
     lora_r: int = doc(16, "LoRA rank")
     lora_alpha: int = doc(16, "LoRA alpha")
     lora_dropout: float = doc(0.1, "LoRA dropout")
-    lora_targets: str = doc(
+    lora_targets: LoraTargets = doc(
         "all-linear",
         "all-linear: every linear layer of the image side, the projection to the joint space included "
         "(CLIP visual_projection; the official code's peft all-linear) | encoder: attention and MLP "
@@ -167,7 +182,7 @@ class Stage2Config(StageConfig):
         [],
         "narrow the targets to modules with these names (e.g. [q_proj, v_proj]; empty: all of lora_targets)",
     )
-    lora_bias: str = doc(
+    lora_bias: LoraBias = doc(
         "lora_only",
         "biases that train with LoRA: none | lora_only (biases of the adapted layers; official code) | "
         "all (every bias of the image side). Exports fold them in with the adapters",
@@ -178,7 +193,7 @@ class Stage2Config(StageConfig):
         "paper Fig. 1(i)); 0: final export only",
     )
     export_keep: int = doc(10, "per-step exports kept (the newest); 0 keeps all")
-    export_dtype: str = doc(
+    export_dtype: ExportDtype = doc(
         "float32",
         "dtype of the exported towers: float32 (ours: the fp32 master weights) | bfloat16 (what the "
         "official code releases; evaluation casts back to float32 either way)",
@@ -186,9 +201,8 @@ class Stage2Config(StageConfig):
 
 
 @dataclass
-class TrainConfig:
-    seed: int = doc(0, "seed for initialisation, data order, noise and timesteps")
-    schedule: str = doc(
+class TrainConfig(TrainSection):
+    schedule: Schedule = doc(
         "steps",
         "steps: stage1.steps / stage2.steps as given (paper: 100,000 / 5,000) | one_epoch: each stage "
         "makes one pass over the data (the supplementary's 'one epoch' wording). They disagree because "
@@ -199,16 +213,6 @@ class TrainConfig:
     one_stage: bool = doc(
         False, "ablation: train tower (LoRA) + projector + denoiser together from step 0 (stage 2 only)"
     )
-    mixed_precision: str = doc("bf16", "no | bf16 | fp16 (CPU runs fall back to no)")
-    max_skip_fraction: float = doc(0.5, "stop when more than this fraction of images were unreadable")
-    nonfinite: str = doc(
-        "stop",
-        "non-finite loss/gradient: stop (clear error at the next log/checkpoint step, nothing after it "
-        "saved; no per-step host sync) | skip (drop the update, count it; one host sync per step)",
-    )
-
-
-PERF_VAE_DTYPES = ("float32", "bfloat16", "auto")
 
 
 @dataclass
@@ -223,7 +227,7 @@ class PerfConfig:
     gradient_checkpointing: bool = doc(
         False, "recompute tower and denoiser activations in backward: less memory, ~30% more compute"
     )
-    vae_dtype: str = doc(
+    vae_dtype: VaeDtype = doc(
         "auto",
         "dtype of the frozen VAE (encode runs under no_grad, latents return as float32): "
         "float32 | bfloat16 | auto (bfloat16 on CUDA, as diffusers' FLUX training scripts run it; "
@@ -231,18 +235,12 @@ class PerfConfig:
     )
 
 
-@dataclass
-class CheckpointConfig:
-    every: int = doc(1000, "save every N optimizer steps (and always at the end of a stage)")
-    keep_last: int = doc(2, "complete checkpoints to keep")
+CheckpointConfig = CheckpointSection
 
 
 @dataclass
-class LoggingConfig:
-    every: int = doc(10, "log metrics every N optimizer steps (no host sync in between)")
-    tensorboard: bool = doc(False, "also write TensorBoard events to DIR/tensorboard")
+class LoggingConfig(LoggingSection):
     preview_count: int = doc(4, "images in the preview grid written at each checkpoint (0: none)")
-    progress: bool = doc(True, "tqdm progress bar")
 
 
 @dataclass
@@ -265,26 +263,11 @@ class EnhanceConfig:
     def validate(self) -> None:
         """Check the whole tree at start-up, including parts used only late in the run."""
 
-        choice = configtools.check_choice
-
-        choice("backbone.family", self.backbone.family, BACKBONE_FAMILIES)
-        choice("denoiser.kind", self.denoiser.kind, DENOISER_KINDS)
-        choice("flow.timestep_sampler", self.flow.timestep_sampler, TIMESTEP_SAMPLERS)
-        choice("stage2.variant", self.stage2.variant, STAGE2_VARIANTS)
-        choice("stage2.lora_targets", self.stage2.lora_targets, LORA_TARGETS)
-        choice("stage2.lora_bias", self.stage2.lora_bias, LORA_BIAS_MODES)
-        choice("stage2.export_dtype", self.stage2.export_dtype, EXPORT_DTYPES)
-        choice("train.schedule", self.train.schedule, SCHEDULES)
         if self.stage2.export_every < 0 or self.stage2.export_keep < 0:
             raise UserError(
                 f"stage2.export_every and stage2.export_keep must be >= 0, got {self.stage2.export_every}, "
                 f"{self.stage2.export_keep}"
             )
-        choice("data.source", self.data.source, DATA_SOURCES)
-        choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
-        choice("train.nonfinite", self.train.nonfinite, ("stop", "skip"))
-        choice("perf.vae_dtype", self.perf.vae_dtype, PERF_VAE_DTYPES)
-        choice("latent_cache.dtype", self.latent_cache.dtype, ("bfloat16", "float16", "float32"))
         c = self.latent_cache
         if c.crops < 1 or c.shard_size < 1 or c.batch_size < 1:
             raise UserError(
@@ -319,13 +302,7 @@ class EnhanceConfig:
             raise UserError("flow.scale must be > 0")
         for name in ("stage1", "stage2"):
             st: StageConfig = getattr(self, name)
-            if st.global_batch_size < 1 or st.per_device_batch_size < 1:
-                raise UserError(f"{name}: batch sizes must be >= 1")
-            if st.global_batch_size % st.per_device_batch_size:
-                raise UserError(
-                    f"{name}.global_batch_size {st.global_batch_size} must be a multiple of "
-                    f"{name}.per_device_batch_size {st.per_device_batch_size}"
-                )
+            st.check_batches(name)
             if st.steps < 0 or st.lr < 0:
                 raise UserError(f"{name}: steps and lr must be >= 0")
         if not self.train.stages or any(s not in (1, 2) for s in self.train.stages):
@@ -338,8 +315,7 @@ class EnhanceConfig:
             raise UserError(
                 f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {self.data.crop_scale}"
             )
-        if self.checkpoint.every < 1 or self.logging.every < 1 or self.checkpoint.keep_last < 1:
-            raise UserError("checkpoint.every, checkpoint.keep_last and logging.every must be >= 1")
+        check_common(self.checkpoint, self.logging)
 
 
 # Keys that may change between a checkpoint and --resume without invalidating it.

@@ -133,8 +133,14 @@ def checkpoint_state(model: GenHancerModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint_state(model: GenHancerModel, state: dict[str, torch.Tensor]) -> None:
+def load_checkpoint_state(
+    model: GenHancerModel, state: dict[str, torch.Tensor], partial: bool = False
+) -> None:
+    """Load :func:`checkpoint_state` back. ``partial``: an earlier stage's checkpoint, which lacks
+    what this stage added (stage 2's LoRA and tower biases) but nothing else."""
     missing = set(checkpoint_state(model)) - set(state)
+    if partial:
+        missing = {k for k in missing if not k.startswith("backbone.")}
     unexpected = set(state) - set(model.state_dict())
     if missing or unexpected:
         raise RuntimeError(

@@ -20,33 +20,14 @@ from enhance.model import (
     set_vae_dtype,
 )
 from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
-from genhancer.runtime import checkpoint as ckpt
-from genhancer.runtime import configtools
+from genhancer.runtime.driver import RunFolder, StageDriver, StageSetup
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.seeding import derive_seed
-from genhancer.runtime.trainer import (
-    LoopSpec,
-    MetricsWriter,
-    grad_accum_steps,
-    lr_lambda,
-    run_loop,
-    start_stage,
-)
-from genhancer.runtime.trainer import check_run_dir as trainer_check_run_dir
+from genhancer.runtime.trainer import grad_accum_steps, lr_lambda
 
 log = logging.getLogger("enhance")
 
 STAGE_NAMES = {1: "stage1", 2: "stage2"}
-
-
-# --- run folder -------------------------------------------------------------------------------
-
-
-def check_run_dir(run_dir: Path, cfg: EnhanceConfig, resume: bool) -> Path | None:
-    """See :func:`genhancer.runtime.trainer.check_run_dir`; stage-2 settings are free once stage 1 finished."""
-    return trainer_check_run_dir(
-        run_dir, cfg, resume, RESUME_ALLOWED_CHANGES, "stage1", ["stage2", "train.one_stage"]
-    )
 
 
 # --- building ---------------------------------------------------------------------------------
@@ -223,92 +204,35 @@ def apply_stage_perf(model: GenHancerModel, cfg: EnhanceConfig) -> None:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dict:
-    """Train the configured stages, then export. Returns {"export": {...}, "final_loss": ...}."""
-    from accelerate import Accelerator
+class EnhanceStages(StageDriver):
+    """The two GenHancer stages on the shared driver: stage 2 adds LoRA, exports every
+    ``stage2.export_every`` steps, and both write preview grids at their checkpoints."""
 
-    from enhance.export import export_model, export_step
-    from enhance.preview import save_preview
+    def __init__(
+        self,
+        accelerator,
+        cfg: EnhanceConfig,
+        folder: RunFolder,
+        model: GenHancerModel,
+        source,
+        cache,
+        preview,
+    ):
+        super().__init__(accelerator, cfg, folder, RESUME_ALLOWED_CHANGES)
+        self.model, self.source, self.cache, self.preview = model, source, cache, preview
 
-    check_data_path(cfg)
+    def setup_stage(self, name: str) -> StageSetup:
+        from enhance.export import export_step
+        from enhance.preview import save_preview
 
-    # --- compute
-    use_cuda = torch.cuda.is_available()
-    mixed = cfg.train.mixed_precision if use_cuda else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not use_cuda)
-    world, rank = accelerator.num_processes, accelerator.process_index
-
-    # --- run folder
-    run_dir = Path(output_dir)
-    latest = check_run_dir(run_dir, cfg, resume)
-    accelerator.wait_for_everyone()  # every rank checks the folder before the main process writes to it
-    resume_meta = ckpt.read_state(latest) if latest is not None else None
-    if cfg.train.stages[0] == 2 and not cfg.train.one_stage:
-        has_stage1 = resume_meta is not None and (
-            resume_meta["stage"] == "stage2" or resume_meta.get("final")
-        )
-        if not has_stage1:
-            raise UserError(
-                f"stage 2 needs the finished stage 1 of this run in {run_dir}/checkpoints; run stage 1 "
-                "first (then --stage 2 --resume), or set train.one_stage=true for the end-to-end ablation"
-            )
-    # --- model and data, before anything is written: a bad path fails with nothing on disk
-    model = build_model(cfg).to(accelerator.device)
-    set_vae_dtype(model, cfg.perf.vae_dtype, accelerator.device.type)
-    source = build_data_source(cfg, model.backbone.image_size)
-    resolve_schedule(cfg, source, world)
-    preview = preview_batch(cfg, model, source) if accelerator.is_main_process else None
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(run_dir / "config.yaml", configtools.dump_yaml(cfg))
-    accelerator.wait_for_everyone()
-    cache = prepare_latent_cache(cfg, model.codec, model.backbone.image_size, source, accelerator)
-    config_hash = configtools.config_hash(cfg, ignore=RESUME_ALLOWED_CHANGES)
-    metrics = MetricsWriter(run_dir, accelerator.is_main_process, cfg.logging.tensorboard)
-    if resume:
-        upto = (resume_meta["stage_index"], resume_meta["step"]) if resume_meta else (0, -1)
-        index = {name: i for i, name in STAGE_NAMES.items()}
-        metrics.rewind(lambda r: (index.get(r.get("stage"), 99), r.get("step", 0)) <= upto)
-    protect: set[str] = set()
-    final_loss = None
-
-    for stage in cfg.train.stages:
-        name = STAGE_NAMES[stage]
+        cfg, model, accelerator = self.cfg, self.model, self.accelerator
+        stage = int(name.removeprefix("stage"))
         scfg = cfg.stage1 if stage == 1 else cfg.stage2
+        world = accelerator.num_processes
         grad_accum = grad_accum_steps(name, scfg.global_batch_size, scfg.per_device_batch_size, world)
         params = configure_stage(model, stage, cfg)
         apply_stage_perf(model, cfg)
-
-        # --- resume bookkeeping
-        if resume_meta is not None:
-            ck_stage = resume_meta["stage_index"]
-            if ck_stage > stage:
-                log.info("%s: done in the checkpoint being resumed, skipped", name)
-                continue
-            if ck_stage == stage and resume_meta["step"] >= scfg.steps:
-                load_checkpoint_state(model, ckpt.load_weights(latest))
-                protect.add(latest.name)
-                log.info("%s: finished at step %d in %s, skipped", name, resume_meta["step"], latest.name)
-                continue
-            if ck_stage < stage:  # stage-1 checkpoint, stage 2 starts fresh from its weights
-                resume_meta = None
-
-        here = resume_meta is not None and resume_meta["stage_index"] == stage
-        prepared, optimizer, scheduler, start = start_stage(
-            accelerator,
-            model,
-            params,
-            scfg,
-            lr_lambda(scfg.warmup_steps),
-            latest if here else None,
-            lambda w: load_checkpoint_state(model, w),
-        )
-        resume_meta = None if here else resume_meta
-
-        spec = LoopSpec.for_stage(cfg, name, stage, scfg.steps, grad_accum, scfg.grad_clip, config_hash)
-        factory = build_stream_factory(
-            cfg, model, source, stage, rank, world, scfg.per_device_batch_size, use_cuda, cache
-        )
+        run_dir = self.folder.path
 
         on_step = None
         if stage == 2 and cfg.stage2.export_every > 0 and accelerator.is_main_process:
@@ -317,35 +241,90 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
                 if step % cfg.stage2.export_every == 0:
                     export_step(model, cfg, run_dir / "export", step)
 
-        def on_checkpoint(step: int, _name=name) -> None:
-            if preview is not None:
+        def on_checkpoint(step: int) -> None:
+            if self.preview is not None:
                 save_preview(
                     model,
-                    preview,
-                    run_dir / "previews" / f"{_name}_step{step:07d}.png",
+                    self.preview,
+                    run_dir / "previews" / f"{name}_step{step:07d}.png",
                     seed=cfg.train.seed,
                     steps=cfg.flow.preview_steps,
                 )
 
-        run_loop(
-            accelerator,
-            prepared,
-            optimizer,
-            scheduler,
-            factory,
-            spec,
-            run_dir,
-            metrics,
-            lambda: checkpoint_state(model),
-            start,
+        return StageSetup(
+            module=model,
+            params=params,
+            optim=scfg,
+            steps=scfg.steps,
+            grad_accum=grad_accum,
+            lr_fn=lr_lambda(scfg.warmup_steps),
+            batches=build_stream_factory(
+                cfg,
+                model,
+                self.source,
+                stage,
+                accelerator.process_index,
+                world,
+                scfg.per_device_batch_size,
+                accelerator.device.type == "cuda",
+                self.cache,
+            ),
+            checkpoint_weights=lambda: checkpoint_state(model),
+            load_weights=lambda w: load_checkpoint_state(model, w),
+            # stage 1's product into a model that already carries stage 2's fresh LoRA
+            load_earlier=lambda w: load_checkpoint_state(model, w, partial=True),
             on_checkpoint=on_checkpoint,
-            protect=protect,
             on_step=on_step,
         )
-        accelerator.free_memory()  # drop the wrappers; ``model`` itself was trained in place
 
-    metrics.close()
+
+def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dict:
+    """Train the configured stages, then export. Returns {"export": {...}, "final_loss": ...}."""
+    from accelerate import Accelerator
+
+    from enhance.export import export_model
+
+    check_data_path(cfg)
+
+    # --- compute
+    use_cuda = torch.cuda.is_available()
+    mixed = cfg.train.mixed_precision if use_cuda else "no"
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not use_cuda)
+    world = accelerator.num_processes
+
+    # --- run folder
+    run_dir = Path(output_dir)
+    folder = RunFolder.open(
+        accelerator,
+        run_dir,
+        cfg,
+        resume,
+        stage_names=tuple(STAGE_NAMES.values()),
+        run_stages=[STAGE_NAMES[s] for s in cfg.train.stages],
+        allowed_changes=RESUME_ALLOWED_CHANGES,
+        freed_after_first_stage=["stage2", "train.one_stage"],  # stage 2 has not used them yet
+        prerequisite_error=None
+        if cfg.train.one_stage
+        else (
+            f"stage 2 needs the finished stage 1 of this run in {run_dir}/checkpoints; run stage 1 "
+            "first (then --stage 2 --resume), or set train.one_stage=true for the end-to-end ablation"
+        ),
+    )
+    # --- model and data, before anything is written: a bad path fails with nothing on disk
+    model = build_model(cfg).to(accelerator.device)
+    set_vae_dtype(model, cfg.perf.vae_dtype, accelerator.device.type)
+    source = build_data_source(cfg, model.backbone.image_size)
+    resolve_schedule(cfg, source, world)
+    preview = preview_batch(cfg, model, source) if accelerator.is_main_process else None
+    folder.write_config(accelerator, cfg)
+    cache = prepare_latent_cache(cfg, model.codec, model.backbone.image_size, source, accelerator)
+
+    EnhanceStages(accelerator, cfg, folder, model, source, cache, preview).run(
+        [STAGE_NAMES[s] for s in cfg.train.stages]
+    )
+
     exported: dict = {}
+    final_loss = None
     if accelerator.is_main_process:
         stage2_step = cfg.stage2.steps if 2 in cfg.train.stages else None
         exported = export_model(model, cfg, run_dir / "export", stage2_step)

@@ -9,15 +9,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from genhancer.runtime import configtools
 from genhancer.runtime.configtools import doc, field_docs
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.sections import (
+    CheckpointSection,
+    LoggingSection,
+    OptimSection,
+    TrainSection,
+    check_common,
+)
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-STAGES = ("pretrain", "finetune")
-TRAINABLE = ("projector", "full", "lora")
-DATA_SOURCES = ("llava", "toyworld")
+
+# The enums of this tree: configtools rejects any other value and names the key.
+Stage = Literal["pretrain", "finetune"]
+Trainable = Literal["projector", "full", "lora"]
+DataSource = Literal["llava", "toyworld"]
+ProjectorType = Literal["mlp2x_gelu"]
+FeatureSelect = Literal["auto", "default", "full"]
+LoadDtype = Literal["float32", "bfloat16", "float16"]
+AspectRatio = Literal["crop", "pad"]
+
+STAGES: tuple[str, ...] = get_args(Stage)
 
 
 @dataclass
@@ -37,12 +53,14 @@ class ModelConfig:
     pretrained_projector: str = doc(
         "", "dir holding projector.safetensors from a pretrain stage (--projector); finetune starts from it"
     )
-    projector_type: str = doc("mlp2x_gelu", "projector: Linear -> GELU -> Linear (the only LLaVA-1.5 kind)")
+    projector_type: ProjectorType = doc(
+        "mlp2x_gelu", "projector: Linear -> GELU -> Linear (the only LLaVA-1.5 kind)"
+    )
     vision_feature_layer: int = doc(-2, "tower layer whose patch features feed the projector")
-    vision_feature_select_strategy: str = doc(
+    vision_feature_select_strategy: FeatureSelect = doc(
         "auto", "auto (CLIP: default = drop CLS; SigLIP: full) | default | full"
     )
-    dtype: str = doc(
+    dtype: LoadDtype = doc(
         "float32",
         "weights dtype when loading: float32 | bfloat16 | float16; outside DeepSpeed the trainable "
         "weights are kept in float32 and the forward runs under autocast in this dtype",
@@ -54,7 +72,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = doc("llava", "llava (JSON + image folder under data.root) | toyworld (generated, offline)")
+    source: DataSource = doc(
+        "llava", "llava (JSON + image folder under data.root) | toyworld (generated, offline)"
+    )
     root: str = doc("", "data root (--data-root); stage paths below are relative to it")
     max_length: int = doc(2048, "max tokens per sample, image tokens included; longer ones are truncated")
     group_by_modality_length: bool = doc(True, "batches hold one modality, grouped by length")
@@ -67,28 +87,25 @@ class DataConfig:
 
 
 @dataclass
-class StageConfig:
+class StageConfig(OptimSection):
     data_path: str = doc(
         "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json", "LLaVA JSON, relative to data.root (or absolute)"
     )
     image_folder: str = doc("LLaVA-Pretrain/images", "image root for this JSON, relative to data.root")
     template: str = doc("plain", "conversation template: plain | vicuna_v1")
-    image_aspect_ratio: str = doc(
+    image_aspect_ratio: AspectRatio = doc(
         "crop",
         "crop (the tower processor's resize + centre crop; LLaVA-1.5 pretraining) | "
         "pad (to square with the processor mean first; LLaVA-1.5 finetuning)",
     )
-    trainable: str = doc("projector", "projector | full (LM + projector) | lora (LM LoRA + projector)")
+    trainable: Trainable = doc("projector", "projector | full (LM + projector) | lora (LM LoRA + projector)")
     lr: float = doc(1e-3, "peak learning rate (LoRA weights when trainable=lora)")
     projector_lr: float = doc(0.0, "projector LR when it differs from lr (LoRA recipe: 2e-5); 0: lr")
-    weight_decay: float = doc(0.0, "AdamW weight decay")
-    betas: list[float] = doc([0.9, 0.999], "AdamW betas")
     warmup_ratio: float = doc(0.03, "linear warmup as a fraction of the steps, then cosine decay to 0")
     epochs: float = doc(1.0, "passes over the data (sets steps when steps is 0)")
     steps: int = doc(0, "optimizer steps; 0: derived from epochs and the dataset size")
     global_batch_size: int = doc(256, "samples per optimizer step over all processes")
     per_device_batch_size: int = doc(32, "samples per forward; accumulation fills the global batch")
-    grad_clip: float = doc(1.0, "max grad norm (0 disables)")
     lora_r: int = doc(128, "LoRA rank")
     lora_alpha: int = doc(256, "LoRA alpha")
     lora_dropout: float = doc(0.05, "LoRA dropout")
@@ -103,37 +120,29 @@ class FinetuneStageConfig(StageConfig):
     data_path: str = doc("llava_v1_5_mix665k.json", "LLaVA JSON, relative to data.root (or absolute)")
     image_folder: str = doc(".", "image root for this JSON, relative to data.root")
     template: str = doc("vicuna_v1", "conversation template: plain | vicuna_v1")
-    image_aspect_ratio: str = doc(
+    image_aspect_ratio: AspectRatio = doc(
         "pad",
         "pad (to square with the processor mean first; LLaVA-1.5 finetuning) | "
         "crop (the tower processor's resize + centre crop)",
     )
-    trainable: str = doc("full", "projector | full (LM + projector) | lora (LM LoRA + projector)")
+    trainable: Trainable = doc("full", "projector | full (LM + projector) | lora (LM LoRA + projector)")
     lr: float = doc(2e-5, "peak learning rate (LoRA weights when trainable=lora)")
     global_batch_size: int = doc(128, "samples per optimizer step over all processes")
     per_device_batch_size: int = doc(16, "samples per forward; accumulation fills the global batch")
 
 
 @dataclass
-class TrainConfig:
-    seed: int = doc(0, "seed for the projector init, data order and dropout")
+class TrainConfig(TrainSection):
     stages: list[str] = doc(["pretrain", "finetune"], "stages to run, in order (--stage)")
-    mixed_precision: str = doc("bf16", "no | bf16 | fp16 (CPU runs fall back to no)")
-    max_skip_fraction: float = doc(0.5, "stop when more than this fraction of images were unreadable")
     eval_toy: bool = doc(True, "toyworld: report toy-question accuracy vs chance after training")
 
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(CheckpointSection):
     every: int = doc(500, "save every N optimizer steps (and always at the end of a stage)")
-    keep_last: int = doc(2, "complete checkpoints to keep")
 
 
-@dataclass
-class LoggingConfig:
-    every: int = doc(10, "log metrics every N optimizer steps")
-    tensorboard: bool = doc(False, "also write TensorBoard events to DIR/tensorboard")
-    progress: bool = doc(True, "tqdm progress bar")
+LoggingConfig = LoggingSection
 
 
 @dataclass
@@ -150,20 +159,8 @@ class LlavaTrainConfig:
     def validate(self) -> None:
         """Check the whole tree at start-up, including the stage that runs last."""
 
-        choice = configtools.check_choice
-
         from llava_integration.templates import TEMPLATES
 
-        m = self.model
-        choice("model.projector_type", m.projector_type, ("mlp2x_gelu",))
-        choice(
-            "model.vision_feature_select_strategy",
-            m.vision_feature_select_strategy,
-            ("auto", "default", "full"),
-        )
-        choice("model.dtype", m.dtype, ("float32", "bfloat16", "float16"))
-        choice("data.source", self.data.source, DATA_SOURCES)
-        choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
         if self.data.max_length < 8:
             raise UserError("data.max_length must be >= 8")
         if not self.train.stages or any(s not in STAGES for s in self.train.stages):
@@ -174,22 +171,13 @@ class LlavaTrainConfig:
             raise UserError(f"train.stages must run in the order {list(STAGES)}, got {self.train.stages}")
         for name in STAGES:
             st: StageConfig = getattr(self, name)
-            choice(f"{name}.template", st.template, tuple(TEMPLATES))
-            choice(f"{name}.image_aspect_ratio", st.image_aspect_ratio, ("pad", "crop"))
-            choice(f"{name}.trainable", st.trainable, TRAINABLE)
-            if st.global_batch_size < 1 or st.per_device_batch_size < 1:
-                raise UserError(f"{name}: batch sizes must be >= 1")
-            if st.global_batch_size % st.per_device_batch_size:
-                raise UserError(
-                    f"{name}.global_batch_size {st.global_batch_size} must be a multiple of "
-                    f"{name}.per_device_batch_size {st.per_device_batch_size}"
-                )
+            configtools.check_choice(f"{name}.template", st.template, tuple(TEMPLATES))  # a registry
+            st.check_batches(name)
             if st.steps < 0 or st.lr < 0 or st.epochs < 0 or st.projector_lr < 0:
                 raise UserError(f"{name}: steps, epochs and learning rates must be >= 0")
             if not 0.0 <= st.warmup_ratio < 1.0:
                 raise UserError(f"{name}.warmup_ratio must lie in [0, 1)")
-        if self.checkpoint.every < 1 or self.logging.every < 1:
-            raise UserError("checkpoint.every and logging.every must be >= 1")
+        check_common(self.checkpoint, self.logging)
 
 
 # Keys that may change between a checkpoint and --resume without invalidating it.

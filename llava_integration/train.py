@@ -15,36 +15,13 @@ from pathlib import Path
 
 import torch
 
-from genhancer.runtime import checkpoint as ckpt
-from genhancer.runtime import configtools
+from genhancer.runtime.driver import RunFolder, StageDriver, StageSetup
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.seeding import derive_seed
-from genhancer.runtime.trainer import (
-    LoopSpec,
-    MetricsWriter,
-    cosine_lambda,
-    grad_accum_steps,
-    is_deepspeed,
-    run_loop,
-    start_stage,
-)
-from genhancer.runtime.trainer import check_run_dir as trainer_check_run_dir
+from genhancer.runtime.trainer import cosine_lambda, grad_accum_steps, is_deepspeed
 from llava_integration.config import RESUME_ALLOWED_CHANGES, STAGES, LlavaTrainConfig, StageConfig
 
 log = logging.getLogger("llava_integration")
-
-
-def stage_index(name: str) -> int:
-    return STAGES.index(name) + 1
-
-
-# --- run folder -------------------------------------------------------------------------------
-
-
-def check_run_dir(run_dir: Path, cfg: LlavaTrainConfig, resume: bool) -> Path | None:
-    """See :func:`genhancer.runtime.trainer.check_run_dir`; finetune settings are free once pretraining finished
-    (the LR schedule depends on the step count, so steps and batch sizes may not change mid-stage)."""
-    return trainer_check_run_dir(run_dir, cfg, resume, RESUME_ALLOWED_CHANGES, "pretrain", ["finetune"])
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -132,23 +109,147 @@ def pretrain_saved(run_dir: Path) -> bool:
 # --- the run ----------------------------------------------------------------------------------
 
 
+class LlavaStages(StageDriver):
+    """Pretrain and finetune on the shared driver. Stage ends: under ZeRO-3 gather the partitioned
+    weights (collective), tally the data counters, and after pretrain write ``DIR/pretrain``."""
+
+    def __init__(
+        self, accelerator, cfg: LlavaTrainConfig, folder: RunFolder, llava, processor, task, master_fp32
+    ):
+        super().__init__(accelerator, cfg, folder, RESUME_ALLOWED_CHANGES)
+        self.llava, self.processor, self.task, self.master_fp32 = llava, processor, task, master_fp32
+        self.zero3 = is_deepspeed(accelerator)
+        self.report: dict = {"stages": {}}
+        self.gathered: dict | None = None  # ZeRO-3 only: the full weights, gathered after each stage
+        # per stage: the data counters its stream tallies, and what its report entry starts with
+        self._counts: dict[str, dict[str, int]] = {}
+        self._summary: dict[str, dict] = {}
+
+    def setup_stage(self, name: str) -> StageSetup:
+        from torch.utils.data import DataLoader
+
+        from llava_integration import model as llava_model
+        from llava_integration.data import LlavaStream, RowReport, load_records
+        from llava_integration.stages import (
+            configure_stage,
+            keep_trainable_fp32,
+            load_trainable_state,
+            trainable_state,
+        )
+        from llava_integration.templates import check_tokenizer, get_template
+
+        cfg, llava, task, accelerator = self.cfg, self.llava, self.task, self.accelerator
+        tokenizer = self.processor.tokenizer
+        n_image = llava_model.num_image_tokens(llava.config)
+        world, rank = accelerator.num_processes, accelerator.process_index
+        st: StageConfig = getattr(cfg, name)
+        template = get_template(st.template)
+        check_tokenizer(tokenizer, template, f"model.llm '{cfg.model.llm}'")
+        json_path, image_root = stage_paths(cfg, st, name, self.folder.path)
+        rows = RowReport()
+        records = load_records(json_path, n_image, rows)
+        if rows.tolerated or rows.skipped:
+            log.warning("%s: %s: %s", name, json_path, rows.summary())
+        steps = stage_steps(st, len(records))
+        grad_accum = grad_accum_steps(name, st.global_batch_size, st.per_device_batch_size, world)
+        groups = configure_stage(llava, name, st, cfg.train.seed)
+        if self.master_fp32:
+            cast = keep_trainable_fp32(llava)
+            if cast:
+                log.info(
+                    "%s: %d trainable weights kept in float32 (compute in %s)", name, cast, cfg.model.dtype
+                )
+        image_processor = stage_image_processor(self.processor.image_processor, st)
+        counts: dict[str, int] = {}
+        self._counts[name] = counts
+        self._summary[name] = {"samples": len(records), "steps": steps, "rows": rows.as_dict()}
+
+        def batches(start_position: int):
+            stream = LlavaStream(
+                records,
+                image_root,
+                tokenizer,
+                image_processor,
+                template,
+                llava.config.image_token_id,
+                n_image,
+                cfg.data.max_length,
+                st.per_device_batch_size,
+                seed=derive_seed("data", cfg.train.seed, name),
+                rank=rank,
+                world_size=world,
+                start=start_position,
+                group_by_modality=cfg.data.group_by_modality_length,
+            )
+            loader = DataLoader(
+                stream,
+                batch_size=None,
+                num_workers=cfg.data.num_workers,
+                pin_memory=accelerator.device.type == "cuda",
+            )
+            return _tally(iter(loader), counts)
+
+        log.info(
+            "%s: %d samples, %d steps of %d (template %s)",
+            name,
+            len(records),
+            steps,
+            st.global_batch_size,
+            st.template,
+        )
+        return StageSetup(
+            module=task,
+            params=groups,
+            optim=st,
+            steps=steps,
+            grad_accum=grad_accum,
+            lr_fn=cosine_lambda(math.ceil(st.warmup_ratio * steps), steps),
+            batches=batches,
+            checkpoint_weights=lambda: trainable_state(task),
+            load_weights=lambda w: load_trainable_state(task, w),
+            extra_state={"data": rows.as_dict()},  # in every metrics.jsonl record of the stage
+        )
+
+    def stage_finished(self, name: str) -> None:
+        from llava_integration import model as llava_model
+
+        run_dir = self.folder.path
+        if name == "pretrain" and self.accelerator.is_main_process and not pretrain_saved(run_dir):
+            # a crash between pretrain's last checkpoint and DIR/pretrain: write it now
+            llava_model.save_projector(self.llava, run_dir / "pretrain", self.cfg.model.vision_tower)
+
+    def end_stage(self, name: str, prepared: torch.nn.Module) -> None:
+        from llava_integration import model as llava_model
+
+        accelerator, cfg = self.accelerator, self.cfg
+        if self.zero3:  # parameters are partitioned across ranks: gather them (collective) before saving
+            full = accelerator.get_state_dict(prepared)
+            self.gathered = {k.removeprefix("llava."): v for k, v in (full or {}).items()}
+        totals = {
+            k: int(accelerator.reduce(torch.tensor(v, device=accelerator.device), "sum").item())
+            for k, v in sorted(self._counts[name].items())
+        }
+        self.report["stages"][name] = {**self._summary[name], **totals}
+        if totals.get("truncated") or totals.get("dropped"):
+            log.info(
+                "%s: %d samples truncated to %d tokens, %d dropped",
+                name,
+                totals.get("truncated", 0),
+                cfg.data.max_length,
+                totals.get("dropped", 0),
+            )
+        if name == "pretrain" and accelerator.is_main_process:
+            llava_model.save_projector(
+                self.llava, self.folder.path / "pretrain", cfg.model.vision_tower, self.gathered
+            )
+
+
 def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> dict:
     """Train the configured stages and save ``DIR/final``. Returns paths and the toy report."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from torch.utils.data import DataLoader
 
     from llava_integration import model as llava_model
-    from llava_integration.data import LlavaStream, RowReport, load_records
-    from llava_integration.stages import (
-        LlavaTask,
-        cast_floating,
-        configure_stage,
-        keep_trainable_fp32,
-        load_trainable_state,
-        merge_lora,
-        trainable_state,
-    )
-    from llava_integration.templates import check_tokenizer, get_template
+    from llava_integration.stages import LlavaTask, cast_floating, merge_lora
 
     # --- compute
     use_cuda = torch.cuda.is_available()
@@ -163,7 +264,6 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
     )
     if use_cuda:
         enable_tf32()
-    world, rank = accelerator.num_processes, accelerator.process_index
     zero3 = is_deepspeed(accelerator)  # the shipped DeepSpeed config for llava-train is ZeRO-3
     if zero3 and any(getattr(cfg, s).trainable == "lora" for s in cfg.train.stages):
         raise UserError(
@@ -173,24 +273,24 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
 
     # --- run folder
     run_dir = Path(output_dir)
-    latest = check_run_dir(run_dir, cfg, resume)
-    resume_meta = ckpt.read_state(latest) if latest is not None else None
-    first = cfg.train.stages[0]
-    if first == "finetune" and not cfg.model.pretrained_projector:
-        has_pretrain = resume_meta is not None and (
-            resume_meta["stage"] == "finetune" or resume_meta.get("final")
-        )
-        if not has_pretrain:
-            raise UserError(
-                "finetune needs a pretrained projector: pass --projector DIR/pretrain of a pretrain run, "
-                f"or run --stage pretrain first in {run_dir} (then --stage finetune --resume)"
-            )
-    accelerator.wait_for_everyone()  # every rank checks the folder before the main process writes to it
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(run_dir / "config.yaml", configtools.dump_yaml(cfg))
-    accelerator.wait_for_everyone()
-    config_hash = configtools.config_hash(cfg, ignore=RESUME_ALLOWED_CHANGES)
+    folder = RunFolder.open(
+        accelerator,
+        run_dir,
+        cfg,
+        resume,
+        stage_names=STAGES,
+        run_stages=cfg.train.stages,
+        allowed_changes=RESUME_ALLOWED_CHANGES,
+        # the LR schedule depends on the step count, so pretrain's steps and batches stay fixed
+        freed_after_first_stage=["finetune"],
+        prerequisite_error=None
+        if cfg.model.pretrained_projector
+        else (
+            "finetune needs a pretrained projector: pass --projector DIR/pretrain of a pretrain run, "
+            f"or run --stage pretrain first in {run_dir} (then --stage finetune --resume)"
+        ),
+    )
+    folder.write_config(accelerator, cfg)
 
     # --- model
     last = getattr(cfg, cfg.train.stages[-1])  # DIR/final's processor reads images as it trained last
@@ -203,8 +303,6 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
     # Outside DeepSpeed (which keeps fp32 master weights itself) half-precision trainable weights are
     # kept in fp32 and the forward runs under autocast in the load dtype (see keep_trainable_fp32).
     master_fp32 = load_dtype != torch.float32 and not zero3
-    tokenizer = processor.tokenizer
-    n_image = llava_model.num_image_tokens(llava.config)
     vc = llava.config.vision_config
     if cfg.data.source == "toyworld":
         if accelerator.is_main_process:
@@ -213,145 +311,10 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
     task = LlavaTask(llava, vision_every_step=zero3, autocast_dtype=load_dtype if master_fp32 else None).to(
         accelerator.device
     )
-    metrics = MetricsWriter(run_dir, accelerator.is_main_process, cfg.logging.tensorboard)
-    if resume:  # drop log lines the checkpoint does not cover (see MetricsWriter.rewind)
-        upto = (resume_meta["stage_index"], resume_meta["step"]) if resume_meta else (0, -1)
-        metrics.rewind(
-            lambda r: (
-                (STAGES.index(r["stage"]) + 1 if r.get("stage") in STAGES else 99, r.get("step", 0)) <= upto
-            )
-        )
-    protect: set[str] = set()
-    report: dict = {"stages": {}}
-    gathered: dict | None = None  # ZeRO-3 only: the full weights, gathered after each stage
+    stages = LlavaStages(accelerator, cfg, folder, llava, processor, task, master_fp32)
+    stages.run(cfg.train.stages)
+    report, gathered = stages.report, stages.gathered
 
-    for name in cfg.train.stages:
-        idx = stage_index(name)
-        st: StageConfig = getattr(cfg, name)
-        template = get_template(st.template)
-        check_tokenizer(tokenizer, template, f"model.llm '{cfg.model.llm}'")
-        json_path, image_root = stage_paths(cfg, st, name, run_dir)
-        rows = RowReport()
-        records = load_records(json_path, n_image, rows)
-        if rows.tolerated or rows.skipped:
-            log.warning("%s: %s: %s", name, json_path, rows.summary())
-        steps = stage_steps(st, len(records))
-        grad_accum = grad_accum_steps(name, st.global_batch_size, st.per_device_batch_size, world)
-        groups = configure_stage(llava, name, st, cfg.train.seed)
-        if master_fp32:
-            cast = keep_trainable_fp32(llava)
-            if cast:
-                log.info(
-                    "%s: %d trainable weights kept in float32 (compute in %s)", name, cast, cfg.model.dtype
-                )
-        image_processor = stage_image_processor(processor.image_processor, st)
-
-        # --- resume bookkeeping
-        if resume_meta is not None:
-            ck = resume_meta["stage_index"]
-            if ck > idx:
-                log.info("%s: done in the checkpoint being resumed, skipped", name)
-                continue
-            if ck < idx or (resume_meta["step"] >= steps and resume_meta.get("final")):
-                load_trainable_state(task, ckpt.load_weights(latest))  # earlier stage's product
-                protect.add(latest.name)
-                if ck == idx:
-                    log.info("%s: finished at step %d in %s, skipped", name, resume_meta["step"], latest.name)
-                    if name == "pretrain" and accelerator.is_main_process and not pretrain_saved(run_dir):
-                        # a crash between pretrain's last checkpoint and DIR/pretrain: write it now
-                        llava_model.save_projector(llava, run_dir / "pretrain", cfg.model.vision_tower)
-                    continue
-                resume_meta = None
-
-        here = resume_meta is not None and resume_meta["stage_index"] == idx
-        prepared, optimizer, scheduler, start = start_stage(
-            accelerator,
-            task,
-            groups,
-            st,
-            cosine_lambda(math.ceil(st.warmup_ratio * steps), steps),
-            latest if here else None,
-            lambda w: load_trainable_state(task, w),
-        )
-        resume_meta = None if here else resume_meta
-
-        spec = LoopSpec.for_stage(cfg, name, idx, steps, grad_accum, st.grad_clip, config_hash)
-        spec.extra_state = {"data": rows.as_dict()}  # in every metrics.jsonl record of the stage
-        counts: dict[str, int] = {}
-
-        def factory(
-            start_position: int,
-            _st=st,
-            _records=records,
-            _root=image_root,
-            _t=template,
-            _n=name,
-            _c=counts,
-            _ip=image_processor,
-        ):
-            stream = LlavaStream(
-                _records,
-                _root,
-                tokenizer,
-                _ip,
-                _t,
-                llava.config.image_token_id,
-                n_image,
-                cfg.data.max_length,
-                _st.per_device_batch_size,
-                seed=derive_seed("data", cfg.train.seed, _n),
-                rank=rank,
-                world_size=world,
-                start=start_position,
-                group_by_modality=cfg.data.group_by_modality_length,
-            )
-            loader = DataLoader(
-                stream, batch_size=None, num_workers=cfg.data.num_workers, pin_memory=use_cuda
-            )
-            return _tally(iter(loader), _c)
-
-        log.info(
-            "%s: %d samples, %d steps of %d (template %s)",
-            name,
-            len(records),
-            steps,
-            st.global_batch_size,
-            st.template,
-        )
-        run_loop(
-            accelerator,
-            prepared,
-            optimizer,
-            scheduler,
-            factory,
-            spec,
-            run_dir,
-            metrics,
-            lambda: trainable_state(task),
-            start,
-            protect=protect,
-        )
-        if zero3:  # parameters are partitioned across ranks: gather them (collective) before saving
-            full = accelerator.get_state_dict(prepared)
-            gathered = {k.removeprefix("llava."): v for k, v in (full or {}).items()}
-        accelerator.free_memory()
-        totals = {
-            k: int(accelerator.reduce(torch.tensor(v, device=accelerator.device), "sum").item())
-            for k, v in sorted(counts.items())
-        }
-        report["stages"][name] = {"samples": len(records), "steps": steps, "rows": rows.as_dict(), **totals}
-        if totals.get("truncated") or totals.get("dropped"):
-            log.info(
-                "%s: %d samples truncated to %d tokens, %d dropped",
-                name,
-                totals.get("truncated", 0),
-                cfg.data.max_length,
-                totals.get("dropped", 0),
-            )
-        if name == "pretrain" and accelerator.is_main_process:
-            llava_model.save_projector(llava, run_dir / "pretrain", cfg.model.vision_tower, gathered)
-
-    metrics.close()
     out: dict = {}
     if accelerator.is_main_process:
         merge_lora(llava)

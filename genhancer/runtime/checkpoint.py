@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,53 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def read_state(path: Path) -> dict:
     return json.loads((path / STATE_FILE).read_text())
+
+
+@dataclass
+class CheckpointMeta:
+    """What ``state.json`` records about a checkpoint: where it sits in the run and how to resume.
+
+    On disk it stays a flat JSON object (``order`` is derived; ``extra`` keys, such as the data
+    report a stage logs, sit beside the typed ones). Fields missing from an older file take the
+    defaults below, so old checkpoints still load."""
+
+    stage: str
+    stage_index: int  # orders checkpoints across stages
+    step: int
+    final: bool = False  # written at the end of its stage: the stage is finished
+    positions: list[int] = field(default_factory=list)  # data position per rank
+    skipped: int = 0  # unreadable images so far, over all ranks
+    world_size: int = 1
+    scheduler: dict = field(default_factory=dict)
+    config_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "stage_index": self.stage_index,
+            "step": self.step,
+            "final": self.final,
+            "order": [self.stage_index, self.step],
+            "positions": list(self.positions),
+            "skipped": self.skipped,
+            "world_size": self.world_size,
+            "scheduler": self.scheduler,
+            "config_hash": self.config_hash,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckpointMeta:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        typed = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known and k != "order"}
+        return cls(**typed, extra=extra)
+
+
+def read_meta(path: Path) -> CheckpointMeta:
+    """The typed ``state.json`` of a complete checkpoint."""
+    return CheckpointMeta.from_json(read_state(path))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -67,8 +67,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except UserError as exc:
                 errors.append(str(exc))
         raise UserError(f"config key '{key}': {value!r} is not a valid {tp}")
-    if origin is typing.Literal:
-        if value not in args:
+    if origin is typing.Literal:  # an enum: the value must be one of the listed ones, same type
+        if not any(value == a and type(value) is type(a) for a in args):
             raise UserError(f"config key '{key}': {value!r} is not one of {list(args)}")
         return value
     if dataclasses.is_dataclass(tp):
@@ -227,13 +227,21 @@ def _field_type(cls: Any, path: list[str]) -> Any:
     return tp
 
 
+def _takes_text(tp: Any) -> bool:
+    """A ``str`` field, or an enum of strings (``Literal["no", "bf16"]``): its ``--set`` value is text."""
+    if tp is str:
+        return True
+    args = typing.get_args(tp)
+    return typing.get_origin(tp) is typing.Literal and all(isinstance(a, str) for a in args)
+
+
 def apply_overrides(data: dict, overrides: Iterable[str], cls: Any = None) -> dict:
-    """Merge ``--set`` items into ``data``. With ``cls``, a value for a ``str`` field is kept
+    """Merge ``--set`` items into ``data``. With ``cls``, a value for a text field is kept
     verbatim (YAML would read ``no`` as false and ``0755`` as an octal number)."""
     out = dict(data)
     for item in overrides:
         path, value = parse_override(item)
-        if cls is not None and _field_type(cls, path) is str:
+        if cls is not None and _takes_text(_field_type(cls, path)):
             value = item.split("=", 1)[1].strip()
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                 value = value[1:-1]

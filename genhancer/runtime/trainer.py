@@ -3,7 +3,7 @@
 Stages plug in through :class:`LoopTask`: a module with ``training_forward(batch, generator)``
 and the weights a checkpoint must hold. Randomness is a pure function of
 ``(seed, stage, step, micro-step, rank)`` and the data stream resumes from a stored position,
-so a resumed run restores a step instead of replaying history (STYLE.md example 7).
+so a resumed run restores a step instead of replaying history.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 
 from genhancer.runtime import checkpoint as ckpt
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.sections import NonFinite
 from genhancer.runtime.seeding import derive_seed
 
 
@@ -53,7 +54,7 @@ def cosine_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]
 
 
 def is_deepspeed(accelerator) -> bool:
-    """The engine is DeepSpeed: it steps, clips and checkpoints itself (see run_loop, save, restore)."""
+    """The engine is DeepSpeed: it steps, clips and checkpoints itself (see Loop, save, restore)."""
     return accelerator.distributed_type.value == "DEEPSPEED"
 
 
@@ -81,15 +82,15 @@ class LoopSpec:
     config_hash: str
     progress: bool = True
     max_skip_fraction: float = 0.5
-    nonfinite: str = "stop"  # stop | skip | ignore: what a non-finite gradient norm does (see run_loop)
-    extra_state: dict[str, Any] = field(default_factory=dict)
+    nonfinite: NonFinite = "stop"  # which NonFinitePolicy runs (see NONFINITE_POLICIES)
+    extra_state: dict[str, Any] = field(default_factory=dict)  # in every record and checkpoint
 
     @classmethod
     def for_stage(
         cls, cfg: Any, name: str, index: int, steps: int, grad_accum: int, grad_clip: float, config_hash: str
     ) -> LoopSpec:
-        """The spec of one stage of a command whose config has the shared ``train`` (seed,
-        max_skip_fraction, optional nonfinite), ``logging`` and ``checkpoint`` sections."""
+        """The spec of one stage of a command whose config has the shared ``train``, ``logging``
+        and ``checkpoint`` sections (:mod:`genhancer.runtime.sections`)."""
         return cls(
             name=name,
             index=index,
@@ -103,7 +104,7 @@ class LoopSpec:
             config_hash=config_hash,
             progress=cfg.logging.progress,
             max_skip_fraction=cfg.train.max_skip_fraction,
-            nonfinite=getattr(cfg.train, "nonfinite", "stop"),
+            nonfinite=cfg.train.nonfinite,
         )
 
 
@@ -168,6 +169,330 @@ def checkpoint_name(spec: LoopSpec, step: int) -> str:
     return f"{spec.name}_step{step:07d}"
 
 
+# --- non-finite policies ----------------------------------------------------------------------
+
+
+class NonFinitePolicy:
+    """What a non-finite gradient norm does (``train.nonfinite``). A new mode is a subclass, listed
+    in :data:`NONFINITE_POLICIES` and in ``sections.NonFinite``; the loop itself does not change."""
+
+    def __init__(self, accelerator, spec: LoopSpec):
+        self.accelerator = accelerator
+        self.spec = spec
+        self.nonfinite_steps = 0  # updates dropped (the ``nonfinite_steps`` metric)
+
+    def check_engine(self, deepspeed: bool) -> None:
+        """Refuse an engine the policy cannot work with (before any step)."""
+
+    def keep_update(self, grad_norm: torch.Tensor, step: int) -> bool:
+        """After clipping optimizer step ``step`` (1-based): apply the update, or drop it."""
+        return True
+
+    def check(self, step: int) -> None:
+        """Before anything of step ``step`` is logged or saved: raise to stop the run."""
+
+
+class StopPolicy(NonFinitePolicy):
+    """Stop with a clear error, saving nothing after the last good step, with no host sync per step:
+    the first bad step is remembered on the device and read only at log/checkpoint steps. The
+    weights may go bad in memory meanwhile, but they are never written."""
+
+    def __init__(self, accelerator, spec: LoopSpec):
+        super().__init__(accelerator, spec)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=accelerator.device)
+
+    def keep_update(self, grad_norm: torch.Tensor, step: int) -> bool:
+        bad = ~torch.isfinite(torch.as_tensor(grad_norm, device=self.first_bad.device)).reshape(())
+        self.first_bad = torch.where(
+            bad & (self.first_bad < 0), torch.full_like(self.first_bad, step), self.first_bad
+        )
+        return True
+
+    def check(self, step: int) -> None:
+        step_bad = int(self.accelerator.reduce(self.first_bad.clone(), reduction="max").item())
+        if step_bad > 0:
+            raise UserError(
+                f"{self.spec.name}: non-finite loss or gradient at step {step_bad}; stopped at step "
+                f"{step} before anything after step {step_bad - 1} was logged or saved. Lower "
+                "the LR, or set train.nonfinite=skip to skip such batches"
+            )
+
+
+class SkipPolicy(NonFinitePolicy):
+    """Drop the update and count it; the data position keeps moving. One host sync per step."""
+
+    def check_engine(self, deepspeed: bool) -> None:
+        if deepspeed:
+            raise UserError(
+                "train.nonfinite=skip cannot drop an update under DeepSpeed (the engine steps inside "
+                "backward); use train.nonfinite=stop"
+            )
+
+    def keep_update(self, grad_norm: torch.Tensor, step: int) -> bool:
+        if bool(torch.isfinite(grad_norm)):  # the sync, by choice
+            return True
+        self.nonfinite_steps += 1
+        return False
+
+
+NONFINITE_POLICIES: dict[str, type[NonFinitePolicy]] = {"stop": StopPolicy, "skip": SkipPolicy}
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+class LogWindow:
+    """Sums since the last logged step, kept on the device (no host sync until the log)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.loss_count = 0
+        self.images = 0
+        self.extra_sums: dict[str, torch.Tensor] = {}
+        self.t0 = time.perf_counter()
+
+    def add_extras(self, out: dict[str, torch.Tensor]) -> None:
+        """Extra scalars a task reports beside the loss (e.g. masked_acc)."""
+        for key, value in out.items():
+            if key != "loss":
+                self.extra_sums[key] = self.extra_sums.get(key, 0.0) + value.detach().float()
+
+
+class Loop:
+    """One stage's optimizer steps, made of parts: :meth:`next_micro_batch`, :meth:`forward_backward`,
+    :meth:`accumulate`, :meth:`optimizer_step` (clipping and the non-finite policy), :meth:`log` and
+    :meth:`checkpoint`. A variant overrides one part rather than copying the loop.
+
+    ``batches(start_position)`` yields micro-batches for this rank; each item dict carries
+    ``position`` (data position after it), ``skipped`` (unreadable images in it) and optionally
+    ``num_samples`` (see :func:`batch_size`). ``on_checkpoint(step)`` runs after each checkpoint and
+    ``on_step(step)`` after every optimizer step (and its checkpoint), both on the main process."""
+
+    def __init__(
+        self,
+        accelerator,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        batches: Callable[[int], Iterator[dict]],
+        spec: LoopSpec,
+        run_dir: Path,
+        metrics: MetricsWriter,
+        checkpoint_weights: Callable[[], dict[str, torch.Tensor]],
+        start: LoopState,
+        on_checkpoint: Callable[[int], None] | None = None,
+        protect: set[str] | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ):
+        self.accelerator, self.model, self.optimizer, self.scheduler = (
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+        )
+        self.spec, self.metrics, self.checkpoint_weights = spec, metrics, checkpoint_weights
+        self.on_checkpoint, self.on_step = on_checkpoint, on_step
+        self.ckpt_root = run_dir / "checkpoints"
+        self.protect = protect if protect is not None else set()
+        self.rank = accelerator.process_index
+        self.device = accelerator.device
+        self.multi = accelerator.num_processes > 1
+        self.deepspeed = is_deepspeed(accelerator)
+        self.state = LoopState(
+            step=start.step, positions=list(start.positions), skipped=start.skipped, seen=start.seen
+        )
+        my_start = self.state.positions[self.rank] if len(self.state.positions) > self.rank else 0
+        self.stream = batches(my_start)
+        self.last_position = my_start
+        self.last_skipped = self.state.skipped if not self.multi else 0
+        self.replay: dict | None = None  # last real micro-batch (multi-process only)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.policy = NONFINITE_POLICIES[spec.nonfinite](accelerator, spec)
+        self.policy.check_engine(self.deepspeed)
+        self.window = LogWindow(self.device)
+        self.grad_norm = torch.zeros((), device=self.device)
+        self.pbar = None
+
+    def run(self) -> LoopState:
+        """Train ``spec.steps`` optimizer steps from ``start`` and return the final state."""
+        spec, state = self.spec, self.state
+        if spec.progress and self.accelerator.is_main_process:
+            from tqdm.auto import tqdm
+
+            self.pbar = tqdm(total=spec.steps, initial=state.step, desc=spec.name, dynamic_ncols=True)
+        self.window.reset()
+        self.model.train()
+        while state.step < spec.steps:
+            self.optimizer_step(*self.accumulate())
+            state.step += 1
+            if self.pbar is not None:
+                self.pbar.update(1)
+            end = state.step == spec.steps
+            log_now = state.step % spec.log_every == 0 or end
+            save_now = state.step % spec.checkpoint_every == 0 or end
+            if log_now or save_now:
+                self.policy.check(state.step)
+            if log_now:
+                self.log()
+            if save_now:
+                self.checkpoint(end)
+            if self.on_step is not None and self.accelerator.is_main_process:
+                self.on_step(state.step)
+        if self.pbar is not None:
+            self.pbar.close()
+        return state
+
+    def next_micro_batch(self) -> tuple[dict, float, int] | None:
+        """``(batch on the device, loss weight, samples)``, or None for a micro-batch to drop."""
+        try:
+            batch = next(self.stream)
+        except StopIteration:
+            raise UserError(
+                f"{self.spec.name}: the data ran out at step {self.state.step}; check data.path"
+            ) from None
+        self.last_position = int(batch["position"])
+        self.last_skipped += int(batch["skipped"])
+        n_samples = batch_size(batch)
+        weight = 1.0
+        if n_samples == 0:  # every sample of this micro-batch was unreadable (counted above)
+            if not self.multi or self.replay is None:
+                return None
+            # The other ranks run this micro-batch's collectives (DDP all-reduce, ZeRO gathers):
+            # join them with a zero-weight pass over this rank's last real micro-batch.
+            batch, weight = self.replay, 0.0
+        batch = {
+            k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+        }
+        if weight and self.multi:
+            self.replay = batch
+        return batch, weight, n_samples
+
+    def forward_backward(self, batch: dict, weight: float, micro: int) -> dict[str, torch.Tensor]:
+        """One micro-batch's loss and its scaled backward; randomness is a pure function of
+        ``(seed, stage, step, micro-step, rank)``."""
+        spec, accelerator = self.spec, self.accelerator
+        seed = derive_seed(spec.seed, spec.index, self.state.step, micro, self.rank)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        torch.manual_seed(seed)  # dropout (LoRA) draws from the global RNG
+        # Gradients are all-reduced only on the last micro-batch of the accumulation.
+        sync = micro == spec.grad_accum - 1
+        if self.deepspeed:  # accelerator.backward steps the engine whenever sync_gradients is set
+            accelerator.sync_gradients = sync
+        no_sync = contextlib.nullcontext() if sync else accelerator.no_sync(self.model)
+        with no_sync, accelerator.autocast():
+            out = self.model(batch, gen)  # through the DDP/DeepSpeed wrapper: its hooks sync gradients
+            accelerator.backward(out["loss"] * weight / spec.grad_accum)
+        return out
+
+    def accumulate(self) -> tuple[torch.Tensor, int]:
+        """Gradients of one optimizer step; returns (summed loss, micro-batches that counted)."""
+        step_loss = torch.zeros((), device=self.device)
+        count = 0
+        for micro in range(self.spec.grad_accum):
+            got = self.next_micro_batch()
+            if got is None:
+                continue
+            batch, weight, n_samples = got
+            out = self.forward_backward(batch, weight, micro)
+            if not weight:
+                continue
+            step_loss += out["loss"].detach().float()
+            count += 1
+            self.window.add_extras(out)
+            self.window.images += n_samples
+        return step_loss, count
+
+    def optimizer_step(self, step_loss: torch.Tensor, count: int) -> None:
+        """Clip, ask the non-finite policy, then step (or drop the update)."""
+        # The norm is needed for clipping and for the finiteness check (inf: measure only).
+        clip = self.spec.grad_clip if self.spec.grad_clip > 0 else float("inf")
+        grad_norm = self.accelerator.clip_grad_norm_(self.trainable, clip)
+        if grad_norm is None:  # DeepSpeed before its first engine step (every micro-batch so far was empty)
+            grad_norm = torch.zeros((), device=self.device)
+        if self.policy.keep_update(grad_norm, self.state.step + 1):
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.window.loss_sum += step_loss
+            self.window.loss_count += count
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            grad_norm = torch.zeros((), device=self.device)
+        self.grad_norm = grad_norm
+
+    def log(self) -> None:
+        """Reduce the window's sums over ranks (one sync per log), write the record, and stop when
+        too many images were unreadable."""
+        accelerator, spec, w, device = self.accelerator, self.spec, self.window, self.device
+        stats = torch.stack(
+            [
+                w.loss_sum,
+                torch.tensor(float(w.loss_count), device=device),
+                torch.tensor(float(w.images), device=device),
+                torch.tensor(float(self.last_skipped), device=device),
+                torch.tensor(float(self.last_position), device=device),
+                torch.as_tensor(self.grad_norm, device=device).float(),
+            ]
+        )
+        total = accelerator.reduce(stats.clone(), reduction="sum")
+        mean_loss = (total[0] / total[1].clamp_min(1)).item()
+        if not math.isfinite(mean_loss):
+            raise UserError(f"{spec.name}: loss became {mean_loss} at step {self.state.step}; lower the LR")
+        elapsed = time.perf_counter() - w.t0
+        skipped = int(total[3].item())
+        consumed = int(total[4].item())
+        record = {
+            "stage": spec.name,
+            "step": self.state.step,
+            "loss": mean_loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "images_per_s": total[2].item() / max(elapsed, 1e-9),
+            "grad_norm": total[5].item() / accelerator.num_processes,
+            "skipped_images": skipped,
+            "nonfinite_steps": self.policy.nonfinite_steps,
+            **spec.extra_state,
+        }
+        for key, value in sorted(w.extra_sums.items()):
+            summed = accelerator.reduce(value.clone(), reduction="sum")
+            record[key] = (summed / total[1].clamp_min(1)).item()
+        if accelerator.is_main_process:
+            self.metrics.write(record)
+        if self.pbar is not None:
+            self.pbar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['images_per_s']:.1f}")
+        if consumed > 0 and skipped / consumed > spec.max_skip_fraction:
+            raise UserError(
+                f"{spec.name}: {skipped} of {consumed} images were unreadable (> train.max_skip_fraction); "
+                "check data.path"
+            )
+        w.reset()
+
+    def checkpoint(self, final: bool) -> None:
+        """Gather the data positions and skip counts of every rank, then :func:`save` (collective)."""
+        accelerator, state, device = self.accelerator, self.state, self.device
+        positions = accelerator.gather(torch.tensor([self.last_position], device=device)).tolist()
+        state.positions = [int(p) for p in positions]
+        state.skipped = int(accelerator.reduce(torch.tensor(self.last_skipped, device=device), "sum").item())
+        save(
+            accelerator,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.spec,
+            state,
+            self.ckpt_root,
+            self.checkpoint_weights,
+            final,
+            self.protect,
+        )
+        if self.on_checkpoint is not None and accelerator.is_main_process:
+            self.on_checkpoint(state.step)
+
+
 def run_loop(
     accelerator,
     model: torch.nn.Module,
@@ -183,201 +508,23 @@ def run_loop(
     protect: set[str] | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> LoopState:
-    """Train ``spec.steps`` optimizer steps from ``start`` and return the final state.
-
-    ``batches(start_position)`` yields micro-batches for this rank; each item dict carries
-    ``position`` (data position after it), ``skipped`` (unreadable images in it) and optionally
-    ``num_samples`` (see :func:`batch_size`). ``on_step(step)`` runs after every optimizer step
-    (and its checkpoint), on the main process (e.g. per-step exports).
-    """
-    rank = accelerator.process_index
-    device = accelerator.device
-    state = LoopState(
-        step=start.step, positions=list(start.positions), skipped=start.skipped, seen=start.seen
+    """Train one stage with :class:`Loop` (see there for the arguments) and return its final state."""
+    loop = Loop(
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        batches,
+        spec,
+        run_dir,
+        metrics,
+        checkpoint_weights,
+        start,
+        on_checkpoint=on_checkpoint,
+        protect=protect,
+        on_step=on_step,
     )
-    my_start = state.positions[rank] if len(state.positions) > rank else 0
-    stream = batches(my_start)
-    ckpt_root = run_dir / "checkpoints"
-    protect = set(protect or ())
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    deepspeed = is_deepspeed(accelerator)
-    if deepspeed and spec.nonfinite == "skip":
-        raise UserError(
-            "train.nonfinite=skip cannot drop an update under DeepSpeed (the engine steps inside "
-            "backward); use train.nonfinite=stop"
-        )
-
-    pbar = None
-    if spec.progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
-
-        pbar = tqdm(total=spec.steps, initial=state.step, desc=spec.name, dynamic_ncols=True)
-
-    loss_sum = torch.zeros((), device=device)
-    grad_norm = torch.zeros((), device=device)
-    extra_sums: dict[str, torch.Tensor] = {}
-    nonfinite_steps = 0
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step (stop mode)
-    loss_count = 0
-    images_since = 0
-    t_log = time.perf_counter()
-    last_position = my_start
-    last_skipped = state.skipped if accelerator.num_processes == 1 else 0
-    replay: dict | None = None  # last real micro-batch (multi-process only, see below)
-    model.train()
-
-    while state.step < spec.steps:
-        step_loss = torch.zeros((), device=device)
-        step_count = 0
-        for micro in range(spec.grad_accum):
-            try:
-                batch = next(stream)
-            except StopIteration:
-                raise UserError(
-                    f"{spec.name}: the data ran out at step {state.step}; check data.path"
-                ) from None
-            last_position = int(batch["position"])
-            last_skipped += int(batch["skipped"])
-            n_samples = batch_size(batch)
-            weight = 1.0
-            if n_samples == 0:  # every sample of this micro-batch was unreadable (counted above)
-                if accelerator.num_processes == 1 or replay is None:
-                    continue
-                # The other ranks run this micro-batch's collectives (DDP all-reduce, ZeRO gathers):
-                # join them with a zero-weight pass over this rank's last real micro-batch.
-                batch, weight = replay, 0.0
-            seed = derive_seed(spec.seed, spec.index, state.step, micro, rank)
-            gen = torch.Generator(device=device).manual_seed(seed)
-            torch.manual_seed(seed)  # dropout (LoRA) draws from the global RNG
-            batch = {
-                k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-            }
-            if weight and accelerator.num_processes > 1:
-                replay = batch
-            # Gradients are all-reduced only on the last micro-batch of the accumulation.
-            sync = micro == spec.grad_accum - 1
-            if deepspeed:  # accelerator.backward steps the engine whenever sync_gradients is set
-                accelerator.sync_gradients = sync
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                out = model(batch, gen)  # through the DDP/DeepSpeed wrapper: its hooks sync gradients
-                loss = out["loss"]
-                accelerator.backward(loss * weight / spec.grad_accum)
-            if not weight:
-                continue
-            step_loss += loss.detach().float()
-            step_count += 1
-            for key, value in out.items():  # extra scalars a task reports (e.g. masked_acc)
-                if key != "loss":
-                    extra_sums[key] = extra_sums.get(key, 0.0) + value.detach().float()
-            images_since += n_samples
-        # The norm is needed for clipping and for the finiteness check (inf: measure only).
-        grad_norm = accelerator.clip_grad_norm_(
-            trainable, spec.grad_clip if spec.grad_clip > 0 else float("inf")
-        )
-        if grad_norm is None:  # DeepSpeed before its first engine step (every micro-batch so far was empty)
-            grad_norm = torch.zeros((), device=device)
-        if spec.nonfinite == "stop":
-            # No host sync here: remember the first bad step on the device and check it before
-            # anything is logged or saved (below). The weights may go bad in memory meanwhile, but
-            # they are never written: the run stops at that check.
-            bad = ~torch.isfinite(torch.as_tensor(grad_norm, device=device)).reshape(())
-            first_bad = torch.where(
-                bad & (first_bad < 0), torch.full_like(first_bad, state.step + 1), first_bad
-            )
-        if spec.nonfinite == "skip" and not bool(torch.isfinite(grad_norm)):  # a sync per step, by choice
-            nonfinite_steps += 1  # skip: drop this update, keep the data position moving
-            optimizer.zero_grad(set_to_none=True)
-            grad_norm = torch.zeros((), device=device)
-        else:
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += step_loss
-            loss_count += step_count
-        state.step += 1
-        if pbar is not None:
-            pbar.update(1)
-
-        end = state.step == spec.steps
-        logging_now = state.step % spec.log_every == 0 or end
-        if spec.nonfinite == "stop" and (logging_now or state.step % spec.checkpoint_every == 0):
-            step_bad = int(accelerator.reduce(first_bad.clone(), reduction="max").item())
-            if step_bad > 0:
-                raise UserError(
-                    f"{spec.name}: non-finite loss or gradient at step {step_bad}; stopped at step "
-                    f"{state.step} before anything after step {step_bad - 1} was logged or saved. Lower "
-                    "the LR, or set train.nonfinite=skip to skip such batches"
-                )
-        if logging_now:
-            stats = torch.stack(
-                [
-                    loss_sum,
-                    torch.tensor(float(loss_count), device=device),
-                    torch.tensor(float(images_since), device=device),
-                    torch.tensor(float(last_skipped), device=device),
-                    torch.tensor(float(last_position), device=device),
-                    torch.as_tensor(grad_norm, device=device).float(),
-                ]
-            )
-            total = accelerator.reduce(stats.clone(), reduction="sum")  # one sync per log, not per step
-            mean_loss = (total[0] / total[1].clamp_min(1)).item()
-            if not math.isfinite(mean_loss):
-                raise UserError(f"{spec.name}: loss became {mean_loss} at step {state.step}; lower the LR")
-            elapsed = time.perf_counter() - t_log
-            skipped = int(total[3].item())
-            consumed = int(total[4].item())
-            record = {
-                "stage": spec.name,
-                "step": state.step,
-                "loss": mean_loss,
-                "lr": scheduler.get_last_lr()[0],
-                "images_per_s": total[2].item() / max(elapsed, 1e-9),
-                "grad_norm": total[5].item() / accelerator.num_processes,
-                "skipped_images": skipped,
-                "nonfinite_steps": nonfinite_steps,
-                **spec.extra_state,
-            }
-            for key, value in sorted(extra_sums.items()):
-                summed = accelerator.reduce(value.clone(), reduction="sum")
-                record[key] = (summed / total[1].clamp_min(1)).item()
-            extra_sums = {}
-            if accelerator.is_main_process:
-                metrics.write(record)
-            if pbar is not None:
-                pbar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['images_per_s']:.1f}")
-            if consumed > 0 and skipped / consumed > spec.max_skip_fraction:
-                raise UserError(
-                    f"{spec.name}: {skipped} of {consumed} images were unreadable (> train.max_skip_fraction); "
-                    "check data.path"
-                )
-            loss_sum.zero_()
-            loss_count = 0
-            images_since = 0
-            t_log = time.perf_counter()
-
-        if state.step % spec.checkpoint_every == 0 or end:
-            positions = accelerator.gather(torch.tensor([last_position], device=device)).tolist()
-            state.positions = [int(p) for p in positions]
-            state.skipped = int(accelerator.reduce(torch.tensor(last_skipped, device=device), "sum").item())
-            save(
-                accelerator,
-                model,
-                optimizer,
-                scheduler,
-                spec,
-                state,
-                ckpt_root,
-                checkpoint_weights,
-                end,
-                protect,
-            )
-            if on_checkpoint is not None and accelerator.is_main_process:
-                on_checkpoint(state.step)
-        if on_step is not None and accelerator.is_main_process:
-            on_step(state.step)
-    if pbar is not None:
-        pbar.close()
-    return state
+    return loop.run()
 
 
 def save(
@@ -415,20 +562,19 @@ def save(
     accelerator.wait_for_everyone()
     path = None
     if accelerator.is_main_process:
-        meta = {
-            "stage": spec.name,
-            "stage_index": spec.index,
-            "step": state.step,
-            "final": final,
-            "order": [spec.index, state.step],
-            "positions": state.positions,
-            "skipped": state.skipped,
-            "world_size": accelerator.num_processes,
-            "scheduler": scheduler.state_dict(),
-            "config_hash": spec.config_hash,
-            **spec.extra_state,
-        }
-        path = ckpt.commit(root, name, meta)
+        meta = ckpt.CheckpointMeta(
+            stage=spec.name,
+            stage_index=spec.index,
+            step=state.step,
+            final=final,
+            positions=list(state.positions),
+            skipped=state.skipped,
+            world_size=accelerator.num_processes,
+            scheduler=scheduler.state_dict(),
+            config_hash=spec.config_hash,
+            extra=dict(spec.extra_state),
+        )
+        path = ckpt.commit(root, name, meta.to_json())
         if final:
             protect.add(name)
         ckpt.prune(root, spec.keep_last, protect=protect)
@@ -495,10 +641,10 @@ def restore(
     load_weights: Callable[[dict[str, torch.Tensor]], None],
 ) -> LoopState:
     """Load a checkpoint written by :func:`save` into the prepared objects."""
-    meta = ckpt.read_state(path)
-    if meta.get("world_size", 1) != accelerator.num_processes:
+    meta = ckpt.read_meta(path)
+    if meta.world_size != accelerator.num_processes:
         raise UserError(
-            f"checkpoint {path} was written by {meta.get('world_size')} processes, this run has "
+            f"checkpoint {path} was written by {meta.world_size} processes, this run has "
             f"{accelerator.num_processes}; resume with the same number of processes"
         )
     if is_deepspeed(accelerator):
@@ -508,53 +654,8 @@ def restore(
         opt_state = ckpt.load_optimizer(path)
         if opt_state is not None:
             optimizer.load_state_dict(opt_state)
-    scheduler.load_state_dict(meta["scheduler"])
+    scheduler.load_state_dict(meta.scheduler)
     rng = ckpt.load_rng(path, accelerator.process_index)
     if rng is not None:
         ckpt.restore_rng(rng)
-    return LoopState(
-        step=meta["step"], positions=list(meta.get("positions", [])), skipped=meta.get("skipped", 0)
-    )
-
-
-def check_run_dir(
-    run_dir: Path,
-    cfg: Any,
-    resume: bool,
-    allowed_changes: tuple[str, ...] | list[str],
-    first_stage: str,
-    freed_after_first_stage: tuple[str, ...] | list[str],
-) -> Path | None:
-    """Refuse to overwrite a run; on --resume return the latest complete checkpoint after checking
-    that the config changed only in ``allowed_changes`` (plus ``freed_after_first_stage`` once
-    ``first_stage`` has finished, since the next stage has not used its settings yet)."""
-    from genhancer.runtime import configtools
-
-    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    saved = run_dir / "config.yaml"
-    if not resume:
-        if latest is not None or saved.exists():
-            raise UserError(
-                f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
-            )
-        return None
-    if latest is None:
-        if saved.exists():
-            return None  # started but never checkpointed: begin again with the same folder
-        raise UserError(f"--resume: {run_dir} holds no run to resume (no config.yaml, no checkpoints)")
-    if saved.exists():
-        allowed = list(allowed_changes)
-        meta = ckpt.read_state(latest)
-        if meta.get("stage") == first_stage and meta.get("final"):
-            allowed += list(freed_after_first_stage)
-        changed = [
-            k
-            for k in configtools.diff_keys(configtools.load_yaml(saved), configtools.to_dict(cfg))
-            if not any(k == a or k.startswith(a + ".") for a in allowed)
-        ]
-        if changed:
-            raise UserError(
-                f"--resume: the config differs from the run in {run_dir} at {', '.join(changed)}; "
-                "resume with the original settings or start a new --output-dir"
-            )
-    return latest
+    return LoopState(step=meta.step, positions=list(meta.positions), skipped=meta.skipped)

@@ -109,6 +109,7 @@ sys.path.insert(0, {tests!r})
 from conftest import TinyModelDirs, build_tiny_enhance_config
 
 import enhance.train as train
+import genhancer.runtime.driver as driver
 import genhancer.runtime.trainer as trainer
 
 root = Path({root!r})
@@ -127,7 +128,7 @@ def spy(accelerator, model, *args, **kwargs):
     return state
 
 
-train.run_loop = spy
+driver.run_loop = spy
 train.run(cfg, root / "run")
 """
 

@@ -211,6 +211,19 @@ def test_stage2_settings_may_change_after_stage1(tmp_path, tiny_enhance_config):
     assert (tmp_path / "checkpoints" / "stage2_step0000002").is_dir()
 
 
+def test_stage2_resumed_alone_starts_from_stage1_weights(tmp_path, tiny_enhance_config):
+    """`--stage 1`, then `--stage 2 --resume`, ends where one run of both stages ends: stage 2 loads
+    the projector and denoiser stage 1 trained (not the fresh ones the model is built with)."""
+    common = ("stage1.steps=2", "stage2.steps=2", "logging.preview_count=0", "checkpoint.keep_last=20")
+    run(tiny_enhance_config(*common), tmp_path / "both")
+    run(tiny_enhance_config(*common, "train.stages=[1]"), tmp_path / "split")
+    run(tiny_enhance_config(*common, "train.stages=[2]"), tmp_path / "split", resume=True)
+    a = _ckpt_weights(tmp_path / "both", "stage2_step0000002")
+    b = _ckpt_weights(tmp_path / "split", "stage2_step0000002")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_stage2_alone_needs_stage1(tmp_path, tiny_enhance_config):
     with pytest.raises(UserError, match="stage 1"):
         run(tiny_enhance_config("train.stages=[2]"), tmp_path)

@@ -113,7 +113,9 @@ def test_resume_is_exact(tiny_dirs, tmp_path, monkeypatch):
     cfg = _cfg(tiny_dirs, "pretrain.steps=4", "finetune.steps=4", "checkpoint.every=2")
     T.run(cfg, tmp_path / "whole")
 
-    real = T.run_loop
+    import genhancer.runtime.driver as D
+
+    real = D.run_loop
 
     def dying(*args, **kwargs):
         if args[5].name == "finetune":
@@ -125,13 +127,13 @@ def test_resume_is_exact(tiny_dirs, tmp_path, monkeypatch):
             kwargs["on_checkpoint"] = kill
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(T, "run_loop", dying)
+    monkeypatch.setattr(D, "run_loop", dying)
     part = tmp_path / "part"
     with pytest.raises(Killed):
         T.run(cfg, part)
     assert ckpt.latest_checkpoint(part / "checkpoints").name == "finetune_step0000002"
     assert not (part / "final").exists()
-    monkeypatch.setattr(T, "run_loop", real)
+    monkeypatch.setattr(D, "run_loop", real)
     T.run(cfg, part, resume=True)
 
     a, b = _weights(tmp_path / "whole"), _weights(part)
