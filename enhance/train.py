@@ -1,7 +1,8 @@
 """Two-stage GenHancer training from a resolved :class:`~enhance.config.EnhanceConfig`.
 
-Reads top to bottom: compute, run folder and resume checks, model, data, one pass of the
-shared loop per stage, export. ``enhance.cli`` is the command-line front end.
+Reads top to bottom: compute, run folder and resume checks, model, data, the stages on the
+shared driver (:class:`EnhanceStages`: what trains per stage, previews, stage 2's per-step
+exports), export. ``enhance.cli`` is the command-line front end.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """LLaVA-1.5 training (pretrain, then finetune) from a resolved :class:`LlavaTrainConfig`.
 
-Reads top to bottom: compute, run folder and resume checks, data, model, one pass of
-``enhance``'s shared loop per stage, save ``DIR/final``, the toy accuracy report.
+Reads top to bottom: compute, run folder and resume checks, model, the stages on the shared
+driver (:class:`LlavaStages`: data and trainable weights per stage, the ZeRO-3 gather and
+``DIR/pretrain`` at stage end), save ``DIR/final``, the toy accuracy report.
 ``llava_integration.cli`` is the command-line front end.
 """
 

@@ -37,7 +37,8 @@ def check_run_dir(
 ) -> Path | None:
     """Refuse to overwrite a run; on --resume return the latest complete checkpoint after checking
     that the config changed only in ``allowed_changes`` (plus ``freed_after_first_stage`` once
-    ``first_stage`` has finished, since the next stage has not used its settings yet)."""
+    ``first_stage`` has finished, since the next stage has not used its settings yet). A key the
+    saved config lacks (added to the tree since) may hold its default."""
     latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
     saved = run_dir / "config.yaml"
     if not resume:
@@ -55,17 +56,35 @@ def check_run_dir(
         meta = ckpt.read_meta(latest)
         if meta.stage == first_stage and meta.final:
             allowed += list(freed_after_first_stage)
-        changed = [
-            k
-            for k in configtools.diff_keys(configtools.load_yaml(saved), configtools.to_dict(cfg))
-            if not any(k == a or k.startswith(a + ".") for a in allowed)
-        ]
+        before, now = configtools.load_yaml(saved), configtools.to_dict(cfg)
+        defaults = configtools.to_dict(type(cfg)())
+        changed = []
+        for k in configtools.diff_keys(before, now):
+            if any(k == a or k.startswith(a + ".") for a in allowed):
+                continue
+            if _lookup(before, k) is _MISSING and _lookup(now, k) == _lookup(defaults, k):
+                # a key added since the run started, at its default: what the run did all along
+                log.info("--resume: %s is not in %s; it takes its default %r", k, saved, _lookup(now, k))
+                continue
+            changed.append(k)
         if changed:
             raise UserError(
                 f"--resume: the config differs from the run in {run_dir} at {', '.join(changed)}; "
                 "resume with the original settings or start a new --output-dir"
             )
     return latest
+
+
+_MISSING = object()
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    """The value at ``dotted`` in a plain-data tree, or ``_MISSING``."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
 
 
 @dataclass
@@ -175,14 +194,15 @@ class StageDriver:
             if plan.action is Action.SKIP:
                 log.info("%s: done in the checkpoint being resumed, skipped", name)
                 continue
-            if plan.action is Action.LOAD_WEIGHTS or plan.load_earlier:
-                load = setup.load_weights if plan.action is Action.LOAD_WEIGHTS else setup.load_earlier
-                (load or setup.load_weights)(ckpt.load_weights(folder.latest))
-                self.protect.add(folder.latest.name)
             if plan.action is Action.LOAD_WEIGHTS:
+                setup.load_weights(ckpt.load_weights(folder.latest))
+                self.protect.add(folder.latest.name)
                 log.info("%s: finished at step %d in %s, skipped", name, folder.meta.step, folder.latest.name)
                 self.stage_finished(name)
                 continue
+            if plan.load_earlier:
+                (setup.load_earlier or setup.load_weights)(ckpt.load_weights(folder.latest))
+                self.protect.add(folder.latest.name)
             prepared, optimizer, scheduler, start = start_stage(
                 accelerator,
                 setup.module,

@@ -143,3 +143,32 @@ def test_literal_enums_reject_a_value_of_another_type():
     assert _coerce(2, Literal[1, 2], "k") == 2
     with pytest.raises(UserError, match="config key 'k'"):
         _coerce(True, Literal[1, 2], "k")  # True == 1, but it is not a stage number
+
+
+def test_llava_train_hands_its_nonfinite_policy_to_the_loop():
+    from genhancer.runtime.trainer import NONFINITE_POLICIES, LoopSpec, SkipPolicy
+    from llava_integration.config import load_config
+
+    cfg = load_config("tiny", overrides=["train.nonfinite=skip"])
+    spec = LoopSpec.for_stage(cfg, "pretrain", 1, 4, 1, 1.0, "h")
+    assert spec.nonfinite == "skip" and NONFINITE_POLICIES[spec.nonfinite] is SkipPolicy
+
+
+def test_resume_accepts_a_key_added_since_at_its_default(tmp_path):
+    """A llava-train run started before ``train.nonfinite`` existed resumes; a changed value does not."""
+    from genhancer.runtime import configtools
+    from genhancer.runtime.driver import check_run_dir
+    from llava_integration.config import RESUME_ALLOWED_CHANGES, load_config
+
+    cfg = load_config("tiny")
+    old = configtools.to_dict(cfg)
+    del old["train"]["nonfinite"]
+    (tmp_path / "config.yaml").write_text(__import__("yaml").safe_dump(old))
+    root = tmp_path / "checkpoints"
+    ckpt.begin(root, "pretrain_step0000001")
+    meta = ckpt.CheckpointMeta(stage="pretrain", stage_index=1, step=1)
+    ckpt.commit(root, "pretrain_step0000001", meta.to_json())
+    args = (RESUME_ALLOWED_CHANGES, "pretrain", ["finetune"])
+    assert check_run_dir(tmp_path, cfg, True, *args).name == "pretrain_step0000001"
+    with pytest.raises(UserError, match="train.nonfinite"):
+        check_run_dir(tmp_path, load_config("tiny", overrides=["train.nonfinite=skip"]), True, *args)
