@@ -21,7 +21,7 @@ from typing import Any
 from eval.config import DatasetConfig, LeaderboardConfig
 from genhancer.runtime.errors import UserError
 
-#: The MLLM benchmarks (issue 9), run through lmms-eval's task code by :mod:`eval.mllm.run`.
+#: The MLLM benchmarks, run through lmms-eval's task code by :mod:`eval.mllm.run`.
 MLLM_BENCHMARKS = ("mmvp", "cv_bench", "naturalbench", "pope", "hallusion_bench", "scienceqa_img")
 
 
@@ -51,7 +51,7 @@ class Benchmark:
     """One registry entry.
 
     Attributes:
-        name: registry name (DESIGN.md).
+        name: registry name (the ``benchmark`` field of ``results.json``).
         model_kind: ``clip`` (dual encoders) or ``mllm``.
         prepare: ``(ctx) -> data``; loads and validates data, raising UserError naming files.
         run: ``(model, data, ctx) -> list[metric dict]``.

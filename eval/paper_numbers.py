@@ -1,6 +1,6 @@
 """Published numbers, as data, so the leaderboard can show them beside ours.
 
-Source: ``shared/reference/paper-numbers.md`` and the GenHancer paper's Table 1 (per-pattern
+Source: the GenHancer paper's Table 1 (per-pattern
 MMVP-VLM), Table 3 (zero-shot, OpenAI ViT-L/14@224) and Table 6 (discrete denoiser); DCR and
 un2CLIP averages come from the DCR paper. Keys match the metric names our scorers record.
 

@@ -39,7 +39,7 @@ class TaskSpec:
     """One lmms-eval task of a benchmark.
 
     Attributes:
-        benchmark: our benchmark name (DESIGN.md).
+        benchmark: our benchmark name (as in ``results.json``).
         builtin: the built-in task file, relative to ``lmms_eval/tasks``.
         split: the split the task reads (``test_split``); local files are named after it.
         variant: suffix of our task name for variants of the same built-in task.

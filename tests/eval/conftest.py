@@ -102,7 +102,7 @@ def fake_encoder():
     return FakeEncoder
 
 
-# --- MLLM benchmarks (issue 9) ---------------------------------------------------------------------
+# --- MLLM benchmarks ------------------------------------------------------------------------------
 
 SMALL_MLLM_RECIPE = dict(
     seed=0,

@@ -220,7 +220,7 @@ def test_help_and_list_presets(capsys):
 
 
 def test_flag_list_is_pinned():
-    # STYLE.md 9: a new knob becomes a config field (--set), not a flag.
+    # A new knob becomes a config field (--set), not a flag.
     from eval.cli import build_parser
 
     flags = sorted(o for a in build_parser()._actions for o in a.option_strings if o.startswith("--"))

@@ -146,7 +146,7 @@ def test_simple_evaluate_through_the_model_class(lm, mllm_fixture_root, tmp_path
 
 
 def test_lmms_eval_llava_hf_runs_our_dirs_with_the_same_prompt(tiny_llava_dir, lm, monkeypatch):
-    """Issue 9 item 5: the saved chat template makes the built-in ``llava_hf`` prompt like our runner."""
+    """The saved chat template makes the built-in ``llava_hf`` prompt like our runner."""
     import sys
     import types
 
