@@ -58,14 +58,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except UserError as exc:
-                errors.append(str(exc))
+            except UserError:
+                continue  # try the next member of the union
         raise UserError(f"config key '{key}': {value!r} is not a valid {tp}")
     if origin is typing.Literal:  # an enum: the value must be one of the listed ones, same type
         if not any(value == a and type(value) is type(a) for a in args):
