@@ -136,30 +136,13 @@ def _zeroshot_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
     from eval.clip.zeroshot import evaluate_classification, evaluate_retrieval
 
     cls, ret = data
-    out = []
-    for ds, templates in cls:
-        for k, v in evaluate_classification(encoder, ds, templates).items():
-            out.append(
-                {
-                    "metric": f"{ds.name}/{k}",
-                    "value": v,
-                    "dataset": ds.name,
-                    "revision": ds.revision,
-                    "seed": None,
-                }
-            )
-    for ds in ret:
-        for k, v in evaluate_retrieval(encoder, ds).items():
-            out.append(
-                {
-                    "metric": f"{ds.name}/{k}",
-                    "value": v,
-                    "dataset": ds.name,
-                    "revision": ds.revision,
-                    "seed": None,
-                }
-            )
-    return out
+    scores = [(ds, evaluate_classification(encoder, ds, templates)) for ds, templates in cls]
+    scores += [(ds, evaluate_retrieval(encoder, ds)) for ds in ret]
+    return [
+        {"metric": f"{ds.name}/{k}", "value": v, "dataset": ds.name, "revision": ds.revision, "seed": None}
+        for ds, metrics in scores
+        for k, v in metrics.items()
+    ]
 
 
 def _zeroshot_inputs(ctx: BenchmarkContext) -> dict:

@@ -42,22 +42,11 @@ from genhancer.runtime.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("leaderboard", __doc__)
-    p.add_argument(
-        "--clip",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="NAME=SPEC",
-        help="CLIP-style models to score (replaces the preset's models)",
-    )
-    p.add_argument(
-        "--mllm",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="NAME=DIR",
-        help="LLaVA model dirs (llava-train RUN/final) for the MLLM benchmarks",
-    )
+    for flag, metavar, text in [
+        ("--clip", "NAME=SPEC", "CLIP-style models to score (replaces the preset's models)"),
+        ("--mllm", "NAME=DIR", "LLaVA model dirs (llava-train RUN/final) for the MLLM benchmarks"),
+    ]:
+        p.add_argument(flag, nargs="+", action="extend", default=[], metavar=metavar, help=text)
     p.add_argument(
         "--benchmarks",
         help="comma-separated: mmvp_vlm,zeroshot,probe (CLIP) and mmvp,cv_bench,naturalbench,pope,"
