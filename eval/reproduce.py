@@ -469,7 +469,7 @@ def markdown(agg: dict, protocol: Protocol, wall_s: float) -> str:
         )
     lines += [
         "",
-        "| variant | stage-1 recon loss | Δ probe/rare | Δ mmvp/average | Δ mmvp/rare | Δ zeroshot/mean | "
+        "| variant | recon loss (end of first denoiser stage) | Δ probe/rare | Δ mmvp/average | Δ mmvp/rare | Δ zeroshot/mean | "
         "tower change | token cosine |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -483,7 +483,12 @@ def markdown(agg: dict, protocol: Protocol, wall_s: float) -> str:
             f"| {v} | {agg['recon_loss'][v][0]:.4f} ± {agg['recon_loss'][v][1]:.4f} | {' | '.join(cells)} | "
             f"{agg['tower_change'][v][0]:.4f} | {agg['token_cosine'][v][0]:.3f} |"
         )
-    lines += ["", f"Protocol: `{json.dumps(dataclasses.asdict(protocol))}`; wall time {wall_s / 60:.1f} min."]
+    seeds_s = sum(sum(t.values()) for t in agg.get("timings_s", {}).values())
+    lines += [
+        "",
+        f"Protocol: `{json.dumps(dataclasses.asdict(protocol))}`; this invocation {wall_s / 60:.1f} min "
+        f"(finished seeds are reused); pretraining + training + scoring summed over seeds {seeds_s / 60:.1f} min.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -544,7 +549,7 @@ def figures(agg: dict, out: Path) -> list[Path]:
             color=["tab:blue", "tab:orange"],
             capsize=3,
         )
-        a1.set_title("reconstruction loss (denoiser's first stage)")
+        a1.set_title("recon. loss, first denoiser stage")
         for i, v in enumerate(variants):
             r = agg["table"][v]
             a2.bar(
