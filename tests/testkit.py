@@ -62,11 +62,10 @@ def tiny_enhance_flags(dirs, *extra: str) -> list[str]:
     return ["--preset", "tiny", *[x for item in sets for x in ("--set", item)]]
 
 
-def tiny_llava_sets(llm, samples: int = 8, batch: int = 2, *extra: str) -> list[str]:
-    """``llava-train --preset tiny`` ``KEY=VALUE`` overrides for a config-built LLM: ``samples`` toy
-    rows per stage, batch ``batch`` (one micro-batch a step), no progress bar or toy eval."""
+def tiny_llava_sizes(samples: int = 8, batch: int = 2) -> list[str]:
+    """``llava-train`` ``KEY=VALUE`` overrides: ``samples`` toy rows per stage, 2 eval rows, max
+    length 96, batch ``batch`` (one micro-batch a step) in both stages."""
     return [
-        f"model.llm={llm}",
         f"data.toy_pretrain_size={samples}",
         f"data.toy_finetune_size={samples}",
         "data.toy_eval_size=2",
@@ -75,6 +74,15 @@ def tiny_llava_sets(llm, samples: int = 8, batch: int = 2, *extra: str) -> list[
         f"pretrain.per_device_batch_size={batch}",
         f"finetune.global_batch_size={batch}",
         f"finetune.per_device_batch_size={batch}",
+    ]
+
+
+def tiny_llava_sets(llm, samples: int = 8, batch: int = 2, *extra: str) -> list[str]:
+    """``llava-train --preset tiny`` ``KEY=VALUE`` overrides for a config-built LLM: ``samples`` toy
+    rows per stage, batch ``batch`` (one micro-batch a step), no progress bar or toy eval."""
+    return [
+        f"model.llm={llm}",
+        *tiny_llava_sizes(samples, batch),
         "logging.progress=false",
         "train.eval_toy=false",
         *extra,

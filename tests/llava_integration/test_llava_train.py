@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from testkit import tiny_llava_sizes
 
 from genhancer.runtime import checkpoint as ckpt
 from llava_integration.cli import main
@@ -46,12 +47,31 @@ def _changed(before, module):
     return {k for k in before if not torch.equal(before[k], after[k])}
 
 
-@pytest.mark.parametrize("trainable", ["projector", "full", "lora"])
-def test_tower_frozen_and_the_right_parts_move(tiny_llava, toy_data, trainable):
+def _finetune_stream(model, proc, toy_data, **kw):
+    """Batches of 4 from the first 16 toy finetune records (vicuna_v1, max length 128)."""
     from llava_integration.data import LlavaStream, load_records
     from llava_integration.model import num_image_tokens
     from llava_integration.templates import TEMPLATES
 
+    return iter(
+        LlavaStream(
+            load_records(toy_data / "finetune.json", 16),
+            toy_data,
+            proc.tokenizer,
+            proc.image_processor,
+            TEMPLATES["vicuna_v1"],
+            model.config.image_token_id,
+            num_image_tokens(model.config),
+            128,
+            4,
+            0,
+            **kw,
+        )
+    )
+
+
+@pytest.mark.parametrize("trainable", ["projector", "full", "lora"])
+def test_tower_frozen_and_the_right_parts_move(tiny_llava, toy_data, trainable):
     model, proc = tiny_llava
     st = LlavaTrainConfig().finetune
     st.trainable, st.lora_r, st.lora_alpha = trainable, 4, 8
@@ -65,21 +85,7 @@ def test_tower_frozen_and_the_right_parts_move(tiny_llava, toy_data, trainable):
     }
     before = {k: _snapshot(m) for k, m in parts.items()}
     opt = torch.optim.AdamW(groups, lr=1e-2)
-    records = load_records(toy_data / "finetune.json", 16)
-    stream = iter(
-        LlavaStream(
-            records,
-            toy_data,
-            proc.tokenizer,
-            proc.image_processor,
-            TEMPLATES["vicuna_v1"],
-            model.config.image_token_id,
-            num_image_tokens(model.config),
-            128,
-            4,
-            0,
-        )
-    )
+    stream = _finetune_stream(model, proc, toy_data)
     for _ in range(3):
         batch = next(stream)
         task.training_forward(batch)["loss"].backward()
@@ -115,7 +121,7 @@ def test_resume_is_exact(tiny_dirs, tmp_path, monkeypatch):
 
     import genhancer.runtime.driver as D
 
-    real = D.run_loop
+    real = D.Loop
 
     def dying(*args, **kwargs):
         if args[5].name == "finetune":
@@ -127,13 +133,13 @@ def test_resume_is_exact(tiny_dirs, tmp_path, monkeypatch):
             kwargs["on_checkpoint"] = kill
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(D, "run_loop", dying)
+    monkeypatch.setattr(D, "Loop", dying)
     part = tmp_path / "part"
     with pytest.raises(Killed):
         T.run(cfg, part)
     assert ckpt.latest_checkpoint(part / "checkpoints").name == "finetune_step0000002"
     assert not (part / "final").exists()
-    monkeypatch.setattr(D, "run_loop", real)
+    monkeypatch.setattr(D, "Loop", real)
     T.run(cfg, part, resume=True)
 
     a, b = _weights(tmp_path / "whole"), _weights(part)
@@ -191,17 +197,7 @@ def test_cli_end_to_end(tiny_dirs, tmp_path, capsys):
 
 
 def _small_sets() -> list[str]:
-    return [
-        "data.toy_pretrain_size=8",
-        "data.toy_finetune_size=8",
-        "data.toy_eval_size=2",
-        "data.max_length=96",
-        "pretrain.global_batch_size=4",
-        "pretrain.per_device_batch_size=4",
-        "finetune.global_batch_size=4",
-        "finetune.per_device_batch_size=4",
-        "logging.progress=false",
-    ]
+    return [*tiny_llava_sizes(8, 4), "logging.progress=false"]
 
 
 def test_lora_finetune_saves_a_merged_plain_model(tiny_dirs, tmp_path):
@@ -315,27 +311,8 @@ def _moved_fraction(before: dict[str, torch.Tensor], after: dict[str, torch.Tens
 
 
 def _finetune_steps(model, proc, toy_data, task, lr: float, steps: int) -> None:
-    from llava_integration.data import LlavaStream, load_records
-    from llava_integration.model import num_image_tokens
-    from llava_integration.templates import TEMPLATES
-
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    records = load_records(toy_data / "finetune.json", 16)
-    stream = iter(
-        LlavaStream(
-            records,
-            toy_data,
-            proc.tokenizer,
-            proc.image_processor,
-            TEMPLATES["vicuna_v1"],
-            model.config.image_token_id,
-            num_image_tokens(model.config),
-            128,
-            4,
-            0,
-            group_by_modality=False,
-        )
-    )
+    stream = _finetune_stream(model, proc, toy_data, group_by_modality=False)
     task.train()
     for _ in range(steps):
         task.training_forward(next(stream))["loss"].backward()

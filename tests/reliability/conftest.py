@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from testkit import load_test_module, subprocess_env  # noqa: F401 (re-exported)
+from testkit import load_test_module, subprocess_env, tiny_llava_sets  # noqa: F401 (re-exported)
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -70,21 +70,7 @@ def llava_parts(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def llava_cli_args(llava_parts):
-    base = [
-        f"model.llm={llava_parts['llm']}",
-        "data.toy_pretrain_size=8",
-        "data.toy_finetune_size=8",
-        "data.toy_eval_size=2",
-        "data.max_length=96",
-        "pretrain.global_batch_size=4",
-        "pretrain.per_device_batch_size=4",
-        "finetune.global_batch_size=4",
-        "finetune.per_device_batch_size=4",
-        "checkpoint.every=1",
-        "logging.every=1",
-        "logging.progress=false",
-        "train.eval_toy=false",
-    ]
+    base = tiny_llava_sets(llava_parts["llm"], 8, 4, "checkpoint.every=1", "logging.every=1")
 
     def make(*overrides: str) -> list[str]:
         return [
