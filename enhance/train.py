@@ -102,7 +102,7 @@ def build_stream_factory(
     from ``cache``, a :class:`~enhance.latent_cache.LatentCache`, when given).
 
     With ``data.replicate_across_ranks`` every rank reads the one-rank stream (same images, same
-    order) and only the crops are drawn per rank (noise and timesteps already are, see run_loop)."""
+    order) and only the crops are drawn per rank (noise and timesteps already are, see genhancer.runtime.trainer.Loop)."""
     from enhance.data.loading import ImageStream, build_dataloader
     from enhance.data.transforms import make_transform
 

@@ -1,4 +1,4 @@
-"""The two LLaVA-1.5 stages as tasks for ``genhancer.runtime.trainer.run_loop``.
+"""The two LLaVA-1.5 stages as tasks for the loop of ``genhancer.runtime.trainer``.
 
 ``pretrain`` trains the projector alone; ``finetune`` trains the LM and projector (``full``) or
 LoRA adapters on the LM plus the projector (``lora``). The vision tower never trains: it is

@@ -22,7 +22,7 @@ from genhancer.runtime import checkpoint as ckpt
 from genhancer.runtime import configtools
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.resume import Action, StageRef, plan_stage, prerequisite_met
-from genhancer.runtime.trainer import LoopSpec, MetricsWriter, run_loop, start_stage
+from genhancer.runtime.trainer import Loop, LoopSpec, MetricsWriter, start_stage
 
 log = logging.getLogger("genhancer")
 
@@ -222,7 +222,7 @@ class StageDriver:
                 self.config_hash,
             )
             spec.extra_state = dict(setup.extra_state)
-            run_loop(
+            Loop(
                 accelerator,
                 prepared,
                 optimizer,
@@ -236,7 +236,7 @@ class StageDriver:
                 on_checkpoint=setup.on_checkpoint,
                 protect=self.protect,
                 on_step=setup.on_step,
-            )
+            ).run()
             self.end_stage(name, prepared)
             accelerator.free_memory()  # drop the wrappers; the module itself was trained in place
         metrics.close()

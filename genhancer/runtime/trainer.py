@@ -493,40 +493,6 @@ class Loop:
             self.on_checkpoint(state.step)
 
 
-def run_loop(
-    accelerator,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    batches: Callable[[int], Iterator[dict]],
-    spec: LoopSpec,
-    run_dir: Path,
-    metrics: MetricsWriter,
-    checkpoint_weights: Callable[[], dict[str, torch.Tensor]],
-    start: LoopState,
-    on_checkpoint: Callable[[int], None] | None = None,
-    protect: set[str] | None = None,
-    on_step: Callable[[int], None] | None = None,
-) -> LoopState:
-    """Train one stage with :class:`Loop` (see there for the arguments) and return its final state."""
-    loop = Loop(
-        accelerator,
-        model,
-        optimizer,
-        scheduler,
-        batches,
-        spec,
-        run_dir,
-        metrics,
-        checkpoint_weights,
-        start,
-        on_checkpoint=on_checkpoint,
-        protect=protect,
-        on_step=on_step,
-    )
-    return loop.run()
-
-
 def save(
     accelerator,
     model,
@@ -618,7 +584,7 @@ def start_stage(
 
         allow_scalar_parameter_broadcast()  # CLIP's 0-dim logit_scale (see the module)
         # No dataloader goes through prepare (each rank streams its own data), so DeepSpeed cannot
-        # infer its batch sizes: give them per stage. run_loop accumulates (stageN.global_batch_size)
+        # infer its batch sizes: give them per stage. The loop accumulates (stageN.global_batch_size)
         # and tells the engine where a step ends, so the engine's own accumulation is 1.
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
         ds["gradient_accumulation_steps"] = 1

@@ -35,6 +35,20 @@ COMMON = [
 ]
 
 
+def _torchrun_two(*target: str) -> list[str]:
+    """``torchrun --nproc_per_node 2`` on a free port, followed by ``target``."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        free_port(),
+        *target,
+    ]
+
+
 def _metrics(path) -> list[dict]:
     return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
 
@@ -44,13 +58,7 @@ def test_two_cpu_processes_match_one(tmp_path, tmp_model_dirs):
     two = tmp_path / "two"
     subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            free_port(),
+            *_torchrun_two(),
             "-m",
             "enhance",
             *base,
@@ -117,18 +125,16 @@ dirs = TinyModelDirs(root=root, clip=Path({clip!r}), siglip=Path({clip!r}), open
                      vae=Path({vae!r}), cache=root / "cache")
 cfg = build_tiny_enhance_config(dirs, ["train.stages=[1]", "stage1.steps=3", "stage1.global_batch_size=8",
                                        "stage1.per_device_batch_size=4", "logging.preview_count=0"])
-real = trainer.run_loop
+class Spy(trainer.Loop):
+    def run(self):
+        state = super().run()
+        inner = getattr(self.model, "module", self.model)
+        weights = {{k: v.detach().clone() for k, v in inner.projector.state_dict().items()}}
+        torch.save(weights, root / f"rank{{self.accelerator.process_index}}.pt")
+        return state
 
 
-def spy(accelerator, model, *args, **kwargs):
-    state = real(accelerator, model, *args, **kwargs)
-    inner = getattr(model, "module", model)
-    weights = {{k: v.detach().clone() for k, v in inner.projector.state_dict().items()}}
-    torch.save(weights, root / f"rank{{accelerator.process_index}}.pt")
-    return state
-
-
-driver.run_loop = spy
+driver.Loop = Spy
 train.run(cfg, root / "run")
 """
 
@@ -146,16 +152,7 @@ def test_ranks_hold_identical_weights_after_training(tmp_path, tmp_model_dirs):
         )
     )
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            free_port(),
-            str(script),
-        ],
+        _torchrun_two(str(script)),
         check=True,
         timeout=900,
     )
@@ -198,12 +195,9 @@ def test_a_rank_whose_micro_batch_is_all_unreadable_keeps_step_with_the_others(t
         "logging.progress=false",
         "checkpoint.every=100",
     )
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     subprocess.run(
         [
-            *torchrun,
-            "--master_port",
-            free_port(),
+            *_torchrun_two(),
             "-m",
             "enhance",
             *flags,
