@@ -159,6 +159,13 @@ def plot_mmvp_patterns(records: list[dict], path: str | Path) -> Path | None:
     ax.set_ylabel("pair accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("MMVP-VLM per visual pattern")
+    return save_figure(fig, ax, path)
+
+
+def save_figure(fig, ax, path: str | Path) -> Path:
+    """Legend, tight layout, a 100-dpi file at ``path``; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     ax.legend()
     fig.tight_layout()
     path = Path(path)

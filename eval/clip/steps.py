@@ -146,6 +146,8 @@ def plot_step_curve(records: list[dict], path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from eval.report import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4))
     for run, points in curves.items():
         xs, ys = [p[0] for p in points], [p[1] for p in points]
@@ -165,12 +167,7 @@ def plot_step_curve(records: list[dict], path: str | Path) -> Path | None:
     ax.set_xlabel("stage-2 step")
     ax.set_ylabel("MMVP-VLM average (%)")
     ax.set_title("MMVP-VLM against stage-2 step (final export starred)")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path)
 
 
 def curve_markdown(records: list[dict]) -> str:
