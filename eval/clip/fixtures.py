@@ -50,6 +50,7 @@ from genhancer.toyworld.world import (
     COLORS,
     NUMBER_WORDS,
     ORIENTATIONS,
+    POSITION_PHRASES,
     SHAPES,
     WORDS,
     Scene,
@@ -62,13 +63,6 @@ from genhancer.toyworld.world import (
 _FIXTURE_VERSION = 1
 _TURN_90 = {"up": "right", "right": "down", "down": "left", "left": "up"}
 _TURN_180 = {"up": "down", "down": "up", "left": "right", "right": "left"}
-_POSITION_PHRASES = {
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
-    "center": "in the center",
-}
 
 
 def _rebuild(scene: Scene, **changes) -> Scene:
@@ -195,7 +189,7 @@ def retrieval_captions(scene: Scene) -> list[str]:
     word = f", with the word '{scene.text}'" if scene.text is not None else ""
     return [
         caption(scene),
-        f"{NUMBER_WORDS[n - 1]} {a['color']} {noun} {_POSITION_PHRASES[str(a['position'])]}",
+        f"{NUMBER_WORDS[n - 1]} {a['color']} {noun} {POSITION_PHRASES[str(a['position'])]}",
         f"{a['size']} {a['color']} {noun} pointing {a['orientation']}{word}",
     ]
 

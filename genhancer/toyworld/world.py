@@ -66,7 +66,8 @@ ATTRIBUTES: tuple[str, ...] = ("shape", "color", "count", "size", "orientation",
 NO_TEXT = "none"
 
 _PLURALS = {kind: kind + "s" for kind in SHAPES}
-_POSITION_PHRASES = {
+#: How captions say each position.
+POSITION_PHRASES = {
     "left": "on the left",
     "right": "on the right",
     "top": "at the top",
@@ -185,7 +186,7 @@ def caption(scene: Scene) -> str:
     """E.g. "two large red triangles pointing up on the left, with the word 'sun'"."""
     s, n = scene.shapes[0], len(scene.shapes)
     noun = s.kind if n == 1 else _PLURALS[s.kind]
-    text = f"{NUMBER_WORDS[n - 1]} {s.size} {s.color} {noun} pointing {s.orientation} {_POSITION_PHRASES[s.position]}"
+    text = f"{NUMBER_WORDS[n - 1]} {s.size} {s.color} {noun} pointing {s.orientation} {POSITION_PHRASES[s.position]}"
     if scene.text is not None:
         text += f", with the word '{scene.text}'"
     return text
@@ -206,7 +207,7 @@ def vocabulary() -> list[str]:
         *_PLURALS.values(),
         "pointing",
         *ORIENTATIONS,
-        *_POSITION_PHRASES.values(),
+        *POSITION_PHRASES.values(),
         "with the word",
         *WORDS,
     ]
