@@ -87,3 +87,24 @@ def tiny_llava_sets(llm, samples: int = 8, batch: int = 2, *extra: str) -> list[
         "train.eval_toy=false",
         *extra,
     ]
+
+
+def fit_fixed_batch(model, params, pixels, seed: int, steps: int) -> tuple[float, float]:
+    """``model``'s training loss on ``pixels`` before and after ``steps`` AdamW steps (lr 3e-3 on
+    ``params``), each on the same batch with the same noise (``torch.Generator().manual_seed(seed)``)."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=3e-3)
+
+    def loss() -> torch.Tensor:
+        return model.training_forward(pixels, torch.Generator().manual_seed(seed))["loss"]
+
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    return before, after

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from testkit import fit_fixed_batch
 
 from enhance.denoisers.discrete import PerceiverDenoiser, masked_cross_entropy, sample_mask
 from genhancer.runtime.errors import UserError
@@ -84,12 +85,18 @@ def test_loss_reads_masked_positions_only():
     assert torch.allclose(masked_cross_entropy(scrambled, codes, masked), expected)
 
 
-def test_global_token_reaches_the_logits():
+def _perceiver_and_inputs():
+    """An eval-mode :func:`_perceiver` and seeded codes, mask and global token for 2 images."""
     model = _perceiver().eval()
     gen = torch.Generator().manual_seed(0)
     codes = torch.randint(0, CODES, (2, GRID * GRID), generator=gen)
     masked = sample_mask(2, GRID * GRID, (0.5, 0.9), gen)
     cond = torch.randn(2, 1, 32, generator=gen)
+    return model, codes, masked, cond
+
+
+def test_global_token_reaches_the_logits():
+    model, codes, masked, cond = _perceiver_and_inputs()
     a = model(codes, masked, cond)
     b = model(codes, masked, cond + 1.0)
     assert a.shape == (2, GRID * GRID, CODES)
@@ -97,11 +104,7 @@ def test_global_token_reaches_the_logits():
 
 
 def test_masked_codes_do_not_leak():
-    model = _perceiver().eval()
-    gen = torch.Generator().manual_seed(0)
-    codes = torch.randint(0, CODES, (2, GRID * GRID), generator=gen)
-    masked = sample_mask(2, GRID * GRID, (0.5, 0.9), gen)
-    cond = torch.randn(2, 1, 32, generator=gen)
+    model, codes, masked, cond = _perceiver_and_inputs()
     other = torch.where(masked, (codes + 7) % CODES, codes)  # change only what is hidden
     assert torch.equal(model(codes, masked, cond), model(other, masked, cond))
 
@@ -145,19 +148,8 @@ def test_discrete_loss_falls_on_a_fixed_batch(discrete_config, tiny_pixels):
 
     cfg = discrete_config()
     model = build_model(cfg)
-    opt = torch.optim.AdamW(configure_stage(model, 1, cfg), lr=3e-3)
-
-    def loss() -> torch.Tensor:
-        return model.training_forward(tiny_pixels, torch.Generator().manual_seed(3))["loss"]
-
-    with torch.no_grad():
-        before = loss().item()
-    for _ in range(30):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-    with torch.no_grad():
-        assert loss().item() < 0.5 * before
+    before, after = fit_fixed_batch(model, configure_stage(model, 1, cfg), tiny_pixels, seed=3, steps=30)
+    assert after < 0.5 * before
 
 
 @pytest.mark.parametrize(

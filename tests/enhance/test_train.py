@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from testkit import fit_fixed_batch
 
 from enhance.train import run
 from genhancer.runtime import checkpoint as ckpt
@@ -68,20 +69,7 @@ def test_flow_loss_falls_on_a_fixed_batch(tiny_genhancer_model, tiny_pixels, tin
     from enhance.stages import configure_stage
 
     model = tiny_genhancer_model
-    params = configure_stage(model, 1, tiny_cfg)
-    opt = torch.optim.AdamW(params, lr=3e-3)
-
-    def loss() -> torch.Tensor:
-        return model.training_forward(tiny_pixels, torch.Generator().manual_seed(7))["loss"]
-
-    with torch.no_grad():
-        before = loss().item()
-    for _ in range(40):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-    with torch.no_grad():
-        after = loss().item()
+    before, after = fit_fixed_batch(model, configure_stage(model, 1, tiny_cfg), tiny_pixels, seed=7, steps=40)
     assert after < 0.5 * before, (before, after)
 
 
