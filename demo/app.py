@@ -131,6 +131,20 @@ def _chat_handler(registry: ModelRegistry) -> Callable:
 # --- the page ----------------------------------------------------------------------------------
 
 
+def _upload(label: str, elem_id: str, height: int = 260) -> gr.Image:
+    """An image input the user fills by upload or paste; handlers get its file path."""
+    return gr.Image(
+        type="filepath", label=label, sources=["upload", "clipboard"], height=height, elem_id=elem_id
+    )
+
+
+def _truth(n: int) -> gr.Radio:
+    """Which image statement ``n`` is true of (TRUTH_CHOICES, the first by default)."""
+    return gr.Radio(
+        list(TRUTH_CHOICES), value=TRUTH_CHOICES[0], label=f"statement {n} is true of", elem_id=f"truth-{n}"
+    )
+
+
 def build_app(
     cfg: DemoConfig, registry: ModelRegistry | None = None, gallery: Gallery | None = None
 ) -> gr.Blocks:
@@ -165,39 +179,17 @@ def build_app(
                     "picks green (right) or red (wrong)."
                 )
                 with gr.Row():
-                    image_a = gr.Image(
-                        type="filepath",
-                        label="image A",
-                        sources=["upload", "clipboard"],
-                        height=260,
-                        elem_id="image-a",
-                    )
-                    image_b = gr.Image(
-                        type="filepath",
-                        label="image B",
-                        sources=["upload", "clipboard"],
-                        height=260,
-                        elem_id="image-b",
-                    )
+                    image_a = _upload("image A", "image-a")
+                    image_b = _upload("image B", "image-b")
                 with gr.Row():
                     with gr.Column():
                         s1 = gr.Textbox(
                             label="statement 1", placeholder="the arrow points left", elem_id="statement-1"
                         )
-                        t1 = gr.Radio(
-                            list(TRUTH_CHOICES),
-                            value=TRUTH_CHOICES[0],
-                            label="statement 1 is true of",
-                            elem_id="truth-1",
-                        )
+                        t1 = _truth(1)
                     with gr.Column():
                         s2 = gr.Textbox(label="statement 2 (optional)", elem_id="statement-2")
-                        t2 = gr.Radio(
-                            list(TRUTH_CHOICES),
-                            value=TRUTH_CHOICES[0],
-                            label="statement 2 is true of",
-                            elem_id="truth-2",
-                        )
+                        t2 = _truth(2)
                 compare = gr.Button("Compare", variant="primary", elem_id="compare")
                 pair_out = gr.HTML(elem_id="pair-result")
                 compare.click(
@@ -224,13 +216,7 @@ def build_app(
                 )
                 with gr.Row():
                     with gr.Column():
-                        hm_image = gr.Image(
-                            type="filepath",
-                            label="image",
-                            sources=["upload", "clipboard"],
-                            height=260,
-                            elem_id="hm-image",
-                        )
+                        hm_image = _upload("image", "hm-image")
                         hm_text = gr.Textbox(label="statement", elem_id="hm-statement")
                         hm_go = gr.Button("Explain", variant="primary", elem_id="hm-go")
                     hm_views = [
@@ -256,13 +242,7 @@ def build_app(
                 )
                 with gr.Row():
                     with gr.Column():
-                        rec_image = gr.Image(
-                            type="filepath",
-                            label="image",
-                            sources=["upload", "clipboard"],
-                            height=260,
-                            elem_id="rec-image",
-                        )
+                        rec_image = _upload("image", "rec-image")
                         rec_go = gr.Button("Reconstruct", variant="primary", elem_id="rec-go")
                     rec_input = gr.Image(label="input, as the tower sees it", interactive=False, height=220)
                     rec_views = [
@@ -300,13 +280,7 @@ def build_app(
                 )
                 with gr.Row():
                     with gr.Column():
-                        chat_image = gr.Image(
-                            type="filepath",
-                            label="image (optional)",
-                            sources=["upload", "clipboard"],
-                            height=240,
-                            elem_id="chat-image",
-                        )
+                        chat_image = _upload("image (optional)", "chat-image", height=240)
                         question = gr.Textbox(
                             label="question", placeholder="What color are the shapes?", elem_id="question"
                         )
