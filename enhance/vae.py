@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genhancer.runtime.errors import UserError, first_line
+from genhancer.runtime.errors import UserError, loading
 
 
 class LatentCodec(nn.Module):
@@ -42,14 +42,9 @@ def build_codec(cfg, cache_dir: str | None = None) -> LatentCodec:
     from genhancer.toyworld.models import resolve_tiny
 
     path = resolve_tiny(cfg.name_or_path, cache_dir)
-    try:
+    what = f"the VAE from '{cfg.name_or_path}' (subfolder '{cfg.subfolder}')"
+    with loading(what, "Point vae.name_or_path at a FLUX.1 repo or a local copy of its vae/ folder."):
         vae = AutoencoderKL.from_pretrained(path, subfolder=cfg.subfolder or None)
-    except (OSError, ValueError) as exc:
-        first = first_line(exc)
-        raise UserError(
-            f"cannot load the VAE from '{cfg.name_or_path}' (subfolder '{cfg.subfolder}'): {first}. "
-            "Point vae.name_or_path at a FLUX.1 repo or a local copy of its vae/ folder."
-        ) from None
     if vae.config.latent_channels != cfg.latent_channels:
         raise UserError(
             f"VAE at '{cfg.name_or_path}' has {vae.config.latent_channels} latent channels, "

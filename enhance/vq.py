@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genhancer.runtime.errors import UserError, first_line
+from genhancer.runtime.errors import UserError, loading
 
 
 class VQCodec(nn.Module):
@@ -47,13 +47,8 @@ def build_vq(cfg, image_size: int, cache_dir: str | None = None) -> VQCodec:
     if not name:
         raise UserError("denoiser.kind=discrete needs denoiser.tokenizer (a diffusers VQModel dir or HF id)")
     path = resolve_tiny(name, cache_dir)
-    try:
+    with loading(f"the VQ tokenizer from '{name}' (subfolder '{cfg.tokenizer_subfolder}')"):
         vq = VQModel.from_pretrained(path, subfolder=cfg.tokenizer_subfolder or None)
-    except (OSError, ValueError) as exc:
-        first = first_line(exc)
-        raise UserError(
-            f"cannot load the VQ tokenizer from '{name}' (subfolder '{cfg.tokenizer_subfolder}'): {first}"
-        ) from None
     vq.requires_grad_(False).eval()
     codec = VQCodec(vq)
     if cfg.codebook_size and cfg.codebook_size != codec.codebook_size:

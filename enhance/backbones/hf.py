@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from enhance.backbones.base import BackboneOutput, VisionBackbone
-from genhancer.runtime.errors import UserError, first_line
+from genhancer.runtime.errors import UserError, loading
 
 # Paper: LoRA on all linear layers of the vision encoder blocks (q/k/v/out_proj/fc1/fc2).
 _LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -179,15 +179,10 @@ def load_hf_backbone(
         _refuse_pickle(name_or_path)
         kwargs["use_safetensors"] = True
     _check_model_type(family, name_or_path, revision)
-    try:
+    hint = "Give a local model dir or an HF id you have access to (backbone.name_or_path)."
+    with loading(f"{family} backbone from '{name_or_path}'", hint):
         model = model_cls.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
         processor = _load_processor(name_or_path, revision, trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = first_line(exc)
-        raise UserError(
-            f"cannot load {family} backbone from '{name_or_path}': {first}. "
-            "Give a local model dir or an HF id you have access to (backbone.name_or_path)."
-        ) from None
     model.eval()
     if family == "siglip":
         return HFSiglipBackbone(model, processor, image_size)
