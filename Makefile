@@ -10,7 +10,7 @@ LOCK := requirements/lock-py311-linux-x86_64.txt
 LATEST := .venv-latest
 LOCKTOOLS := .venv-lock
 
-.PHONY: quickstart test test-slow test-latest lock lint bench clean venv demo
+.PHONY: quickstart test test-slow test-latest lock lint bench clean venv demo reproduce-small
 
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 2; }
@@ -63,6 +63,10 @@ bench: $(STAMP)  # CPU part (tiny preset); GPU commands: BENCHMARKS.md
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/eval_speed.py
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/latent_cache.py --preset tiny --steps 120
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/mllm_speed.py
+
+# "Does it work?" in the README: the small pre-registered reproduction, 3 seeds (~25 min on 2 cores).
+reproduce-small: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.reproduce --output-dir runs/reproduce-small
 
 demo: $(STAMP)
 	$(BIN)/genhancer-demo --preset tiny
