@@ -163,11 +163,12 @@ def build_clip_tokenizer(words: list[str], model_max_length: int = 77):
 # --- tiny CLIP --------------------------------------------------------------------------------
 
 
-def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
-    """Build, contrastively pretrain on toy-world captions, and save a tiny CLIP + processor."""
+def tiny_clip_for(recipe: dict):
+    """A randomly initialised tiny ``CLIPModel`` and its ``CLIPProcessor`` (tokenizer over the toy-world
+    vocabulary) of a recipe's sizes, seeded by ``recipe["seed"]``: what every tiny CLIP starts from."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from genhancer.toyworld.world import ToyWorld, vocabulary
+    from genhancer.toyworld.world import vocabulary
 
     r = recipe
     torch.manual_seed(r["seed"])
@@ -200,7 +201,17 @@ def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
         },
         projection_dim=r["projection_dim"],
     )
-    model = CLIPModel(config)
+    return CLIPModel(config), processor
+
+
+def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
+    """Build, contrastively pretrain on toy-world captions, and save a tiny CLIP + processor."""
+    from genhancer.toyworld.world import ToyWorld
+
+    r = recipe
+    size = r["image_size"]
+    model, processor = tiny_clip_for(r)
+    tokenizer = processor.tokenizer
 
     world = ToyWorld(seed=r["seed"], image_size=size)
     samples = [world.sample(i) for i in range(r["num_images"])]

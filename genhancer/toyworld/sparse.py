@@ -20,21 +20,14 @@ from pathlib import Path
 
 import torch
 
-from genhancer.toyworld.models import TINY_CLIP_RECIPE, build_cached, build_clip_tokenizer
-from genhancer.toyworld.world import NUMBER_WORDS, Scene, ToyWorld, attributes, vocabulary
+from genhancer.toyworld.models import TINY_CLIP_RECIPE, build_cached, tiny_clip_for
+from genhancer.toyworld.world import NUMBER_WORDS, POSITION_PHRASES, Scene, ToyWorld, attributes
 
 #: Attributes that sparse captions state only sometimes (the ones the reproduction watches).
 RARE_ATTRIBUTES: tuple[str, ...] = ("count", "orientation", "position")
 #: Attributes every sparse caption states.
 COMMON_ATTRIBUTES: tuple[str, ...] = ("shape", "color", "size")
 
-_POSITION_PHRASES = {
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
-    "center": "in the center",
-}
 
 SPARSE_CLIP_RECIPE: dict = {
     **TINY_CLIP_RECIPE,
@@ -59,7 +52,7 @@ def sparse_caption(scene: Scene, rng: random.Random, rare_prob: float) -> str:
     if rng.random() < rare_prob:
         parts += ["pointing", str(a["orientation"])]
     if rng.random() < rare_prob:
-        parts.append(_POSITION_PHRASES[str(a["position"])])
+        parts.append(POSITION_PHRASES[str(a["position"])])
     text = " ".join(parts)
     if scene.text is not None:
         text += f", with the word '{scene.text}'"
@@ -68,39 +61,10 @@ def sparse_caption(scene: Scene, rng: random.Random, rare_prob: float) -> str:
 
 def build_sparse_clip(out_dir: Path, recipe: dict = SPARSE_CLIP_RECIPE) -> None:
     """Contrastively pretrain a tiny CLIP on sparse captions (one fresh caption draw per step)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
     r = recipe
-    torch.manual_seed(r["seed"])
-    tokenizer = build_clip_tokenizer([*vocabulary(), "a", "photo", "of"], model_max_length=r["max_text_len"])
     size = r["image_size"]
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-    )
-    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": r["text_hidden"],
-            "intermediate_size": 4 * r["text_hidden"],
-            "num_hidden_layers": r["text_layers"],
-            "num_attention_heads": r["heads"],
-            "max_position_embeddings": r["max_text_len"],
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={
-            "hidden_size": r["vision_hidden"],
-            "intermediate_size": 4 * r["vision_hidden"],
-            "num_hidden_layers": r["vision_layers"],
-            "num_attention_heads": r["heads"],
-            "image_size": size,
-            "patch_size": r["patch_size"],
-        },
-        projection_dim=r["projection_dim"],
-    )
-    model = CLIPModel(config)
+    model, processor = tiny_clip_for(r)
+    tokenizer, image_processor = processor.tokenizer, processor.image_processor
     world = ToyWorld(seed=r["seed"], image_size=size)
     samples = [world.sample(i) for i in range(r["num_images"])]
     pixels = image_processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
