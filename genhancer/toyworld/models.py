@@ -222,18 +222,25 @@ def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
     texts = [("a photo of " if rng.random() < r["photo_prefix_prob"] else "") + s.caption for s in samples]
     tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
 
-    gen = torch.Generator().manual_seed(r["seed"])
-    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.01)
+    def batch(gen: torch.Generator) -> dict:
+        idx = torch.randint(0, len(samples), (r["batch_size"],), generator=gen)
+        return {
+            "input_ids": tokens["input_ids"][idx],
+            "attention_mask": tokens["attention_mask"][idx],
+            "pixel_values": pixels[idx],
+        }
+
+    fit_and_save_clip(model, processor, out_dir, r, batch)
+
+
+def fit_and_save_clip(model, processor, out_dir: Path, recipe: dict, batch: Callable) -> None:
+    """``recipe["train_steps"]`` contrastive AdamW steps (wd 0.01) over ``batch(generator)`` (CLIP
+    inputs; the generator is seeded by ``recipe["seed"]``), then save model and processor."""
+    gen = torch.Generator().manual_seed(recipe["seed"])
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.01)
     model.train()
-    n = len(samples)
-    for _ in range(r["train_steps"]):
-        idx = torch.randint(0, n, (r["batch_size"],), generator=gen)
-        out = model(
-            input_ids=tokens["input_ids"][idx],
-            attention_mask=tokens["attention_mask"][idx],
-            pixel_values=pixels[idx],
-            return_loss=True,
-        )
+    for _ in range(recipe["train_steps"]):
+        out = model(**batch(gen), return_loss=True)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()

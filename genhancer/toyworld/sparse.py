@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from genhancer.toyworld.models import TINY_CLIP_RECIPE, build_cached, tiny_clip_for
+from genhancer.toyworld.models import TINY_CLIP_RECIPE, build_cached, fit_and_save_clip, tiny_clip_for
 from genhancer.toyworld.world import NUMBER_WORDS, POSITION_PHRASES, Scene, ToyWorld, attributes
 
 #: Attributes that sparse captions state only sometimes (the ones the reproduction watches).
@@ -69,10 +69,8 @@ def build_sparse_clip(out_dir: Path, recipe: dict = SPARSE_CLIP_RECIPE) -> None:
     samples = [world.sample(i) for i in range(r["num_images"])]
     pixels = image_processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
     rng = random.Random(r["seed"])
-    gen = torch.Generator().manual_seed(r["seed"])
-    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.01)
-    model.train()
-    for _ in range(r["train_steps"]):
+
+    def batch(gen: torch.Generator) -> dict:  # a fresh caption draw for every image of every step
         idx = torch.randint(0, len(samples), (r["batch_size"],), generator=gen).tolist()
         texts = [
             ("a photo of " if rng.random() < r["photo_prefix_prob"] else "")
@@ -80,18 +78,9 @@ def build_sparse_clip(out_dir: Path, recipe: dict = SPARSE_CLIP_RECIPE) -> None:
             for i in idx
         ]
         tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
-        out = model(
-            input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
-            pixel_values=pixels[idx],
-            return_loss=True,
-        )
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-    model.eval()
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
+        return {**tokens, "pixel_values": pixels[idx]}
+
+    fit_and_save_clip(model, processor, out_dir, r, batch)
 
 
 def sparse_clip(cache_dir: str | Path, **changes: object) -> Path:
