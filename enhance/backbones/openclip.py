@@ -71,16 +71,25 @@ class OpenCLIPBackbone(VisionBackbone):
         return {"open_clip": str(target)}
 
 
+def register_model_config(name: str) -> str:
+    """An open_clip model name as ``open_clip.create_model`` takes it: a JSON config path is
+    registered with open_clip and named by its stem; any other name is returned as it is."""
+    import open_clip
+
+    if not name.endswith(".json"):
+        return name
+    path = Path(name)
+    if not path.is_file():
+        raise UserError(f"open_clip model config not found: {path}")
+    open_clip.add_model_config(path)
+    return path.stem
+
+
 def load_open_clip_backbone(model_name: str, pretrained: str, image_size: int) -> OpenCLIPBackbone:
     """``model_name``: an open_clip architecture (or a JSON config path); ``pretrained``: tag or file."""
     import open_clip
 
-    if model_name.endswith(".json"):
-        path = Path(model_name)
-        if not path.is_file():
-            raise UserError(f"open_clip model config not found: {path}")
-        open_clip.add_model_config(path)
-        model_name = path.stem
+    model_name = register_model_config(model_name)
     if model_name not in open_clip.list_models():
         raise UserError(f"unknown open_clip model '{model_name}'; see open_clip.list_models()")
     if pretrained and not (

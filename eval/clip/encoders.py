@@ -392,17 +392,14 @@ def _load_open_clip_dir(spec: str, where: str, **kw) -> OpenCLIPDualEncoder:
 def _load_open_clip(spec: str, where: str, **kw) -> OpenCLIPDualEncoder:
     import open_clip
 
+    from enhance.backbones.openclip import register_model_config
+
     if where.startswith("hf-hub:"):
         name, pretrained = where, None
     else:
         name, _, pretrained = where.partition(":")
-    if name.endswith(".json"):
-        path = Path(name)
-        if not path.is_file():
-            raise UserError(f"open_clip model config not found: {path}")
-        open_clip.add_model_config(path)
-        name = path.stem
-    elif not name.startswith("hf-hub:") and name not in open_clip.list_models():
+        name = register_model_config(name)
+    if not name.startswith("hf-hub:") and name not in open_clip.list_models():
         raise UserError(f"unknown open_clip model '{name}' in '{spec}'; see open_clip.list_models()")
     try:
         model = open_clip.create_model(name, pretrained=pretrained or None, weights_only=True)
