@@ -7,7 +7,7 @@
                               ``perceiver/``) with ``genhancer.json`` (the demo's reconstruction view)
 ``DIR/export/steps/<step>/``  the merged tower every ``stage2.export_every`` stage-2 steps, in the
                               tower layouts above (checkpoint selection; no denoiser)
-``genhancer_export.json``     in each export folder: stage-2 step, dtype, LoRA settings
+``genhancer_export.json``     in each export folder: the method, stage-2 step, dtype, LoRA settings
 
 :func:`load_denoiser_export` reads ``export/denoiser/`` back into the classes that wrote it, so
 consumers (the demo's reconstruction view) never rebuild the model themselves.
@@ -37,7 +37,9 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def _meta(cfg, stage2_step: int | None, final: bool) -> dict:
     s2 = cfg.stage2
+    method = getattr(getattr(cfg, "method", None), "name", "genhancer")
     return {
+        "method": method,
         "stage2_step": stage2_step,
         "final": final,
         "dtype": s2.export_dtype,
