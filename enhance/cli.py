@@ -8,6 +8,8 @@ Examples::
     accelerate launch -m enhance --preset openai-clip-l14-224 ...     # many GPUs
     enhance --config my.yaml --set stage2.lr=2e-5 --stage 2 --resume --output-dir runs/x
     enhance --preset openai-clip-l14-224 --describe                   # config + parameter counts
+    enhance --method dcr --preset tiny --output-dir runs/dcr-tiny       # DIVA / DCR / naive on one bench
+    enhance --method dcr --preset openai-clip-l14-224 --describe      # DCR's B^2 UNet calls per step
     enhance --preset openai-clip-l14-224 --set data.path=/data/cc3m \
         --set latent_cache.path=/data/cc3m-latents --build-latent-cache  # encode once (see README)
 
@@ -55,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="run folder (config.yaml, metrics.jsonl, checkpoints/, export/)")
     p.add_argument("--stage", choices=["1", "2", "all"], default=None, help="run one stage only")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    p.add_argument(
+        "--method",
+        default=None,
+        help="genhancer (default) | diva | dcr | naive-contrastive: the method's recipe on the --preset "
+        "backbone (presets/methods/<method>.yaml)",
+    )
     p.add_argument("--describe", action="store_true", help="print resolved config and parameter counts")
     p.add_argument(
         "--build-latent-cache",
@@ -64,8 +72,93 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def list_method_presets(method: str) -> None:
+    """``--list-presets --method M``: the backbone presets the method has a recipe for."""
+    from enhance.config import method_presets
+    from enhance.methods import get_method
+
+    get_method(method)
+    recipes = method_presets(method)
+    for name in recipes["presets"]:
+        print(f"{name:32s} {method}: {recipes['description']}")
+
+
 def describe(cfg) -> dict:
     """Resolved config and parameter counts, built on the meta device (downloads nothing)."""
+    if cfg.denoiser.kind == "sd":
+        return describe_sd_method(cfg)
+    return describe_genhancer(cfg)
+
+
+# Sizes of the SD-2.1 UNet (diffusers config of stabilityai/stable-diffusion-2-1[-base]), so
+# --describe counts it on the meta device without a download.
+SD21_UNET = {
+    "sample_size": 64,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": [5, 10, 20, 20],
+    "use_linear_projection": True,
+    "block_out_channels": [320, 640, 1280, 1280],
+}
+
+
+def describe_sd_method(cfg) -> dict:
+    """``--describe`` for a frozen-SD method: its stage plan and UNet cost, trainable parameters."""
+    import torch
+
+    from enhance.config import EnhanceConfig
+    from enhance.methods import get_method
+    from genhancer.runtime import configtools
+    from genhancer.runtime.configtools import field_docs
+
+    method = get_method(cfg.method.name)
+    counts: dict[str, int | str] = {}
+    dims = KNOWN_DIMS.get(cfg.backbone.name_or_path)
+    with torch.device("meta"):
+        from diffusers import UNet2DConditionModel
+
+        from enhance.methods.sd_models import TokenProjector
+
+        if cfg.sd.path.startswith("stabilityai/stable-diffusion-2-1"):
+            unet = UNet2DConditionModel(**SD21_UNET)
+            counts["denoiser_frozen"] = sum(p.numel() for p in unet.parameters())
+        else:
+            counts["denoiser_frozen"] = "unknown until the UNet is loaded"
+        if dims is not None:
+            proj = TokenProjector(dims[0], cfg.sd.cross_attention_dim, mlp=cfg.method.name != "diva")
+            counts["projector"] = sum(p.numel() for p in proj.parameters())
+        else:
+            counts["projector"] = "unknown until the backbone is loaded"
+    lora = describe_lora(cfg)
+    counts["lora"] = lora.pop("lora_parameters")
+    counts["tower_bias"] = lora.pop("bias_parameters")
+    if cfg.stage2.tower_tuning == "full":
+        counts["tower"] = describe_tower(cfg)
+        counts["lora"] = counts["tower_bias"] = 0
+    return {
+        "method": method.describe(cfg),
+        "config": configtools.to_dict(cfg),
+        "schedule": describe_schedule(cfg),
+        "lora": lora,
+        "parameters": counts,
+        "docs": field_docs(EnhanceConfig),
+    }
+
+
+def describe_tower(cfg) -> int | str:
+    """Image-side parameters (what ``stage2.tower_tuning=full`` trains), on the meta device."""
+    import torch
+
+    with torch.device("meta"):
+        backbone = _meta_backbone(cfg) if cfg.backbone.family != "open_clip" else None
+    if backbone is None:
+        return "unknown until the backbone is loaded"
+    return sum(
+        p.numel() for n, p in backbone.named_parameters() if backbone.is_vision_side(n.removeprefix("model."))
+    )
+
+
+def describe_genhancer(cfg) -> dict:
+    """GenHancer's ``--describe``: FLUX / Perceiver denoiser, projector, LoRA."""
     import torch
 
     from enhance.config import EnhanceConfig
@@ -112,7 +205,10 @@ def describe(cfg) -> dict:
     lora = describe_lora(cfg)
     counts["lora"] = lora.pop("lora_parameters")
     counts["tower_bias"] = lora.pop("bias_parameters")
+    from enhance.methods import get_method
+
     return {
+        "method": get_method(cfg.method.name).describe(cfg),
         "config": configtools.to_dict(cfg),
         "schedule": describe_schedule(cfg),
         "lora": lora,
@@ -136,7 +232,14 @@ def describe_schedule(cfg) -> dict:
         steps: int | str = st.steps
         if cfg.train.schedule == "one_epoch":
             steps = "one pass over the data (counted at start-up)"
-        out[name] = {"steps": steps, "global_batch_size": st.global_batch_size, "lr": st.lr}
+        out[name] = {
+            "runs": int(name[-1]) in cfg.train.stages,
+            "steps": steps,
+            "global_batch_size": st.global_batch_size,
+            "lr": st.lr,
+            "optimizer": st.optimizer,
+            "lr_schedule": st.lr_schedule,
+        }
     out["stage2"]["export_every"] = cfg.stage2.export_every
     out["stage2"]["export_keep"] = cfg.stage2.export_keep
     out["stage2"]["export_dtype"] = cfg.stage2.export_dtype
@@ -217,14 +320,17 @@ def main(argv: list[str] | None = None) -> int:
         from enhance.config import PRESETS_DIR, load_config
 
         if args.list_presets:
-            print_presets(PRESETS_DIR, width=32)
+            if args.method and args.method != "genhancer":
+                list_method_presets(args.method)
+            else:
+                print_presets(PRESETS_DIR, width=32)
             return 0
         if not args.preset and not args.config:
             raise UserError("give --preset NAME or --config FILE (see --list-presets)")
         overrides = list(args.overrides)
         if args.stage in ("1", "2"):
             overrides.append(f"train.stages=[{args.stage}]")
-        cfg = load_config(args.preset, args.config, overrides)
+        cfg = load_config(args.preset, args.config, overrides, method=args.method)
         if args.describe:
             print(json.dumps(describe(cfg), indent=2))
             return 0

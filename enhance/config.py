@@ -26,7 +26,16 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 
 # The enums of this tree: configtools rejects any other value and names the key.
 BackboneFamily = Literal["openai-clip", "metaclip", "siglip", "open_clip"]
-DenoiserKind = Literal["continuous", "discrete"]
+DenoiserKind = Literal["continuous", "discrete", "sd"]
+MethodName = Literal["genhancer", "diva", "dcr", "naive-contrastive"]
+SDTarget = Literal["epsilon", "v_prediction"]
+UnetDtype = Literal["float32", "bfloat16"]
+DcrNegatives = Literal["exact", "sampled"]
+DivaTokens = Literal["random_local", "all_local", "pooled_avg"]
+DivaText = Literal["full", "mean"]
+TowerTuning = Literal["lora", "full"]
+OptimizerName = Literal["adamw", "sgd"]
+LrSchedule = Literal["constant", "cosine"]
 TimestepSampler = Literal["logit_normal", "uniform"]
 Stage2Variant = Literal["stage2_all", "stage2_only"]
 LoraTargets = Literal["all-linear", "encoder"]
@@ -65,7 +74,11 @@ class ProjectorConfig:
 
 @dataclass
 class DenoiserConfig:
-    kind: DenoiserKind = doc("continuous", "continuous (FLUX-style MM-DiT) | discrete (VQ + Perceiver)")
+    kind: DenoiserKind = doc(
+        "continuous",
+        "continuous (FLUX-style MM-DiT, GenHancer) | discrete (VQ + Perceiver, GenHancer) | sd (the frozen "
+        "pretrained Stable Diffusion UNet of the sd.* section: diva, dcr, naive-contrastive)",
+    )
     num_layers: int = doc(2, "MM-DiT (double-stream) blocks")
     num_single_layers: int = doc(4, "single-stream DiT blocks")
     attention_head_dim: int = doc(128, "per-head width; must equal sum(axes_dims_rope)")
@@ -108,6 +121,99 @@ class FlowConfig:
     )
     scale: float = doc(1.0, "s of the scaled logit-normal sampler (paper Sec. 3.3)")
     preview_steps: int = doc(20, "Euler steps when sampling previews")
+
+
+@dataclass
+class MethodConfig:
+    name: MethodName = doc(
+        "genhancer",
+        "genhancer (random-init denoiser, two stages) | diva (frozen SD, one stage, diffusion MSE) | dcr "
+        "(frozen SD, two stages, contrastive loss on predicted noise) | naive-contrastive (frozen SD, "
+        "diffusion MSE + InfoNCE on the tower's features)",
+    )
+
+
+@dataclass
+class SDConfig:
+    """The frozen pretrained Stable Diffusion of the diva / dcr / naive-contrastive methods."""
+
+    path: str = doc(
+        "stabilityai/stable-diffusion-2-1-base",
+        "HF id or local dir of a diffusers SD pipeline (unet/, vae/, text_encoder/, tokenizer/, "
+        "scheduler/); 'genhancer-tiny:sd' (epsilon) / 'genhancer-tiny:sd-v' (v-prediction) build tiny ones",
+    )
+    revision: str = doc("", "HF revision (empty: default branch)")
+    target: SDTarget = doc(
+        "epsilon",
+        "what the loss compares the UNet output with: epsilon (the noise; DIVA) | v_prediction "
+        "(scheduler.get_velocity; DCR). Must equal the pipeline's scheduler prediction_type unless "
+        "sd.allow_target_mismatch",
+    )
+    allow_target_mismatch: bool = doc(
+        False, "train with a target other than the UNet's own prediction_type (off: exit 2)"
+    )
+    num_train_timesteps: int = doc(1000, "DDPM training timesteps (both official codes: 1000)")
+    beta_start: float = doc(0.00085, "DDPM beta_start (SD's)")
+    beta_end: float = doc(0.012, "DDPM beta_end (SD's)")
+    beta_schedule: str = doc("scaled_linear", "DDPM beta schedule (SD's)")
+    unet_dtype: UnetDtype = doc("float32", "dtype of the frozen UNet (DCR's code: bfloat16)")
+    cross_attention_dim: int = doc(
+        1024,
+        "condition width the projector outputs; must equal the UNet's cross_attention_dim (SD 2.x: 1024)",
+    )
+    reconstruct_steps: int = doc(20, "DDIM steps for previews and the demo's reconstructions")
+
+
+@dataclass
+class DCRConfig:
+    temperature: float = doc(0.1, "tau of the InfoNCE over predicted noise (official: 0.1)")
+    negatives: DcrNegatives = doc(
+        "exact",
+        "exact: every other image's condition on each noisy latent, B^2 UNet calls per micro-batch (the "
+        "official code) | sampled: dcr.num_negatives random others per anchor, B*(K+1) calls (an "
+        "approximation; equal to exact when K = B-1)",
+    )
+    num_negatives: int = doc(3, "negatives per anchor with dcr.negatives=sampled")
+    unet_chunk: int = doc(0, "UNet calls per forward chunk (0: all at once); same loss, less peak memory")
+    jitter: list[float] = doc(
+        [0.1, 0.1, 0.1, 0.05], "augmented view: ColorJitter brightness, contrast, saturation, hue"
+    )
+    flip_p: list[float] = doc([0.5, 0.5], "augmented view: horizontal and vertical flip probabilities")
+    crop_scale: list[float] = doc([0.9, 1.0], "augmented view: RandomResizedCrop scale")
+    crop_ratio: list[float] = doc([0.9, 1.1], "augmented view: RandomResizedCrop aspect ratio")
+
+
+@dataclass
+class DivaConfig:
+    prompt: str = doc(
+        "a photo of a .",
+        "text whose SD text-encoder embedding the visual condition is added to (the official code's "
+        "'a photo of a {}' with its single empty class)",
+    )
+    tokens: DivaTokens = doc(
+        "random_local",
+        "which tower tokens form the condition, each in the joint space: random_local ([CLS] + "
+        "diva.num_tokens-1 patch tokens drawn with replacement; official OpenAI CLIP) | all_local ([CLS] + "
+        "every patch token; MetaCLIP) | pooled_avg (pooled token + patch tokens average-pooled over "
+        "diva.avg_window; SigLIP)",
+    )
+    num_tokens: int = doc(77, "random_local: condition length ([CLS] + num_tokens-1 patch tokens)")
+    avg_window: int = doc(6, "pooled_avg: window of the 1-d average pooling (official: 6 at 224, 10 at 384)")
+    text: DivaText = doc(
+        "full",
+        "full: the prompt embedding position by position (token count must equal its length; OpenAI "
+        "CLIP) | mean: its mean over positions, added to every token (MetaCLIP, SigLIP)",
+    )
+    draws: int = doc(
+        2, "timestep/noise draws per image per step, gradients summed (the official train_steps=2 loop)"
+    )
+
+
+@dataclass
+class NaiveConfig:
+    contrastive_weight: float = doc(1.0, "weight of the InfoNCE term on the tower's global features")
+    reconstruction_weight: float = doc(1.0, "weight of the diffusion MSE term")
+    temperature: float = doc(0.1, "InfoNCE temperature")
 
 
 @dataclass
@@ -156,6 +262,11 @@ class StageConfig(OptimSection):
     global_batch_size: int = doc(256, "images per optimizer step over all processes")
     per_device_batch_size: int = doc(16, "images per forward pass; accumulation fills the global batch")
     warmup_steps: int = doc(0, "linear warmup steps (paper: none, constant LR)")
+    optimizer: OptimizerName = doc("adamw", "adamw | sgd (DIVA's official optimiser, with momentum)")
+    momentum: float = doc(0.9, "SGD momentum (optimizer=sgd)")
+    lr_schedule: LrSchedule = doc(
+        "constant", "constant (after warmup) | cosine decay to 0 at the stage's end"
+    )
 
 
 @dataclass
@@ -168,6 +279,9 @@ class Stage2Config(StageConfig):
     lr: float = doc(1e-5, "constant learning rate for LoRA (and the denoiser in stage2_all)")
     variant: Stage2Variant = doc(
         "stage2_all", "stage2_all: also train projector+denoiser; stage2_only: freeze them"
+    )
+    tower_tuning: TowerTuning = doc(
+        "lora", "lora: LoRA on the image side (GenHancer, DCR) | full: every image-side weight trains (DIVA)"
     )
     lora_r: int = doc(16, "LoRA rank")
     lora_alpha: int = doc(16, "LoRA alpha")
@@ -193,6 +307,12 @@ class Stage2Config(StageConfig):
         "paper Fig. 1(i)); 0: final export only",
     )
     export_keep: int = doc(10, "per-step exports kept (the newest); 0 keeps all")
+    export_denoiser: bool = doc(
+        False,
+        "per-step exports also carry the projector and denoiser (export/steps/<step>/denoiser/), so the "
+        "demo reconstructs from any step; costs the denoiser's size per export (~5 GB for the paper's "
+        "1.3 B-parameter FLUX denoiser in float32), hence off for the paper presets",
+    )
     export_dtype: ExportDtype = doc(
         "float32",
         "dtype of the exported towers: float32 (ours: the fp32 master weights) | bfloat16 (what the "
@@ -241,14 +361,25 @@ CheckpointConfig = CheckpointSection
 @dataclass
 class LoggingConfig(LoggingSection):
     preview_count: int = doc(4, "images in the preview grid written at each checkpoint (0: none)")
+    grad_conflict: bool = doc(
+        False,
+        "at each logged step, the cosine between the gradients of a method's loss terms on the trainable "
+        "weights (methods that sum two losses), as grad_cos_* in metrics.jsonl and grad_conflict.png; "
+        "one extra forward and a backward per term on logged steps only (training unchanged)",
+    )
 
 
 @dataclass
 class EnhanceConfig:
+    method: MethodConfig = field(default_factory=MethodConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    sd: SDConfig = field(default_factory=SDConfig)
+    dcr: DCRConfig = field(default_factory=DCRConfig)
+    diva: DivaConfig = field(default_factory=DivaConfig)
+    naive: NaiveConfig = field(default_factory=NaiveConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
     latent_cache: LatentCacheConfig = field(default_factory=LatentCacheConfig)
@@ -262,6 +393,9 @@ class EnhanceConfig:
 
     def validate(self) -> None:
         """Check the whole tree at start-up, including parts used only late in the run."""
+        from enhance.methods import get_method
+
+        get_method(self.method.name).validate(self)
 
         if self.stage2.export_every < 0 or self.stage2.export_keep < 0:
             raise UserError(
@@ -334,14 +468,65 @@ RESUME_ALLOWED_CHANGES = (
     "stage2.export_every",
     "stage2.export_keep",
     "stage2.export_dtype",
+    "stage2.export_denoiser",
     "train.schedule",
     "train.stages",
     "cache_dir",
 )
 
 
+METHOD_PRESETS_DIR = PRESETS_DIR / "methods"
+#: Sections that configure GenHancer's own denoiser: a frozen-SD method's preset replaces them.
+GENHANCER_ONLY_SECTIONS = ("denoiser", "vae", "flow")
+
+
+def method_presets(method: str) -> dict:
+    """``presets/methods/<method>.yaml``: ``description``, ``common`` (the method's recipe) and
+    ``presets`` (per backbone preset: what differs, e.g. the official per-backbone condition)."""
+    path = METHOD_PRESETS_DIR / f"{method}.yaml"
+    data = configtools.load_yaml(path)
+    return {
+        "description": data.get("description", ""),
+        "common": data.get("common") or {},
+        "presets": data.get("presets") or {},
+    }
+
+
 def load_config(
-    preset: str | None = None, config_file: str | None = None, overrides: list[str] | tuple = ()
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | tuple = (),
+    method: str | None = None,
 ) -> EnhanceConfig:
-    """Resolve defaults < preset < config file < --set overrides into a validated tree."""
-    return configtools.resolve(EnhanceConfig, PRESETS_DIR, preset, config_file, overrides)
+    """Resolve defaults < preset < config file < --set overrides into a validated tree.
+
+    With ``method`` other than genhancer, the preset is the backbone preset ``preset`` with its
+    GenHancer-denoiser sections dropped, then the method's recipe and its entry for ``preset``
+    (``presets/methods/<method>.yaml``), so ``--method dcr --preset tiny`` is DCR on the tiny world."""
+    if method is None or method == "genhancer":
+        extra = [f"method.name={method}"] if method else []
+        return configtools.resolve(EnhanceConfig, PRESETS_DIR, preset, config_file, [*extra, *overrides])
+    from enhance.methods import get_method
+
+    get_method(method)  # unknown name: exit 2 naming --method
+    if not preset:
+        raise UserError(f"--method {method} needs --preset NAME (see --list-presets --method {method})")
+    recipes = method_presets(method)
+    if preset not in recipes["presets"]:
+        raise UserError(
+            f"--method {method} has no preset '{preset}'; choose one of: {', '.join(recipes['presets'])}"
+        )
+    data = configtools.load_preset(PRESETS_DIR, preset)
+    for section in GENHANCER_ONLY_SECTIONS:
+        data.pop(section, None)
+    data = configtools.deep_merge(data, recipes["common"])
+    data = configtools.deep_merge(data, recipes["presets"][preset] or {})
+    data = configtools.deep_merge(data, {"method": {"name": method}})
+    if config_file:
+        file_data = configtools.load_yaml(config_file)
+        file_data.pop("preset", None)
+        data = configtools.deep_merge(data, file_data)
+    data = configtools.apply_overrides(data, overrides, EnhanceConfig)
+    cfg = configtools.from_dict(EnhanceConfig, data)
+    cfg.validate()
+    return cfg

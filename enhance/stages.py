@@ -86,29 +86,43 @@ def tower_bias_names(backbone, mode: str) -> list[str]:
 
 
 def configure_stage(model: GenHancerModel, stage: int, cfg) -> list[nn.Parameter]:
-    """Set ``requires_grad`` for ``stage`` (adding LoRA when needed); return the trainable params."""
+    """Set ``requires_grad`` for ``stage`` as the method's plan says (``method.trains``: parts among
+    projector, denoiser, lora, tower), adding LoRA when needed; return the trainable params."""
+    from enhance.methods import get_method
+
+    parts = get_method(cfg.method.name).trains(stage, cfg)
     model.requires_grad_(False)
     model.trained_tower_biases = []
-    if stage == 1:
-        model.projector.requires_grad_(True)
-        model.denoiser.requires_grad_(True)
-    else:
+    model.trained_tower_params = []
+    if "lora" in parts:
         if not has_lora(model):
             add_lora(model, cfg)
         biases = tower_bias_names(model.backbone, cfg.stage2.lora_bias)
         for name, p in model.backbone.named_parameters():
             p.requires_grad_("lora_" in name or name in biases)
         model.trained_tower_biases = [f"backbone.{n}" for n in biases]
-        if cfg.stage2.variant == "stage2_all" or cfg.train.one_stage:
-            model.projector.requires_grad_(True)
-            model.denoiser.requires_grad_(True)
+    if "tower" in parts:  # full fine-tuning of the image side (DIVA); the text tower stays frozen
+        names = [
+            n
+            for n, _ in model.backbone.named_parameters()
+            if model.backbone.is_vision_side(n.removeprefix("model."))
+        ]
+        chosen = set(names)
+        for name, p in model.backbone.named_parameters():
+            p.requires_grad_(name in chosen)
+        model.trained_tower_params = [f"backbone.{n}" for n in names]
+    if "projector" in parts:
+        model.projector.requires_grad_(True)
+    if "denoiser" in parts:
+        model.denoiser.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
 
 def trainable_counts(model: GenHancerModel) -> dict[str, int]:
     """Trainable parameters by part: ``lora``, ``tower_bias``, ``projector``, ``denoiser``."""
-    counts = {"lora": 0, "tower_bias": 0, "projector": 0, "denoiser": 0}
+    counts = {"lora": 0, "tower_bias": 0, "tower": 0, "projector": 0, "denoiser": 0}
     biases = set(getattr(model, "trained_tower_biases", ()))
+    full = set(getattr(model, "trained_tower_params", ()))
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -116,6 +130,8 @@ def trainable_counts(model: GenHancerModel) -> dict[str, int]:
             counts["lora"] += p.numel()
         elif name in biases:
             counts["tower_bias"] += p.numel()
+        elif name in full:
+            counts["tower"] += p.numel()
         elif name.split(".", 1)[0] in counts:
             counts[name.split(".", 1)[0]] += p.numel()
     return counts
@@ -127,8 +143,10 @@ def checkpoint_state(model: GenHancerModel) -> dict[str, torch.Tensor]:
     in ``model``."""
     state = {}
     biases = set(getattr(model, "trained_tower_biases", ()))  # stage2.lora_bias (see configure_stage)
+    biases |= set(getattr(model, "trained_tower_params", ()))  # stage2.tower_tuning=full
+    prefixes = getattr(model, "checkpoint_prefixes", ("projector.", "denoiser."))
     for name, tensor in model.state_dict().items():
-        if name.startswith(("projector.", "denoiser.")) or "lora_" in name or name in biases:
+        if name.startswith(prefixes) or "lora_" in name or name in biases:
             state[name] = tensor.detach().cpu().contiguous()
     return state
 

@@ -24,7 +24,7 @@ from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_st
 from genhancer.runtime.driver import RunFolder, StageDriver, StageSetup
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.seeding import derive_seed
-from genhancer.runtime.trainer import grad_accum_steps, lr_lambda
+from genhancer.runtime.trainer import cosine_lambda, grad_accum_steps, lr_lambda
 
 log = logging.getLogger("enhance")
 
@@ -37,10 +37,12 @@ STAGE_NAMES = {1: "stage1", 2: "stage2"}
 def build_model(cfg: EnhanceConfig) -> GenHancerModel:
     """Tower, target codec, random-init projector and denoiser (seeded by train.seed)."""
     from enhance.backbones import build_backbone
-    from enhance.denoisers import build_genhancer
+    from enhance.methods import get_method
 
     cache_dir = cfg.cache_dir or None
-    return build_genhancer(cfg, build_backbone(cfg.backbone, cache_dir), cache_dir)
+    method = get_method(cfg.method.name)
+    method.precheck(cfg, cache_dir)  # config-only checks before any weight is loaded
+    return method.build(cfg, build_backbone(cfg.backbone, cache_dir), cache_dir)
 
 
 def check_data_path(cfg: EnhanceConfig) -> None:
@@ -258,7 +260,9 @@ class EnhanceStages(StageDriver):
             optim=scfg,
             steps=scfg.steps,
             grad_accum=grad_accum,
-            lr_fn=lr_lambda(scfg.warmup_steps),
+            lr_fn=cosine_lambda(scfg.warmup_steps, scfg.steps)
+            if scfg.lr_schedule == "cosine"
+            else lr_lambda(scfg.warmup_steps),
             batches=build_stream_factory(
                 cfg,
                 model,
@@ -284,6 +288,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     from accelerate import Accelerator
 
     from enhance.export import export_model
+    from enhance.methods import get_method
 
     check_data_path(cfg)
 
@@ -305,7 +310,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
         allowed_changes=RESUME_ALLOWED_CHANGES,
         freed_after_first_stage=["stage2", "train.one_stage"],  # stage 2 has not used them yet
         prerequisite_error=None
-        if cfg.train.one_stage
+        if cfg.train.one_stage or 1 not in get_method(cfg.method.name).stages
         else (
             f"stage 2 needs the finished stage 1 of this run in {run_dir}/checkpoints; run stage 1 "
             "first (then --stage 2 --resume), or set train.one_stage=true for the end-to-end ablation"

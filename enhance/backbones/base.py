@@ -57,6 +57,19 @@ class VisionBackbone(nn.Module):
         raise NotImplementedError
 
     @property
+    def joint_dim(self) -> int:
+        return self.global_dim
+
+    def joint_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The global token followed by the patch tokens in the same space: [B, 1+N, joint_dim]
+        (DIVA's multi-token condition)."""
+        from genhancer.runtime.errors import UserError
+
+        raise UserError(
+            f"method diva needs the tower's tokens in the joint space; not available for {self.family}"
+        )
+
+    @property
     def vision_module(self) -> nn.Module:
         """The image encoder (the part stage 2 adapts)."""
         raise NotImplementedError

@@ -112,6 +112,17 @@ class HFCLIPBackbone(HFDualEncoder):
             local_tokens=out.last_hidden_state[:, 1:],
         )
 
+    @property
+    def joint_dim(self) -> int:
+        return self.global_dim
+
+    def joint_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[CLS] and every patch token through ``post_layernorm`` and ``visual_projection``: [B, 1+N, D]
+        in the joint space (DIVA's condition; ``[:, 0]`` is the global token)."""
+        vm = self.model.vision_model
+        hidden = vm(pixel_values=pixel_values).last_hidden_state
+        return self.model.visual_projection(vm.post_layernorm(hidden))
+
 
 class HFSiglipBackbone(HFDualEncoder):
     """SigLIP: global token = the attention-pooled ``pooler_output`` (no projection layer)."""
@@ -126,6 +137,15 @@ class HFSiglipBackbone(HFDualEncoder):
     def forward(self, pixel_values: torch.Tensor) -> BackboneOutput:
         out = self.model.vision_model(pixel_values=pixel_values)
         return BackboneOutput(global_token=out.pooler_output, local_tokens=out.last_hidden_state)
+
+    @property
+    def joint_dim(self) -> int:
+        return self.global_dim
+
+    def joint_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The pooled token followed by every (post-norm) patch token: [B, 1+N, D]."""
+        out = self.model.vision_model(pixel_values=pixel_values)
+        return torch.cat([out.pooler_output[:, None], out.last_hidden_state], dim=1)
 
 
 def _check_model_type(family: str, name_or_path: str, revision: str) -> None:

@@ -83,6 +83,7 @@ class LoopSpec:
     progress: bool = True
     max_skip_fraction: float = 0.5
     nonfinite: NonFinite = "stop"  # which NonFinitePolicy runs (see NONFINITE_POLICIES)
+    grad_conflict: bool = False  # log the cosine between the gradients of the task's loss_terms
     extra_state: dict[str, Any] = field(default_factory=dict)  # in every record and checkpoint
 
     @classmethod
@@ -105,6 +106,7 @@ class LoopSpec:
             progress=cfg.logging.progress,
             max_skip_fraction=cfg.train.max_skip_fraction,
             nonfinite=cfg.train.nonfinite,
+            grad_conflict=bool(getattr(cfg.logging, "grad_conflict", False)),
         )
 
 
@@ -259,7 +261,7 @@ class LogWindow:
     def add_extras(self, out: dict[str, torch.Tensor]) -> None:
         """Extra scalars a task reports beside the loss (e.g. masked_acc)."""
         for key, value in out.items():
-            if key != "loss":
+            if key not in ("loss", "loss_terms"):
                 self.extra_sums[key] = self.extra_sums.get(key, 0.0) + value.detach().float()
 
 
@@ -316,6 +318,7 @@ class Loop:
         self.policy.check_engine(self.deepspeed)
         self.window = LogWindow(self.device)
         self.grad_norm = torch.zeros((), device=self.device)
+        self.conflict: dict[str, float] = {}  # gradient_conflict of the step being logged
         self.pbar = None
 
     def run(self) -> LoopState:
@@ -398,6 +401,8 @@ class Loop:
             if got is None:
                 continue
             batch, weight, n_samples = got
+            if micro == 0 and weight and self.spec.grad_conflict and self._logs_next_step():
+                self.conflict = self.gradient_conflict(batch, micro)
             out = self.forward_backward(batch, weight, micro)
             if not weight:
                 continue
@@ -406,6 +411,47 @@ class Loop:
             self.window.add_extras(out)
             self.window.images += n_samples
         return step_loss, count
+
+    def _logs_next_step(self) -> bool:
+        step = self.state.step + 1
+        return step % self.spec.log_every == 0 or step == self.spec.steps
+
+    def gradient_conflict(self, batch: dict, micro: int) -> dict[str, float]:
+        """Cosine between the gradients of each pair of the task's ``loss_terms`` on the trainable
+        weights, on this rank's first micro-batch of a logged step. A separate forward with the same
+        seed, under forked RNG and through the unwrapped module (no DDP hooks), so the step itself
+        trains exactly as without the diagnostic. Not under DeepSpeed (partitioned weights)."""
+        if self.deepspeed:
+            return {}
+        seed = derive_seed(self.spec.seed, self.spec.index, self.state.step, micro, self.rank)
+        module = self.accelerator.unwrap_model(self.model)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            with self.accelerator.autocast():
+                out = module(batch, gen)
+            terms = out.get("loss_terms") or {}
+            names = sorted(terms)
+            grads = {}
+            for i, name in enumerate(names):
+                g = torch.autograd.grad(
+                    terms[name], self.trainable, retain_graph=i < len(names) - 1, allow_unused=True
+                )
+                grads[name] = torch.cat(
+                    [
+                        (x if x is not None else torch.zeros_like(p)).reshape(-1).float()
+                        for x, p in zip(g, self.trainable)
+                    ]
+                )
+        record = {}
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                cos = torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0, eps=1e-12)
+                record[f"grad_cos_{a}_{b}"] = float(cos)
+        for name in names:
+            record[f"grad_norm_{name}"] = float(grads[name].norm())
+        return record
 
     def optimizer_step(self, step_loss: torch.Tensor, count: int) -> None:
         """Clip, ask the non-finite policy, then step (or drop the update)."""
@@ -456,7 +502,9 @@ class Loop:
             "skipped_images": skipped,
             "nonfinite_steps": self.policy.nonfinite_steps,
             **spec.extra_state,
+            **self.conflict,
         }
+        self.conflict = {}
         for key, value in sorted(w.extra_sums.items()):
             summed = accelerator.reduce(value.clone(), reduction="sum")
             record[key] = (summed / total[1].clamp_min(1)).item()
@@ -568,16 +616,21 @@ def start_stage(
     resume_from: Path | None = None,
     load_weights: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ):
-    """AdamW (fused on CUDA) + LambdaLR over ``params``, prepared by ``accelerator``, and the loop
+    """AdamW (fused on CUDA; SGD with momentum when ``stage_cfg.optimizer`` says so) + LambdaLR over ``params``, prepared by ``accelerator``, and the loop
     state: fresh, or restored from ``resume_from``. Returns ``(prepared, optimizer, scheduler, start)``.
     ``stage_cfg`` supplies ``lr``, ``betas`` and ``weight_decay``."""
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=stage_cfg.lr,
-        betas=tuple(stage_cfg.betas),
-        weight_decay=stage_cfg.weight_decay,
-        fused=accelerator.device.type == "cuda",
-    )
+    if getattr(stage_cfg, "optimizer", "adamw") == "sgd":  # DIVA's official optimiser
+        optimizer = torch.optim.SGD(
+            params, lr=stage_cfg.lr, momentum=stage_cfg.momentum, weight_decay=stage_cfg.weight_decay
+        )
+    else:
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=stage_cfg.lr,
+            betas=tuple(stage_cfg.betas),
+            weight_decay=stage_cfg.weight_decay,
+            fused=accelerator.device.type == "cuda",
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_fn)
     if is_deepspeed(accelerator):
         from genhancer.runtime.deepspeed_compat import allow_scalar_parameter_broadcast

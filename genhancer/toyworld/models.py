@@ -74,6 +74,31 @@ TINY_VQ_RECIPE = {
 }
 
 
+#: A tiny Stable-Diffusion-shaped pipeline folder (unet/, vae/, text_encoder/, tokenizer/,
+#: scheduler/) for the frozen-SD methods: the text encoder and tokenizer are the tiny CLIP's text
+#: side (SD 1.x also conditions on a CLIP text tower), the 4-channel VAE and the UNet are trained
+#: briefly on toy images so the "pretrained" UNet means something, with ``prediction_type`` as SD
+#: 2.1-base (epsilon) or SD 2.1 (v_prediction).
+TINY_SD_RECIPE = {
+    "image_size": 64,
+    "vae_block_out_channels": [16, 32, 32],
+    "latent_channels": 4,
+    "vae_train_steps": 120,
+    "unet_block_out_channels": [32, 64],
+    "unet_train_steps": 200,
+    "batch_size": 32,
+    "lr": 2e-3,
+    "kl_weight": 1e-6,
+    "num_images": 1024,
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "scaling_factor": 0.18215,
+    "seed": 97531,
+}
+
+
 def default_cache_dir() -> Path:
     return Path(os.path.expanduser("~/.cache/genhancer"))
 
@@ -115,9 +140,12 @@ def resolve_tiny(name_or_path: str, cache_dir: str | Path | None = None) -> str:
         return str(build_cached(cache, "tiny-vae", TINY_VAE_RECIPE, build_tiny_vae))
     if what == "vq":
         return str(build_cached(cache, "tiny-vq", TINY_VQ_RECIPE, build_tiny_vq))
+    if what in ("sd", "sd-v"):
+        recipe = {**TINY_SD_RECIPE, "prediction_type": "epsilon" if what == "sd" else "v_prediction"}
+        return str(build_cached(cache, f"tiny-{what}", recipe, lambda out: build_tiny_sd(out, recipe)))
     from genhancer.runtime.errors import UserError
 
-    raise UserError(f"unknown tiny model '{name_or_path}'; choose {TINY_PREFIX}clip, vae or vq")
+    raise UserError(f"unknown tiny model '{name_or_path}'; choose {TINY_PREFIX}clip, vae, vq, sd or sd-v")
 
 
 # --- tokenizer --------------------------------------------------------------------------------
@@ -343,3 +371,103 @@ def build_tiny_vq(out_dir: Path, recipe: dict = TINY_VQ_RECIPE) -> None:
 
     torch.manual_seed(recipe["seed"])
     _fit_on_toy_images(VQModel(**tiny_vq_config(recipe)), recipe, loss_fn, out_dir / "vqvae")
+
+
+def tiny_sd_unet_config(recipe: dict, cross_attention_dim: int) -> dict:
+    """A two-level ``UNet2DConditionModel`` over the tiny SD latents (cross-attention in the first)."""
+    latent = recipe["image_size"] // 2 ** (len(recipe["vae_block_out_channels"]) - 1)
+    return {
+        "sample_size": latent,
+        "in_channels": recipe["latent_channels"],
+        "out_channels": recipe["latent_channels"],
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": list(recipe["unet_block_out_channels"]),
+        "layers_per_block": 1,
+        "cross_attention_dim": cross_attention_dim,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+    }
+
+
+def build_tiny_sd(out_dir: Path, recipe: dict) -> None:
+    """Write a tiny SD pipeline folder: the tiny CLIP's text side, a 4-channel VAE, a UNet trained
+    text-to-image on toy captions with ``recipe["prediction_type"]``, and its DDPM scheduler."""
+    import random
+
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    from genhancer.toyworld.world import ToyWorld
+
+    r = recipe
+    clip_dir = Path(resolve_tiny(TINY_PREFIX + "clip", out_dir.parent))
+    clip = CLIPModel.from_pretrained(clip_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+    te = CLIPTextModel(clip.config.text_config)
+    te.load_state_dict(clip.text_model.state_dict())
+    te.eval().requires_grad_(False)
+    te.save_pretrained(out_dir / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(out_dir / "tokenizer")
+
+    vae_recipe = {
+        **r,
+        "block_out_channels": r["vae_block_out_channels"],
+        "train_steps": r["vae_train_steps"],
+        "batch_size": 16,
+    }
+    vae_cfg = {
+        **_autoencoder_blocks(vae_recipe),
+        "layers_per_block": 1,
+        "scaling_factor": r["scaling_factor"],
+    }
+
+    def vae_loss(vae, x, gen):
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        return torch.nn.functional.mse_loss(recon, x) + r["kl_weight"] * posterior.kl().mean()
+
+    torch.manual_seed(r["seed"])
+    vae = AutoencoderKL(**vae_cfg)
+    _fit_on_toy_images(vae, vae_recipe, vae_loss, out_dir / "vae")
+    vae.requires_grad_(False)
+
+    scheduler = DDPMScheduler(
+        num_train_timesteps=r["num_train_timesteps"],
+        beta_start=r["beta_start"],
+        beta_end=r["beta_end"],
+        beta_schedule=r["beta_schedule"],
+        prediction_type=r["prediction_type"],
+    )
+    scheduler.save_pretrained(out_dir / "scheduler")
+
+    world = ToyWorld(seed=r["seed"], image_size=r["image_size"])
+    samples = [world.sample(i) for i in range(r["num_images"])]
+    images = _toy_images(r["seed"], r["image_size"], r["num_images"])
+    rng = random.Random(r["seed"])
+    texts = [("a photo of " if rng.random() < 0.5 else "") + s.caption for s in samples]
+    ids = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        latents = (
+            torch.cat([vae.encode(images[i : i + 64]).latent_dist.mean for i in range(0, len(images), 64)])
+            * r["scaling_factor"]
+        )
+        context = torch.cat([te(ids[i : i + 64])[0] for i in range(0, len(ids), 64)])
+    unet = UNet2DConditionModel(**tiny_sd_unet_config(r, te.config.hidden_size))
+    gen = torch.Generator().manual_seed(r["seed"])
+    opt = torch.optim.AdamW(unet.parameters(), lr=r["lr"])
+    unet.train()
+    for _ in range(r["unet_train_steps"]):
+        idx = torch.randint(0, len(latents), (r["batch_size"],), generator=gen)
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, r["num_train_timesteps"], (len(idx),), generator=gen)
+        noisy = scheduler.add_noise(x0, noise, t)
+        target = noise if r["prediction_type"] == "epsilon" else scheduler.get_velocity(x0, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=context[idx]).sample
+        loss = torch.nn.functional.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    unet.eval()
+    unet.save_pretrained(out_dir / "unet", safe_serialization=True)
