@@ -183,6 +183,94 @@ def _probe_inputs(ctx: BenchmarkContext) -> dict:
     return {"probe": dataclasses.asdict(ctx.cfg.probe)}
 
 
+# --- clustering ---------------------------------------------------------------------------------
+
+#: Table-2 datasets of the DCR paper, in its column order (our names).
+CLUSTERING_PAPER_DATASETS = ("mnist", "cifar10", "eurosat", "caltech101", "dtd", "imagenet1k")
+
+
+def _clustering_prepare(ctx: BenchmarkContext):
+    from eval.clip.clustering import ClusterSource, load_cluster_set
+
+    c = ctx.cfg.clustering
+    sets = []
+    for i, ds in enumerate(c.datasets):
+        path = ds.path or str(ctx.folder("clustering") / ds.name)
+        src = ClusterSource(
+            ds.name,
+            path,
+            ds.split,
+            ds.image_column,
+            ds.label_column,
+            ds.max_images,
+            f"clustering.datasets[{i}]",
+        )
+        sets.append(load_cluster_set(src, c.seed, ctx.limit))
+    return sets
+
+
+def _clustering_cache(ctx: BenchmarkContext) -> Path:
+    c = ctx.cfg.clustering
+    if c.feature_cache:
+        return Path(c.feature_cache).expanduser()
+    return (ctx.output_dir or Path(ctx.cfg.cache_dir or ".")) / "clustering_features"
+
+
+def _clustering_note(name: str, source: str) -> str:
+    """What a results reader must know about a dataset that is not one of the paper's six."""
+    if source.startswith("sklearn:"):
+        return "scikit-learn's 8x8 digits upscaled by the tower's processor; not the paper's MNIST"
+    if name.startswith("toy_"):
+        return "generated toy-world images; not a paper dataset"
+    return "" if name in CLUSTERING_PAPER_DATASETS else "not a paper dataset"
+
+
+def _clustering_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
+    from eval.clip.clustering import KMeansSettings, average_scores, evaluate_clustering
+
+    c = ctx.cfg.clustering
+    settings = KMeansSettings(c.n_init, c.max_iter, c.tol, c.seed)
+    kmeans = {"n_init": c.n_init, "max_iter": c.max_iter, "tol": c.tol, "seed": c.seed, "init": "k-means++"}
+    scores, records = {}, []
+    for ds in data:
+        scores[ds.name] = evaluate_clustering(
+            encoder, ds, settings, _clustering_cache(ctx), c.shard_size, ctx.cfg.progress
+        )
+        extra = {"k": ds.k, "n_images": ds.n, "split": ds.split, "kmeans": kmeans}
+        note = _clustering_note(ds.name, ds.source)
+        records += [
+            {
+                "metric": f"{ds.name}/{m}",
+                "value": v,
+                "dataset": ds.source,
+                "revision": ds.revision,
+                "seed": c.seed,
+                **extra,
+                **({"note": note} if note else {}),
+            }
+            for m, v in scores[ds.name].items()
+        ]
+    names = ", ".join(scores)
+    records += [
+        {
+            "metric": f"average/{m}",
+            "value": v,
+            "dataset": f"mean over {names}",
+            "revision": None,
+            "seed": c.seed,
+        }
+        for m, v in average_scores(scores).items()
+    ]
+    return records
+
+
+def _clustering_inputs(ctx: BenchmarkContext) -> dict:
+    c = dataclasses.asdict(ctx.cfg.clustering)
+    for key in ("feature_cache", "shard_size"):  # where and how features are cached: not the numbers
+        c.pop(key)
+    return {"clustering": c, "root": str(ctx.data_root)}
+
+
 # --- MLLM benchmarks (lmms-eval) ----------------------------------------------------------------
 
 
@@ -263,6 +351,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "mmvp_vlm": Benchmark("mmvp_vlm", "clip", _mmvp_prepare, _mmvp_run, _mmvp_inputs, _mmvp_order()),
     "zeroshot": Benchmark("zeroshot", "clip", _zeroshot_prepare, _zeroshot_run, _zeroshot_inputs),
     "probe": Benchmark("probe", "clip", _probe_prepare, _probe_run, _probe_inputs),
+    "clustering": Benchmark("clustering", "clip", _clustering_prepare, _clustering_run, _clustering_inputs),
     **{
         n: Benchmark(n, "mllm", _mllm_prepare_for(n), _mllm_run_for(n), _mllm_inputs_for(n), _MLLM_ORDER[n])
         for n in MLLM_BENCHMARKS

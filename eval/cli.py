@@ -23,8 +23,8 @@ Examples::
 ``rescore`` reads lmms-eval ``--log_samples`` files of any model and prints and records the
 official metrics (``leaderboard rescore --help``).
 
-Writes DIR/results.json (one record per number), DIR/leaderboard.md, DIR/mmvp_vlm_patterns.png
-and DIR/config.yaml, and prints the markdown table. Re-running reuses cached numbers (--force
+Writes DIR/results.json (one record per number), DIR/leaderboard.md, DIR/mmvp_vlm_patterns.png,
+DIR/tradeoff_mmvp_vs_clustering.png (MMVP-VLM against clustering ACC) and DIR/config.yaml, and prints the markdown table. Re-running reuses cached numbers (--force
 recomputes). Model specs: HF id or folder (CLIP/SigLIP, any enhance export/hf), an open_clip
 export folder, open_clip:ARCH[:PRETRAINED], genhancer-tiny:clip. Exit code 2 with a one-line
 message on bad input.
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, nargs="+", action="extend", default=[], metavar=metavar, help=text)
     p.add_argument(
         "--benchmarks",
-        help="comma-separated: mmvp_vlm,zeroshot,probe (CLIP) and mmvp,cv_bench,naturalbench,pope,"
+        help="comma-separated: mmvp_vlm,zeroshot,probe,clustering (CLIP) and mmvp,cv_bench,naturalbench,pope,"
         "hallusion_bench,scienceqa_img (MLLM) (default: the config's)",
     )
     p.add_argument(
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from eval.clip.steps import curve_markdown, expand_clip_spec, plot_step_curve
         from eval.leaderboard import ModelSpec, default_models, run_leaderboard
-        from eval.report import plot_mmvp_patterns, render_markdown
+        from eval.report import plot_mmvp_patterns, plot_tradeoff, render_markdown
         from genhancer.runtime import configtools
 
         if args.clip:  # run:RUN and glob specs expand to one model per export (eval.clip.steps)
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "leaderboard.md").write_text(markdown)
         plot_mmvp_patterns(summary.records, out / "mmvp_vlm_patterns.png")
         plot_step_curve(summary.records, out / "mmvp_vlm_steps.png")
+        plot_tradeoff(summary.records, out / "tradeoff_mmvp_vs_clustering.png")
         if summary.reused:
             done = ", ".join(f"{m}/{b}" for m, b in summary.reused)
             print(f"leaderboard: reused cached results for {done} (--force recomputes)", file=sys.stderr)

@@ -79,6 +79,50 @@ class ProbeConfig:
 
 
 @dataclass
+class ClusterDatasetConfig:
+    name: str = doc("", "dataset name used in metric names (mnist -> mnist/nmi) and the Table-2 columns")
+    path: str = doc(
+        "",
+        "LOCAL folder: a `datasets` folder (save_to_disk, or the hub's data files such as "
+        "data/test-*.parquet), an image folder (<class>/*.jpg or <split>/<class>/*.jpg), or "
+        "sklearn:digits (empty: DATA_ROOT/clustering/<name>)",
+    )
+    split: str = doc(
+        "test", "split of a `datasets` folder, or sub-folder of an image folder ('' = the folder)"
+    )
+    image_column: str = doc("image", "image column of a `datasets` folder")
+    label_column: str = doc("label", "integer class column of a `datasets` folder")
+    max_images: int = doc(0, "at most this many images, spread evenly over the classes (0 = the whole split)")
+
+
+def _cluster(name: str, split: str, image_column: str = "image") -> ClusterDatasetConfig:
+    return ClusterDatasetConfig(name=name, split=split, image_column=image_column)
+
+
+@dataclass
+class ClusteringConfig:
+    datasets: list[ClusterDatasetConfig] = field(
+        default_factory=lambda: [
+            _cluster("mnist", "test"),  # ylecun/mnist: 10,000 test images, 10 classes
+            _cluster("cifar10", "test", "img"),  # uoft-cs/cifar10: 10,000 test images, 10 classes
+            _cluster("eurosat", "test"),  # timm/eurosat-rgb: 5,400 test images, 10 classes
+            _cluster("caltech101", ""),  # 101_ObjectCategories/<class>/: 9,146 images, 102 folders
+            _cluster("dtd", "test"),  # tanganke/dtd (split 1): 1,880 test images, 47 classes
+            _cluster("imagenet1k", "validation"),  # ILSVRC/imagenet-1k: 50,000 validation images
+        ],
+        metadata={"doc": "datasets to cluster (DCR paper Table 2; README 'Zero-shot clustering')"},
+    )
+    n_init: int = doc(3, "k-means++ restarts; the run with the lowest inertia is scored")
+    max_iter: int = doc(300, "Lloyd iterations per restart (scikit-learn's default)")
+    tol: float = doc(1e-4, "k-means convergence tolerance (scikit-learn's default)")
+    seed: int = doc(0, "k-means random_state and the subset draw of max_images")
+    shard_size: int = doc(
+        4096, "images per feature-cache shard (a killed run resumes from the last full shard)"
+    )
+    feature_cache: str = doc("", "feature cache folder (empty: OUTPUT_DIR/clustering_features)")
+
+
+@dataclass
 class FixturesConfig:
     enabled: bool = doc(False, "generate toy-world fixtures and use them as the data root (tiny preset)")
     seed: int = doc(0, "fixture world seed")
@@ -86,6 +130,7 @@ class FixturesConfig:
     pairs_per_pattern: int = doc(15, "toy MMVP-VLM pairs per pattern")
     class_images: int = doc(20, "classification images per class")
     retrieval_images: int = doc(60, "retrieval images (3 captions each)")
+    cluster_images: int = doc(20, "toy clustering images per shape class (clustering/toy_shapes)")
 
 
 @dataclass
@@ -123,7 +168,9 @@ class LmmsConfig:
 
 @dataclass
 class LeaderboardConfig:
-    benchmarks: list[str] = doc(["mmvp_vlm", "zeroshot", "probe"], "CLIP benchmarks to run (--benchmarks)")
+    benchmarks: list[str] = doc(
+        ["mmvp_vlm", "zeroshot", "probe", "clustering"], "CLIP benchmarks to run (--benchmarks)"
+    )
     mllm_benchmarks: list[str] = doc(
         ["mmvp", "cv_bench", "naturalbench", "pope", "hallusion_bench", "scienceqa_img"],
         "MLLM benchmarks to run for --mllm models when --benchmarks is not given",
@@ -140,6 +187,7 @@ class LeaderboardConfig:
     mmvp_vlm: MMVPConfig = field(default_factory=MMVPConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     fixtures: FixturesConfig = field(default_factory=FixturesConfig)
     lmms: LmmsConfig = field(default_factory=LmmsConfig)
 
@@ -159,6 +207,19 @@ class LeaderboardConfig:
             for i, ds in enumerate(getattr(self.zeroshot, kind)):
                 if not ds.name:
                     raise UserError(f"config key 'zeroshot.{kind}[{i}].name' is empty")
+        c = self.clustering
+        if c.n_init < 1 or c.max_iter < 1 or c.shard_size < 1 or c.tol < 0:
+            raise UserError(
+                "config keys 'clustering.n_init', 'max_iter', 'shard_size' must be >= 1, 'tol' >= 0"
+            )
+        for i, ds in enumerate(c.datasets):
+            if not ds.name:
+                raise UserError(f"config key 'clustering.datasets[{i}].name' is empty")
+            if ds.max_images < 0:
+                raise UserError(f"config key 'clustering.datasets[{i}].max_images' must be >= 0")
+        names = [ds.name for ds in c.datasets]
+        if len(set(names)) != len(names):
+            raise UserError(f"config key 'clustering.datasets': names must be unique, got {names}")
         if self.lmms.batch_size < 1:
             raise UserError("config key 'lmms.batch_size' must be >= 1")
         bad = [m for m in self.lmms.naturalbench_modes if m not in ("likelihood", "generation")]

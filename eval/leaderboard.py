@@ -3,10 +3,11 @@
 ``results.json`` is a list of records, one per number::
 
     {"model", "benchmark", "metric", "value", "dataset", "revision", "seed",
-     "model_spec", "model_kind", "model_revision", "limit", "cache_key", "genhancer_version", "time",
-     ...benchmark extras (mmvp_vlm: "prompt_prefix")}
+     "model_spec", "model_kind", "method", "model_revision", "limit", "cache_key", "genhancer_version",
+     "time", ...benchmark extras (mmvp_vlm: "prompt_prefix"; clustering: "k", "n_images", "kmeans")}
 
-Values are percentages. Re-running adds to the file instead of recomputing: a (model,
+``method`` (CLIP towers only) is the method that trained the tower (:func:`tower_method`).
+Values are percentages where the paper prints percentages (clustering: fractions, as DCR's Table 2). Re-running adds to the file instead of recomputing: a (model,
 benchmark) whose records carry the same ``cache_key`` (model weights fingerprint, benchmark
 config, data root, limit) is reused unless ``force``. A benchmark's records are written only
 when it finished for that model (atomically), so an interrupted run never leaves partial
@@ -127,6 +128,28 @@ def _fingerprint(m: ModelSpec, cfg: LeaderboardConfig) -> str:
     return model_fingerprint(m.spec, cfg.cache_dir or None)
 
 
+def tower_method(spec: str, cache_dir: str | None = None) -> str:
+    """The method that trained a CLIP tower: an ``enhance`` export's ``genhancer_export.json``
+    names it (``genhancer`` for exports older than that field or file); any other tower (HF ids,
+    ``genhancer-tiny:clip``, open_clip) is ``original``."""
+    from eval.clip.encoders import resolve_spec
+
+    kind, where = resolve_spec(spec, cache_dir)
+    if kind not in ("hf", "open_clip_dir") or not Path(where).is_dir():
+        return "original"
+    from enhance.export import read_export_meta
+
+    try:
+        meta = read_export_meta(where)
+    except ValueError as exc:
+        raise UserError(f"the genhancer_export.json beside '{spec}' is not valid JSON ({exc})") from None
+    if meta is None:  # an export written before genhancer_export.json still has its denoiser meta
+        from eval.paper_numbers import export_backbone
+
+        return "genhancer" if export_backbone(spec) or export_backbone(where) else "original"
+    return str(meta.get("method", "genhancer"))
+
+
 def _load_model(m: ModelSpec, cfg: LeaderboardConfig):
     """A CLIP-style dual encoder, or for ``mllm`` specs the lmms-eval model over a LLaVA dir."""
     if m.kind == "mllm":
@@ -191,6 +214,7 @@ def run_leaderboard(
             raise UserError(f"model name '{m.name}' given twice")
         seen.add((m.kind, m.name))
     fingerprints = {(m.kind, m.name): _fingerprint(m, cfg) for m in models}
+    methods = {m.name: tower_method(m.spec, cfg.cache_dir or None) for m in models if m.kind == "clip"}
 
     fixture = cfg.fixtures.enabled and data_root is None and not cfg.data_root
     if fixture:
@@ -201,7 +225,14 @@ def run_leaderboard(
         if any(b.model_kind == "clip" for b in benches):  # MLLM fixtures are made by their prepare
             ensure_toy_fixtures(
                 root,
-                FixtureRecipe(f.seed, f.image_size, f.pairs_per_pattern, f.class_images, f.retrieval_images),
+                FixtureRecipe(
+                    f.seed,
+                    f.image_size,
+                    f.pairs_per_pattern,
+                    f.class_images,
+                    f.retrieval_images,
+                    f.cluster_images,
+                ),
             )
     else:
         given = data_root or cfg.data_root
@@ -209,6 +240,17 @@ def run_leaderboard(
     ctx = BenchmarkContext(cfg, root, limit, fixture, output_dir=output_dir, api_key=api_key)
 
     store = ResultsStore(output_dir / RESULTS_NAME)
+    backfill = [
+        r
+        for r in store.records  # cached records from before the field existed get it too
+        if r.get("model_kind", "clip") == "clip"
+        and r.get("model") in methods
+        and r.get("method") != methods[r["model"]]
+    ]
+    for r in backfill:
+        r["method"] = methods[r["model"]]
+    if backfill:
+        store.save()
     summary = RunSummary(records=store.records)
     prepared: dict[str, object] = {}
     keys: dict[tuple[str, str], str] = {}
@@ -244,6 +286,7 @@ def run_leaderboard(
                     **{k: v for k, v in r.items() if k not in RECORD_KEYS},  # benchmark extras
                     "model_spec": m.spec,
                     "model_kind": m.kind,
+                    **({"method": methods[m.name]} if m.kind == "clip" else {}),
                     "model_revision": getattr(encoder, "revision", fingerprints[m.kind, m.name]),
                     "limit": limit,
                     "cache_key": key,

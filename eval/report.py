@@ -1,8 +1,11 @@
-"""Human views of ``results.json``: the markdown leaderboard and the MMVP-VLM pattern chart.
+"""Human views of ``results.json``: the markdown leaderboard, the MMVP-VLM pattern chart and the
+MMVP-VLM against clustering-ACC trade-off figure.
 
-One table per benchmark: rows = models (in order of first appearance), columns = metrics,
-the best of our models in bold per column. When a model matches a published row
-(:mod:`eval.paper_numbers`), that row follows it in italics, for comparison only (never bold).
+One table per benchmark: rows = models (in order of first appearance) with the method that
+trained each CLIP tower, columns = metrics, the best of our models in bold per column. When a
+model matches published rows (:mod:`eval.paper_numbers`; one per paper), they follow it in
+italics, for comparison only (never bold). Clustering is laid out as the DCR paper's Table 2
+(per dataset NMI / ACC / ARI, then the average), followed by that table as published.
 """
 
 from __future__ import annotations
@@ -11,12 +14,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.clip.mmvp_vlm import PATTERN_KEYS, PATTERN_TITLES, PROMPT_PREFIX
-from eval.paper_numbers import LLAVA_TABLE2, TABLE2_COLUMNS, match_paper_row
+from eval.paper_numbers import (
+    CLUSTERING_DATASETS,
+    CLUSTERING_METRICS,
+    CLUSTERING_TITLES,
+    DCR_CLUSTERING,
+    DCR_MMVP_VLM,
+    LLAVA_ROWS,
+    TABLE2_COLUMNS,
+    TABLE_NUMBERS,
+    match_paper_rows,
+)
 
 _TITLES = {
     "mmvp_vlm": "MMVP-VLM (pair accuracy %, official scoring)",
     "zeroshot": "Zero-shot classification (top-k %) and retrieval (R@K %)",
     "probe": "Linear probes on toy-world attributes (test accuracy %, global token)",
+    "clustering": "Zero-shot clustering of the global token (k-means, k = classes; NMI / ACC / ARI as fractions)",
     "mmvp": "MMVP (pair / question accuracy %, rule parser instead of the GPT-4 grader)",
     "cv_bench": "CV-Bench (accuracy %; 2D = mean(ADE20K, COCO), overall = (2D + 3D) / 2; micro = lmms-eval's)",
     "naturalbench": "NaturalBench (%; Acc.. = highest-likelihood answers, gen_Acc.. = generated answers)",
@@ -45,17 +59,17 @@ def render_table2(records: list[dict]) -> list[str]:
             for _, b, met in TABLE2_COLUMNS
         ]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    for tower, nums in LLAVA_TABLE2.items():
-        lines.append(
-            f"| *paper: LLaVA-1.5-7B, {tower} tower* | " + " | ".join(f"*{v:.1f}*" for v in nums) + " |"
-        )
+    for tower, source, nums in LLAVA_ROWS:
+        cells = " | ".join("–" if v is None else f"*{v:.1f}*" for v in nums)
+        lines.append(f"| *paper ({source}): LLaVA-1.5 Vicuna-7B, {tower} tower* | {cells} |")
     limits = _ordered(str(r.get("limit")) for r in rows if r.get("limit"))
     lines += [
         "",
         "NB = NaturalBench (highest-likelihood answers), POPE = F1 per split, Hallusion avg = mean of "
         "aAcc, fAcc, qAcc (image + non_image). † = partial run (fewer rows than the official benchmark; "
         "see each benchmark's Coverage line). Published rows: GenHancer paper Table 2 (LLaVA-1.5 "
-        "Vicuna-7B, OpenAI CLIP ViT-L/14 towers; DCR row from the DCR paper) on the full benchmarks; ours follow the data named under each benchmark below"
+        "Vicuna-7B, OpenAI CLIP ViT-L/14 towers) and DCR paper Table 3 (the same rows reprinted, plus un2CLIP "
+        "and DCR; – = not reported) on the full benchmarks; ours follow the data named under each benchmark below"
         + (f" (--limit {', '.join(limits)})." if limits else "."),
         "",
     ]
@@ -84,10 +98,14 @@ def render_markdown(records: list[dict]) -> str:
     lines = ["# Leaderboard", "", *render_table2(records)]
     for bench in _ordered(r["benchmark"] for r in records):
         rows = [r for r in records if r["benchmark"] == bench]
+        if bench == "clustering":
+            lines += render_clustering(rows)
+            continue
         models = _ordered(r["model"] for r in rows)
         metrics = _metric_order(bench, _ordered(r["metric"] for r in rows))
         value = {(r["model"], r["metric"]): r["value"] for r in rows}
         spec = {r["model"]: r.get("model_spec", "") for r in rows}
+        method = _methods(rows)
         best = {}
         for met in metrics:
             vals = [value[m, met] for m in models if value.get((m, met)) is not None]
@@ -98,8 +116,9 @@ def render_markdown(records: list[dict]) -> str:
             for met in metrics
         }
         lines += [f"## {bench}: {_TITLES.get(bench, bench)}", ""]
-        lines.append("| model | " + " | ".join(metrics) + " |")
-        lines.append("|---|" + "---|" * len(metrics))
+        head = "| model | method | " if method else "| model | "
+        lines.append(head + " | ".join(metrics) + " |")
+        lines.append("|---|" + ("---|" if method else "") + "---|" * len(metrics))
         for m in models:
             cells = []
             for met in metrics:
@@ -108,16 +127,28 @@ def render_markdown(records: list[dict]) -> str:
                 if v is not None and wins[met] and round(float(v), 1) == round(float(best[met]), 1):
                     text = f"**{text}**"
                 cells.append(text)
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-            paper = match_paper_row(spec[m])
-            if paper is not None and bench in paper.numbers:
+            lead = f"| {m} | {method.get(m, '')} | " if method else f"| {m} | "
+            lines.append(lead + " | ".join(cells) + " |")
+            for paper in match_paper_rows(spec[m], method.get(m)):
+                if bench not in paper.numbers:
+                    continue
                 nums = paper.numbers[bench]
                 cells = [f"*{_fmt(nums[met])}*" if met in nums else "–" for met in metrics]
-                lines.append(f"| *{paper.label}* | " + " | ".join(cells) + " |")
+                lead = (
+                    f"| *{paper.sourced_label}* | *{paper.method}* | "
+                    if method
+                    else f"| *{paper.sourced_label}* | "
+                )
+                lines.append(lead + " | ".join(cells) + " |")
         lines.append("")
         if bench == "mmvp_vlm":
             legend = "; ".join(f"{k} = {PATTERN_TITLES[k]}" for k in PATTERN_KEYS if k in metrics)
-            lines += [f"Columns (paper Table 1 order): {legend}.", ""]
+            lines += [
+                f"Columns (paper Table 1 order): {legend}. Published rows: GenHancer paper "
+                f"{TABLE_NUMBERS['GenHancer', 'mmvp_vlm']}, DCR paper {TABLE_NUMBERS['DCR', 'mmvp_vlm']} "
+                "(DCR prints some reprinted averages 0.1 lower: 19.2 for 19.26).",
+                "",
+            ]
         prefixes = _ordered(r["prompt_prefix"] for r in rows if "prompt_prefix" in r)
         if any(p != PROMPT_PREFIX for p in prefixes):
             shown = ", ".join(repr(p) for p in prefixes)
@@ -134,6 +165,100 @@ def render_markdown(records: list[dict]) -> str:
         datasets = _ordered(f"{r['dataset']} @ {r['revision']}" for r in rows)
         lines += ["Data: " + "; ".join(f"`{d}`" for d in datasets), ""]
     return "\n".join(lines)
+
+
+def _methods(rows: list[dict]) -> dict[str, str]:
+    """model -> the method that trained it, for models whose records carry one."""
+    return {r["model"]: r["method"] for r in rows if r.get("method")}
+
+
+def _fmt2(v) -> str:
+    return "–" if v is None else f"{float(v):.2f}"
+
+
+def _clustering_datasets(rows: list[dict]) -> list[str]:
+    """Datasets of the clustering records: the paper's six in Table-2 order first, then ours."""
+    names = _ordered(str(r["metric"]).split("/")[0] for r in rows)
+    names = [n for n in names if n != "average"]
+    return [d for d in CLUSTERING_DATASETS if d in names] + [n for n in names if n not in CLUSTERING_DATASETS]
+
+
+def _clustering_header(datasets: Sequence[str]) -> list[str]:
+    cols = [
+        f"{CLUSTERING_TITLES.get(d, d)} {m.upper()}"
+        for d in (*datasets, "average")
+        for m in CLUSTERING_METRICS
+    ]
+    return ["| model | method | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+
+
+def render_clustering(rows: list[dict]) -> list[str]:
+    """Clustering in the layout of the DCR paper's Table 2: ours (with matching published rows),
+    then the published table."""
+    datasets = _clustering_datasets(rows)
+    keys = [f"{d}/{m}" for d in (*datasets, "average") for m in CLUSTERING_METRICS]
+    value = {(r["model"], r["metric"]): r["value"] for r in rows}
+    models = _ordered(r["model"] for r in rows)
+    spec = {r["model"]: r.get("model_spec", "") for r in rows}
+    method = _methods(rows)
+    best = {k: max((value[m, k] for m in models if (m, k) in value), default=None) for k in keys}
+    wins = {k: len({round(float(value[m, k]), 2) for m in models if (m, k) in value}) > 1 for k in keys}
+    lines = [f"## clustering: {_TITLES['clustering']}", "", *_clustering_header(datasets)]
+    for m in models:
+        cells = []
+        for k in keys:
+            v = value.get((m, k))
+            text = _fmt2(v)
+            if v is not None and wins[k] and round(float(v), 2) == round(float(best[k]), 2):
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {m} | {method.get(m, '')} | " + " | ".join(cells) + " |")
+        for paper in match_paper_rows(spec[m], method.get(m)):
+            nums = paper.numbers.get("clustering")
+            if nums:
+                cells = [f"*{_fmt2(nums[k])}*" if k in nums else "–" for k in keys]
+                lines.append(f"| *{paper.sourced_label}* | *{paper.method}* | " + " | ".join(cells) + " |")
+    notes = _ordered(f"{str(r['metric']).split('/')[0]}: {r['note']}" for r in rows if r.get("note"))
+    sizes = _ordered(
+        f"{str(r['metric']).split('/')[0]} {r['n_images']} images, k = {r['k']}" for r in rows if r.get("k")
+    )
+    km = next((r["kmeans"] for r in rows if r.get("kmeans")), None)
+    lines += [
+        "",
+        "Avg = mean over the datasets this board ran (the paper's Avg: its six datasets). "
+        + (f"Sizes: {'; '.join(sizes)}. " if sizes else "")
+        + (
+            f"k-means: scikit-learn Lloyd, k-means++ init, best of n_init={km['n_init']}, "
+            f"max_iter={km['max_iter']}, tol={km['tol']}, seed={km['seed']}; "
+            if km
+            else ""
+        )
+        + "features: the global image embedding, L2-normalised.",
+        "",
+    ]
+    if notes:
+        lines += ["Not the paper's data: " + "; ".join(notes) + ".", ""]
+    datasets_used = _ordered(f"{r['dataset']} @ {r['revision']}" for r in rows if r.get("revision"))
+    lines += ["Data: " + "; ".join(f"`{d}`" for d in datasets_used), ""]
+    lines += render_published_clustering()
+    return lines
+
+
+def render_published_clustering() -> list[str]:
+    """The DCR paper's Table 2 (and the Table 4 averages) as published, in italics."""
+    keys = [f"{d}/{m}" for d in (*CLUSTERING_DATASETS, "average") for m in CLUSTERING_METRICS]
+    lines = ["### clustering as published (DCR paper Table 2; Naive: Table 4, averages only)", ""]
+    lines += _clustering_header(CLUSTERING_DATASETS)
+    for (backbone, res, method), nums in DCR_CLUSTERING.items():
+        cells = [f"*{_fmt2(nums[k])}*" if k in nums else "–" for k in keys]
+        lines.append(f"| *paper (DCR): {backbone}@{res}* | *{method}* | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "The paper names the backbones O-1, M-1, S-1; read here as OpenAI ViT-L/14, MetaCLIP ViT-L/14 and "
+        "SigLIP SO400M/14 at 224 px (O-1's DCR average equals the ViT-L@224 rows of its Tables 4 and 7).",
+        "",
+    ]
+    return lines
 
 
 def plot_mmvp_patterns(records: list[dict], path: str | Path) -> Path | None:
@@ -159,6 +284,63 @@ def plot_mmvp_patterns(records: list[dict], path: str | Path) -> Path | None:
     ax.set_ylabel("pair accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("MMVP-VLM per visual pattern")
+    return save_figure(fig, ax, path)
+
+
+def tradeoff_points(records: list[dict]) -> list[tuple[str, str, float, float]]:
+    """(model, method, clustering average ACC, MMVP-VLM average %) of every model with both."""
+    acc = {
+        r["model"]: float(r["value"])
+        for r in records
+        if r["benchmark"] == "clustering" and r["metric"] == "average/acc"
+    }
+    mmvp = {
+        r["model"]: float(r["value"])
+        for r in records
+        if r["benchmark"] == "mmvp_vlm" and r["metric"] == "average"
+    }
+    method = _methods([r for r in records if r["benchmark"] in ("clustering", "mmvp_vlm")])
+    return [
+        (m, method.get(m, ""), acc[m], mmvp[m])
+        for m in _ordered(r["model"] for r in records)
+        if m in acc and m in mmvp
+    ]
+
+
+def plot_tradeoff(records: list[dict], path: str | Path) -> Path | None:
+    """MMVP-VLM average (P-ability) against clustering average ACC (D-ability): every tower on
+    this board (left) and the DCR paper's rows (right, Tables 1 and 2). None without a tower that
+    has both numbers."""
+    points = tradeoff_points(records)
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, pax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for model, method, x, y in points:
+        ax.scatter([x], [y], s=60, label=f"{model} ({method})" if method else model)
+        ax.annotate(model, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("clustering ACC (average over this board's datasets)")
+    ax.set_ylabel("MMVP-VLM average (%)")
+    ax.set_title("this board")
+    markers = {"original": "o", "DIVA": "s", "GenHancer": "^", "un2CLIP": "v", "DCR": "*"}
+    for backbone_key in _ordered((b, r) for b, r, _ in DCR_CLUSTERING):
+        for method, marker in markers.items():
+            key = (*backbone_key, method)
+            if key in DCR_CLUSTERING and key in DCR_MMVP_VLM:
+                x = DCR_CLUSTERING[key]["average/acc"]
+                y = DCR_MMVP_VLM[key]["average"]
+                pax.scatter(
+                    [x], [y], marker=marker, s=70, label=f"{backbone_key[0]}@{backbone_key[1]} {method}"
+                )
+    pax.set_xlabel("clustering ACC (average over six datasets)")
+    pax.set_ylabel("MMVP-VLM average (%)")
+    pax.set_title("DCR paper, Tables 1 and 2")
+    pax.legend(fontsize=6, ncol=2)
+    fig.suptitle("Fine-grained perception (MMVP-VLM) against class separability (clustering ACC)")
     return save_figure(fig, ax, path)
 
 

@@ -24,8 +24,14 @@ Texts                               one word vs. another
 Viewpoint and Perspective           orientation turned by 180 degrees (seen "from the other side")
 =================================== =====================================================
 
+Toy clustering (``clustering/toy_shapes``): scenes whose class is the shape kind, every other
+attribute drawn by the world, written as a ``datasets`` folder the way the hub publishes one
+(``data/test-00000-of-00001.parquet``, ``image`` + ``label`` columns, class names in the label
+feature), or as an image folder by class.
+
 Worlds: the MMVP-style scenes come from hashed indices (~1e9 range) of world ``seed``, the
-classification and retrieval sets from worlds ``seed + 1`` and ``seed + 2``; none of them
+classification and retrieval sets from worlds ``seed + 1`` and ``seed + 2``, the clustering set
+from world ``seed + 3``; none of them
 overlaps the images the tiny tower (world 1234) or ``enhance --preset tiny`` (world 0, indices
 below ``data.toyworld_size``) trained on.
 """
@@ -60,7 +66,7 @@ from genhancer.toyworld.world import (
     render,
 )
 
-_FIXTURE_VERSION = 1
+_FIXTURE_VERSION = 2
 _TURN_90 = {"up": "right", "right": "down", "down": "left", "left": "up"}
 _TURN_180 = {"up": "down", "down": "up", "left": "right", "right": "left"}
 
@@ -207,6 +213,53 @@ def write_toy_retrieval(root: str | Path, seed: int = 2, image_size: int = 64, n
     return root
 
 
+def write_toy_clustering(
+    root: str | Path,
+    seed: int = 3,
+    image_size: int = 64,
+    per_class: int = 20,
+    split: str = "test",
+    layout: str = "datasets",
+) -> Path:
+    """Toy scenes labelled by shape kind (4 classes), ``per_class`` each.
+
+    ``layout="datasets"``: ``root/data/<split>-00000-of-00001.parquet`` (``image``, ``label`` with
+    the class names), read by ``datasets.load_dataset(root, split=split)``;
+    ``layout="imagefolder"``: ``root/<split>/<shape>/<n>.jpg``.
+    """
+    root = Path(root)
+    world = ToyWorld(seed=seed, image_size=image_size)
+    images, labels = [], []
+    i = 0
+    for c, shape in enumerate(SHAPES):
+        for _ in range(per_class):
+            images.append(render(_rebuild(world.scene(i), shape=shape), image_size))
+            labels.append(c)
+            i += 1
+    if layout == "imagefolder":
+        for n, (im, c) in enumerate(zip(images, labels)):
+            folder = root / split / SHAPES[c]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{n:04d}.jpg").write_bytes(_jpeg(im))
+        return root
+    if layout != "datasets":
+        raise ValueError(f"layout must be datasets or imagefolder, got {layout!r}")
+    import datasets
+
+    from eval.clip.clustering import quiet_datasets
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SHAPES))}
+    )
+    rows = {"image": [{"bytes": _jpeg(im), "path": None} for im in images], "label": labels}
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    with quiet_datasets():
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(
+            str(root / "data" / f"{split}-00000-of-00001.parquet")
+        )
+    return root
+
+
 @dataclasses.dataclass(frozen=True)
 class FixtureRecipe:
     """What the generated fixtures depend on (a change regenerates them)."""
@@ -216,15 +269,18 @@ class FixtureRecipe:
     pairs_per_pattern: int = PAIRS_PER_PATTERN
     class_images: int = 20
     retrieval_images: int = 60
+    cluster_images: int = 20
 
 
-#: Dataset names the fixtures provide under ``zeroshot/``.
+#: Dataset names the fixtures provide under ``zeroshot/`` and ``clustering/``.
 TOY_CLASSIFICATION = "toy_color"
 TOY_RETRIEVAL = "toy_captions"
+TOY_CLUSTERING = "toy_shapes"
 
 
 def ensure_toy_fixtures(root: str | Path, recipe: FixtureRecipe = FixtureRecipe()) -> Path:
-    """Generate (once) a data root holding ``mmvp_vlm/`` and ``zeroshot/{toy_color,toy_captions}/``.
+    """Generate (once) a data root holding ``mmvp_vlm/``, ``zeroshot/{toy_color,toy_captions}/`` and
+    ``clustering/toy_shapes/``.
 
     Written to a temporary folder and renamed, with a ``COMPLETE`` marker and ``recipe.json``;
     a folder from another recipe is replaced.
@@ -244,6 +300,9 @@ def ensure_toy_fixtures(root: str | Path, recipe: FixtureRecipe = FixtureRecipe(
         )
         write_toy_retrieval(
             tmp / "zeroshot" / TOY_RETRIEVAL, recipe.seed + 2, recipe.image_size, recipe.retrieval_images
+        )
+        write_toy_clustering(
+            tmp / "clustering" / TOY_CLUSTERING, recipe.seed + 3, recipe.image_size, recipe.cluster_images
         )
         (tmp / "recipe.json").write_text(blob)
         (tmp / "COMPLETE").write_text(digest + "\n")

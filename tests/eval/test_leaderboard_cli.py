@@ -22,6 +22,7 @@ SMALL = [
     "--set", "probe.test_size=20",
     "--set", "probe.image_size=32",
     "--set", "probe.max_iter=20",
+    "--set", "fixtures.cluster_images=3",
 ]  # fmt: skip
 
 
@@ -46,8 +47,9 @@ def board(tmp_model_dirs, tmp_path_factory):
 def test_writes_results_markdown_plot_and_config(board, capsys):
     out, _ = board
     records = json.loads((out / "results.json").read_text())
-    assert {r["benchmark"] for r in records} == {"mmvp_vlm", "zeroshot", "probe"}
+    assert {r["benchmark"] for r in records} == {"mmvp_vlm", "zeroshot", "probe", "clustering"}
     assert {r["model"] for r in records} == {"clip", "siglip"}
+    assert {r["method"] for r in records} == {"original"}  # neither tower is an enhance export
     for r in records:
         assert {"model", "benchmark", "metric", "value", "dataset", "revision", "seed", "cache_key"} <= set(r)
     mmvp = {r["metric"] for r in records if r["benchmark"] == "mmvp_vlm" and r["model"] == "clip"}
@@ -68,6 +70,20 @@ def test_writes_results_markdown_plot_and_config(board, capsys):
     md = (out / "leaderboard.md").read_text()
     assert "| clip |" in md and "| siglip |" in md and "## mmvp_vlm" in md
     assert (out / "mmvp_vlm_patterns.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "tradeoff_mmvp_vs_clustering.png").read_bytes()[:4] == b"\x89PNG"
+    clustering = {r["metric"]: r for r in records if r["benchmark"] == "clustering" and r["model"] == "clip"}
+    assert set(clustering) == {
+        f"{d}/{m}" for d in ("digits", "toy_shapes", "average") for m in ("nmi", "acc", "ari")
+    }
+    assert clustering["digits/acc"]["k"] == 10 and clustering["digits/acc"]["n_images"] == 1797
+    assert clustering["toy_shapes/acc"]["k"] == 4 and clustering["toy_shapes/acc"]["n_images"] == 12
+    assert "not the paper's MNIST" in clustering["digits/nmi"]["note"]
+    for m in ("nmi", "acc", "ari"):
+        mean = (clustering[f"digits/{m}"]["value"] + clustering[f"toy_shapes/{m}"]["value"]) / 2
+        assert clustering[f"average/{m}"]["value"] == pytest.approx(mean)
+    assert "## clustering" in md and "| clip | original | " in md and "clustering as published" in md
+    assert "| *paper (DCR): OpenAI ViT-L/14@224* | *DCR* | *0.73* | *0.74* | *0.62* |" in md
+    assert list((out / "clustering_features" / "digits").iterdir())  # features cached beside results
     assert "fixtures:" in (out / "config.yaml").read_text()
     assert (out / "fixtures" / "mmvp_vlm" / "Questions.csv").is_file()
 
@@ -160,7 +176,7 @@ def test_bad_model_path_is_exit_2(tmp_path, capsys):
 
 def test_other_bad_flags_are_exit_2(tmp_model_dirs, tmp_path, capsys):
     out = ["--output-dir", str(tmp_path)]
-    assert "choose from: mmvp_vlm, zeroshot, probe" in _run_expect_2(
+    assert "choose from: mmvp_vlm, zeroshot, probe, clustering" in _run_expect_2(
         ["--clip", f"m={tmp_model_dirs.clip}", "--benchmarks", "mmvp_vlm,nope", *out], capsys
     )
     assert "'b' is not a LLaVA checkpoint" in _run_expect_2(["--mllm", "a=b", *out], capsys)
@@ -207,8 +223,10 @@ def test_markdown_bolds_the_best_and_shows_matching_paper_rows(tmp_path):
     ]
     md = render_markdown(records)
     assert "| original | 19.3 |" in md and "| enhanced | **31.1** |" in md
-    assert "| *paper: OpenAI ViT-L/14@224 original* | *19.3* |" in md
-    assert "| *paper: OpenAI ViT-L/14@224 GenHancer (continuous)* | *31.9* |" in md
+    assert "| *paper (GenHancer): OpenAI ViT-L/14@224 original* | *19.3* |" in md
+    assert "| *paper (DCR): OpenAI ViT-L/14@224 original* | *19.2* |" in md  # DCR's reprint
+    assert "| *paper (GenHancer): OpenAI ViT-L/14@224 GenHancer (continuous)* | *31.9* |" in md
+    assert "| *paper (DCR): OpenAI ViT-L/14@224 GenHancer* | *31.8* |" in md
 
 
 def test_help_and_list_presets(capsys):
@@ -228,3 +246,62 @@ def test_flag_list_is_pinned():
         ["--help", "--clip", "--mllm", "--benchmarks", "--data-root", "--output-dir", "--preset", "--config",
          "--set", "--force", "--limit", "--list-presets"]
     )  # fmt: skip
+
+
+def _clustering_config(tmp_path, datasets: list[dict]) -> str:
+    import yaml
+
+    f = tmp_path / "clustering.yaml"
+    f.write_text(yaml.safe_dump({"clustering": {"datasets": datasets}}))
+    return str(f)
+
+
+@pytest.mark.parametrize(
+    "entry, key",
+    [
+        ({"name": "mnist", "path": "/no/such/mnist"}, "clustering.datasets[1].path"),
+        ({"name": "mnist", "split": "train"}, "clustering.datasets[1].split"),
+        ({"name": "mnist", "label_column": "digit"}, "clustering.datasets[1].label_column"),
+        ({"name": "mnist", "max_images": 2}, "clustering.datasets[1].max_images"),
+    ],
+)
+def test_bad_clustering_data_is_exit_2_naming_dataset_and_key(tmp_model_dirs, tmp_path, capsys, entry, key):
+    from eval.clip.fixtures import write_toy_clustering
+
+    root = tmp_path / "data"
+    write_toy_clustering(root / "clustering" / "mnist", image_size=16, per_class=2)  # 'test' split only
+    cfg = _clustering_config(tmp_path, [{"name": "digits", "path": "sklearn:digits", "split": ""}, entry])
+    argv = ["--clip", f"m={tmp_model_dirs.clip}", "--benchmarks", "clustering", "--config", cfg]
+    err = _run_expect_2([*argv, "--data-root", str(root), "--output-dir", str(tmp_path / "o")], capsys)
+    assert f"clustering dataset 'mnist' ({key})" in err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_method_comes_from_the_export_and_selects_the_paper_rows(tmp_path):
+    from eval.leaderboard import tower_method
+
+    export = tmp_path / "run" / "export"
+    (export / "hf").mkdir(parents=True)
+    (export / "hf" / "config.json").write_text("{}")
+    (export / "denoiser").mkdir()
+    (export / "denoiser" / "genhancer.json").write_text(
+        json.dumps({"backbone": {"name_or_path": "openai/clip-vit-large-patch14"}, "denoiser": {}})
+    )
+    assert tower_method(str(export / "hf")) == "genhancer"  # an export from before the field
+    (export / "genhancer_export.json").write_text(json.dumps({"method": "dcr", "stage2_step": 10}))
+    assert tower_method(str(export / "hf")) == tower_method(str(tmp_path / "run")) == "dcr"
+    assert tower_method("genhancer-tiny:clip") == "original"
+    assert tower_method("openai/clip-vit-large-patch14") == "original"
+    rec = {"benchmark": "clustering", "dataset": "x", "revision": "r", "model_spec": str(export / "hf")}
+    records = [
+        {**rec, "model": "dcr-run", "method": "dcr", "metric": f"{d}/{m}", "value": 0.5}
+        for d in ("mnist", "average")
+        for m in ("nmi", "acc", "ari")
+    ]
+    md = render_markdown(records)
+    assert "| dcr-run | dcr | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 |" in md
+    # the matching published row sits under ours, in the same columns (MNIST, then Avg)
+    assert (
+        "| *paper (DCR): OpenAI ViT-L/14@224 DCR* | *DCR* | *0.73* | *0.74* | *0.62* | *0.76* | *0.67* | *0.54* |"
+        in md
+    )
