@@ -177,6 +177,11 @@ class DCRModel(SDMethodModel):
         t, noise, z_t = self.draw(z, generator)
         context = self.global_condition(batch["pixel_values"])
         context_plus = self.global_condition(self.augmented_pixels(batch, generator, self.dcr))
+        return {"loss": self.objective(z, noise, t, z_t, context, context_plus, generator)}
+
+    def objective(self, z, noise, t, z_t, context, context_plus, generator) -> torch.Tensor:
+        """The DCR loss of one micro-batch from its latents, draws and the two conditions."""
+        b = z.shape[0]
         exact = self.dcr.negatives == "exact"
         k = b - 1 if exact else min(self.dcr.num_negatives, b - 1)
         neg_idx = negative_index(b, k, generator, exact).to(z.device)
@@ -187,8 +192,7 @@ class DCRModel(SDMethodModel):
         anchor, negatives = pred[:b], pred[b:].view(b, k, *pred.shape[1:])
         positive = self.denoiser(z_t, t, context_plus)
         target = self.denoiser.target(z, noise, t)
-        loss = dcr_loss(anchor, negatives, positive, target, self.dcr.temperature)
-        return {"loss": loss}
+        return dcr_loss(anchor, negatives, positive, target, self.dcr.temperature)
 
 
 class NaiveContrastiveModel(SDMethodModel):
