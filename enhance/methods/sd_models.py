@@ -173,7 +173,6 @@ class DCRModel(SDMethodModel):
 
     def training_forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         z = self.latents(batch, generator)
-        b = z.shape[0]
         t, noise, z_t = self.draw(z, generator)
         context = self.global_condition(batch["pixel_values"])
         context_plus = self.global_condition(self.augmented_pixels(batch, generator, self.dcr))
