@@ -6,7 +6,8 @@
 ``DIR/export/denoiser/``      projector and denoiser (``transformer/`` or, discrete,
                               ``perceiver/``) with ``genhancer.json`` (the demo's reconstruction view)
 ``DIR/export/steps/<step>/``  the merged tower every ``stage2.export_every`` stage-2 steps, in the
-                              tower layouts above (checkpoint selection; no denoiser)
+                              tower layouts above (checkpoint selection), and ``denoiser/`` when
+                              ``stage2.export_denoiser`` is on (the demo's per-step reconstructions)
 ``genhancer_export.json``     in each export folder: the method, stage-2 step, dtype, LoRA settings
 
 :func:`load_denoiser_export` reads ``export/denoiser/`` back into the classes that wrote it, so
@@ -30,6 +31,7 @@ from genhancer.runtime import configtools
 from genhancer.runtime.errors import UserError, first_line
 
 DENOISER_META = "genhancer.json"
+DENOISER_DIR = "denoiser"
 STEPS_DIR = "steps"
 EXPORT_META = "genhancer_export.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -58,6 +60,27 @@ def read_export_meta(folder: str | Path) -> dict | None:
     return None
 
 
+def write_denoiser_export(model: GenHancerModel, cfg, folder: Path) -> Path:
+    """Write the projector, the denoiser's weights and ``genhancer.json`` into ``folder`` (what
+    :func:`load_denoiser_export` reads back). The one writer of the final and the per-step
+    exports, so a new denoiser kind is added here once. Reads the model, never changes it."""
+    folder = Path(folder)
+    model.projector.save_pretrained(folder / "projector", safe_serialization=True)
+    transformer = getattr(model.denoiser, "transformer", None)
+    if transformer is not None:  # continuous: the FLUX transformer inside ContinuousDenoiser
+        transformer.save_pretrained(folder / "transformer", safe_serialization=True)
+    elif hasattr(model.denoiser, "save_pretrained"):  # discrete: the Perceiver itself
+        model.denoiser.save_pretrained(folder / "perceiver", safe_serialization=True)
+    meta = {
+        "denoiser": configtools.to_dict(cfg.denoiser),
+        "vae": configtools.to_dict(cfg.vae),
+        "flow": configtools.to_dict(cfg.flow),
+        "backbone": configtools.to_dict(cfg.backbone),
+    }
+    (folder / DENOISER_META).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
 def export_model(model: GenHancerModel, cfg, out_dir: Path, stage2_step: int | None = None) -> dict[str, str]:
     """Write every export; returns {kind: path}. Writes into ``export.tmp`` then renames, keeping
     the per-step exports already under ``export/steps/``."""
@@ -70,20 +93,7 @@ def export_model(model: GenHancerModel, cfg, out_dir: Path, stage2_step: int | N
     merge_lora(model)
     model.backbone.model.to(_DTYPES[cfg.stage2.export_dtype])
     written = model.backbone.export(tmp)
-    den_dir = tmp / "denoiser"
-    model.projector.save_pretrained(den_dir / "projector", safe_serialization=True)
-    transformer = getattr(model.denoiser, "transformer", None)
-    if transformer is not None:  # continuous: the FLUX transformer inside ContinuousDenoiser
-        transformer.save_pretrained(den_dir / "transformer", safe_serialization=True)
-    elif hasattr(model.denoiser, "save_pretrained"):  # discrete: the Perceiver itself
-        model.denoiser.save_pretrained(den_dir / "perceiver", safe_serialization=True)
-    meta = {
-        "denoiser": configtools.to_dict(cfg.denoiser),
-        "vae": configtools.to_dict(cfg.vae),
-        "flow": configtools.to_dict(cfg.flow),
-        "backbone": configtools.to_dict(cfg.backbone),
-    }
-    (den_dir / DENOISER_META).write_text(json.dumps(meta, indent=2))
+    den_dir = write_denoiser_export(model, cfg, tmp / DENOISER_DIR)
     (tmp / EXPORT_META).write_text(json.dumps(_meta(cfg, stage2_step, True), indent=2))
     written["denoiser"] = str(den_dir)
     if (out_dir / STEPS_DIR).exists():  # a rename within the same folder: a crash leaves it in tmp
@@ -104,8 +114,8 @@ def _rescue_steps(out_dir: Path, tmp: Path) -> None:
 
 def export_step(model: GenHancerModel, cfg, out_dir: Path, step: int) -> Path:
     """Write the tower as it is at stage-2 ``step`` to ``out_dir/steps/<step>/``, merged, without
-    touching the model being trained (a CPU copy is merged); then keep the newest
-    ``stage2.export_keep``. Returns the folder."""
+    touching the model being trained (a CPU copy is merged), with ``denoiser/`` too when
+    ``stage2.export_denoiser`` is on; then keep the newest ``stage2.export_keep``. Returns the folder."""
     steps_dir = Path(out_dir) / STEPS_DIR
     target = steps_dir / str(step)
     tmp = steps_dir / f".{step}.tmp"
@@ -116,6 +126,8 @@ def export_step(model: GenHancerModel, cfg, out_dir: Path, step: int) -> Path:
     merge_lora(SimpleNamespace(backbone=backbone))  # merge_lora only reads and writes .backbone
     backbone.model.to(_DTYPES[cfg.stage2.export_dtype])
     backbone.export(tmp)
+    if cfg.stage2.export_denoiser:
+        write_denoiser_export(model, cfg, tmp / DENOISER_DIR)
     (tmp / EXPORT_META).write_text(json.dumps(_meta(cfg, step, False), indent=2))
     if target.exists():
         shutil.rmtree(target)
