@@ -208,7 +208,8 @@ def test_per_step_exports_load_and_the_last_equals_the_final_export(tmp_path, ti
     for step in (2, 4):
         folder = steps_dir / str(step)
         # the tiny preset's stage2.export_denoiser=true adds denoiser/ (the demo's per-step reconstructions)
-        assert sorted(p.name for p in folder.iterdir()) == ["denoiser", "genhancer_export.json", "hf", "vision_tower"]
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == ["denoiser", "genhancer_export.json", "hf", "vision_tower"]
         meta = json.loads((folder / "genhancer_export.json").read_text())
         assert (meta["stage2_step"], meta["lora_targets"], meta["lora_bias"]) == (
             step,
