@@ -77,7 +77,10 @@ def test_audit_logs_and_table2_layout(board):
     out, _ = board
     md = (out / "leaderboard.md").read_text()
     assert "| model | MMVP | NB Acc | NB Q | NB I | NB G | CV-2D ADE" in md
-    assert "| *paper: LLaVA-1.5-7B, GenHancer tower* | *30.7* |" in md
+    assert "| *paper (GenHancer Tab. 2, DCR Tab. 3): LLaVA-1.5 Vicuna-7B, GenHancer tower* | *30.7* |" in md
+    assert (
+        "| *paper (DCR Tab. 3): LLaVA-1.5 Vicuna-7B, un2CLIP tower* | *31.3* | – | – | – | – | *53.9* |" in md
+    )
     audit = out / "mllm" / "tiny" / "pope"
     (key_dir,) = list(audit.iterdir())
     names = {p.name for p in key_dir.iterdir()}
