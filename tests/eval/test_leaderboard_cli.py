@@ -244,7 +244,7 @@ def test_flag_list_is_pinned():
     flags = sorted(o for a in build_parser()._actions for o in a.option_strings if o.startswith("--"))
     assert flags == sorted(
         ["--help", "--clip", "--mllm", "--benchmarks", "--data-root", "--output-dir", "--preset", "--config",
-         "--set", "--force", "--limit", "--list-presets"]
+         "--set", "--force", "--limit", "--list-presets", "--threads"]
     )  # fmt: skip
 
 
@@ -305,3 +305,22 @@ def test_method_comes_from_the_export_and_selects_the_paper_rows(tmp_path):
         "| *paper (DCR): OpenAI ViT-L/14@224 DCR* | *DCR* | *0.73* | *0.74* | *0.62* | *0.76* | *0.67* | *0.54* |"
         in md
     )
+
+
+def test_tradeoff_pairs_each_towers_mmvp_average_with_its_clustering_acc(tmp_path):
+    from eval.report import plot_tradeoff, tradeoff_points
+
+    def rec(model, bench, metric, value, method):
+        return {"model": model, "benchmark": bench, "metric": metric, "value": value, "method": method}
+
+    records = [
+        rec("a", "mmvp_vlm", "average", 30.0, "original"),
+        rec("a", "clustering", "average/acc", 0.6, "original"),
+        rec("a", "clustering", "average/nmi", 0.9, "original"),
+        rec("b", "clustering", "average/acc", 0.5, "genhancer"),
+        rec("b", "mmvp_vlm", "average", 35.0, "genhancer"),
+        rec("c", "mmvp_vlm", "average", 20.0, "dcr"),  # no clustering: not a point
+    ]
+    assert tradeoff_points(records) == [("a", "original", 0.6, 30.0), ("b", "genhancer", 0.5, 35.0)]
+    assert plot_tradeoff(records, tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    assert plot_tradeoff(records[-1:], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
