@@ -335,6 +335,10 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
         stage2_step = cfg.stage2.steps if 2 in cfg.train.stages else None
         exported = export_model(model, cfg, run_dir / "export", stage2_step)
         final_loss = _last_loss(run_dir / "metrics.jsonl")
+        if cfg.logging.grad_conflict:
+            from enhance.diagnostics import plot_grad_conflict
+
+            plot_grad_conflict(run_dir / "metrics.jsonl", run_dir / "grad_conflict.png")
     accelerator.wait_for_everyone()
     return {"export": exported, "final_loss": final_loss}
 

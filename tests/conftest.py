@@ -187,6 +187,79 @@ def build_tiny_vae_dir(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+def build_tiny_sd_dir(out_dir: Path, clip_dir: Path, prediction_type: str, seed: int = 0) -> Path:
+    """A random-init SD pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) over
+    32 px images: the tiny CLIP's text side (width ``TINY_HIDDEN``), a 4-channel VAE, a UNet."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    from genhancer.toyworld.models import _autoencoder_blocks, tiny_sd_unet_config
+
+    clip = CLIPModel.from_pretrained(clip_dir)
+    te = CLIPTextModel(clip.config.text_config)
+    te.load_state_dict(clip.text_model.state_dict())
+    te.save_pretrained(out_dir / "text_encoder", safe_serialization=True)
+    CLIPTokenizer.from_pretrained(clip_dir).save_pretrained(out_dir / "tokenizer")
+    recipe = {
+        "image_size": TINY_IMAGE_SIZE,
+        "block_out_channels": TINY_VAE_BLOCKS,
+        "latent_channels": 4,
+        "vae_block_out_channels": TINY_VAE_BLOCKS,
+        "unet_block_out_channels": [16, 32],
+    }
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**_autoencoder_blocks(recipe), layers_per_block=1, scaling_factor=0.18215)
+    vae.save_pretrained(out_dir / "vae", safe_serialization=True)
+    UNet2DConditionModel(**tiny_sd_unet_config(recipe, TINY_HIDDEN)).save_pretrained(
+        out_dir / "unet", safe_serialization=True
+    )
+    DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type
+    ).save_pretrained(out_dir / "scheduler")
+    return out_dir
+
+
+#: What the tiny config of a frozen-SD method changes on top of the shared base (no GenHancer keys).
+TINY_METHOD_SETS = {
+    "dcr": ("stage1.per_device_batch_size=4",),
+    "naive-contrastive": (),
+    "diva": (f"diva.num_tokens={TINY_TEXT_LEN}",),
+}
+
+
+def build_tiny_method_config(dirs: TinyModelDirs, method: str, sd_dir: Path, overrides=()):
+    """``--method M --preset tiny`` pointed at ``dirs`` and the random SD folder ``sd_dir``,
+    shrunk like :func:`build_tiny_enhance_config` (2 + 2 steps on 4-image batches)."""
+    from enhance.config import load_config
+
+    base = [
+        "backbone.family=openai-clip",
+        f"backbone.name_or_path={dirs.clip}",
+        f"backbone.image_size={TINY_IMAGE_SIZE}",
+        f"sd.path={sd_dir}",
+        f"sd.cross_attention_dim={TINY_HIDDEN}",
+        "sd.reconstruct_steps=2",
+        "data.source=toyworld",
+        "data.toyworld_size=64",
+        "data.num_workers=0",
+        "stage1.steps=2",
+        "stage1.global_batch_size=4",
+        "stage1.per_device_batch_size=4",
+        "stage2.steps=2",
+        "stage2.global_batch_size=4",
+        "stage2.per_device_batch_size=4",
+        "checkpoint.every=1",
+        "checkpoint.keep_last=2",
+        "logging.every=1",
+        "logging.preview_count=2",
+        "logging.progress=false",
+        "train.mixed_precision='no'",
+        f"cache_dir={dirs.cache}",
+        *TINY_METHOD_SETS[method],
+    ]
+    return load_config("tiny", overrides=[*base, *overrides], method=method)
+
+
 def build_tiny_enhance_config(dirs: TinyModelDirs, overrides: tuple[str, ...] | list[str] = ()):
     """The ``tiny`` preset pointed at ``dirs``, shrunk to seconds; ``overrides`` are applied last.
 
@@ -259,6 +332,27 @@ def tiny_enhance_config(tmp_model_dirs):
 
     def make(*overrides: str):
         return build_tiny_enhance_config(tmp_model_dirs, overrides)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dirs(tmp_model_dirs) -> dict[str, Path]:
+    """Random SD pipeline folders: ``epsilon`` (as SD 2.1-base) and ``v_prediction`` (as SD 2.1)."""
+    return {
+        kind: build_tiny_sd_dir(tmp_model_dirs.root / f"sd_{kind}", tmp_model_dirs.clip, kind)
+        for kind in ("epsilon", "v_prediction")
+    }
+
+
+@pytest.fixture()
+def tiny_method_config(tmp_model_dirs, tiny_sd_dirs):
+    """Factory ``(method, *overrides) -> EnhanceConfig`` for the frozen-SD methods (DIVA on the
+    epsilon folder, DCR and naive on the v-prediction one, as their official checkpoints)."""
+
+    def make(method: str, *overrides: str):
+        sd = tiny_sd_dirs["epsilon" if method == "diva" else "v_prediction"]
+        return build_tiny_method_config(tmp_model_dirs, method, sd, overrides)
 
     return make
 

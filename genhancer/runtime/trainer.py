@@ -435,9 +435,12 @@ class Loop:
             names = sorted(terms)
             grads = {}
             for i, name in enumerate(names):
-                g = torch.autograd.grad(
-                    terms[name], self.trainable, retain_graph=i < len(names) - 1, allow_unused=True
-                )
+                if not terms[name].requires_grad:  # a term that reaches no trainable weight
+                    g = [None] * len(self.trainable)
+                else:
+                    g = torch.autograd.grad(
+                        terms[name], self.trainable, retain_graph=i < len(names) - 1, allow_unused=True
+                    )
                 grads[name] = torch.cat(
                     [
                         (x if x is not None else torch.zeros_like(p)).reshape(-1).float()

@@ -117,3 +117,13 @@ def test_golden_enhance_discrete(tmp_path, tiny_enhance_config, vq_dir):
 
 def test_golden_llava_train(tmp_path):
     _check("llava_train", _llava(tmp_path))
+
+
+@pytest.mark.parametrize("method", ["dcr", "diva", "naive-contrastive"])
+def test_golden_enhance_method(tmp_path, tiny_method_config, method):
+    """The frozen-SD methods' curves (4 + 4 steps; DIVA's one stage: 4)."""
+    from enhance.train import run
+
+    cfg = tiny_method_config(method, "stage1.steps=4", "stage2.steps=4", "logging.every=1")
+    run(cfg, tmp_path / "run")
+    _check(f"enhance_{method}", _curve(tmp_path / "run"))
