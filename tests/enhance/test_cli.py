@@ -23,8 +23,10 @@ EXPECTED_FLAGS = {
     "--stage",
     "--resume",
     "--build-latent-cache",  # an action (like --describe), not a knob: its settings are latent_cache.*
+    "--method",  # picks the recipe overlay (presets/methods/<method>.yaml) the --preset resolves through
     "--describe",
     "--list-presets",
+    "--threads",  # a property of the process (genhancer.runtime.threads), not of the run
 }
 
 
