@@ -220,7 +220,8 @@ def _fail(src: ClusterSource, field: str, text: str) -> UserError:
 
 def load_cluster_set(src: ClusterSource, seed: int = 0, limit: int | None = None) -> ClusterSet:
     """Resolve ``src`` to a :class:`ClusterSet` (labels read, images not); bad input raises a
-    one-line :class:`UserError` naming the dataset and the config key."""
+    one-line :class:`UserError` naming the dataset and the config key. ``limit`` caps the images
+    (class-balanced) but never below the class count."""
     if src.path == SKLEARN_DIGITS:
         labels, read, revision, classes = _digits()
         source = src.path
@@ -252,14 +253,16 @@ def load_cluster_set(src: ClusterSource, seed: int = 0, limit: int | None = None
             raise _fail(
                 src, "path", f"{path} is neither an image folder (<class>/*.jpg) nor a `datasets` folder"
             )
-    cap = min(x for x in (src.max_images, limit or 0) if x) if (src.max_images or limit) else 0
+    cap = src.max_images
+    if limit:  # --limit (quick checks) shrinks a set, but keeps at least one image per class
+        cap = min(cap or labels.size, max(limit, classes))
     keep = balanced_subset(labels, cap, seed)
     if keep.size != labels.size:
         revision = f"{revision}+subset{keep.size}@{seed}"
     sub_labels = labels[keep]
     k = int(np.unique(sub_labels).size)
     if sub_labels.size < max(classes, k) or k < 2:
-        what = "max_images" if cap else "split"
+        what = "max_images" if src.max_images else "split"
         raise _fail(
             src,
             what,

@@ -140,6 +140,8 @@ def test_sklearn_digits_is_a_real_labelled_set():
         "subset50" in sub.revision
         and load_cluster_set(ClusterSource("d", "sklearn:digits", ""), limit=20).n == 20
     )
+    # --limit never drops below one image per class (a quick check must still cluster)
+    assert load_cluster_set(ClusterSource("d", "sklearn:digits", ""), limit=3).n == 10
 
 
 @pytest.mark.parametrize(
