@@ -292,3 +292,22 @@ def test_another_encoder_or_subset_gets_its_own_cache(colour_set, colour_encoder
     flipped = encode_cached(Counting(other), colour_set, tmp_path)
     assert flipped[0].tolist() == encode_cached(colour_encoder(), colour_set, tmp_path)[0].tolist()[::-1]
     assert len(list((tmp_path / "colours").iterdir())) == 2
+
+
+def test_real_encoders_of_every_kind_give_their_global_token(
+    colour_set, open_clip_export, tmp_model_dirs, tmp_path
+):
+    from eval.clip.encoders import load_encoder
+
+    for spec, dim in (
+        (str(open_clip_export), 16),
+        (str(tmp_model_dirs.clip), 24),
+        (str(tmp_model_dirs.siglip), None),
+    ):
+        enc = load_encoder(spec, "cpu", batch_size=8)
+        feats = encode_cached(enc, colour_set, tmp_path)
+        want = enc.encode_images(colour_set.read(range(colour_set.n)))
+        assert feats.shape == tuple(want.shape) and np.allclose(feats, want.numpy(), atol=1e-5)
+        assert dim is None or feats.shape[1] == dim  # open_clip embed_dim; CLIP: the projected width
+        scores = evaluate_clustering(enc, colour_set, KMeansSettings(n_init=1), tmp_path)
+        assert all(0.0 <= v <= 1.0 for k, v in scores.items() if k != "ari")
