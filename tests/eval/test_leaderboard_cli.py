@@ -324,3 +324,25 @@ def test_tradeoff_pairs_each_towers_mmvp_average_with_its_clustering_acc(tmp_pat
     assert tradeoff_points(records) == [("a", "original", 0.6, 30.0), ("b", "genhancer", 0.5, 35.0)]
     assert plot_tradeoff(records, tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     assert plot_tradeoff(records[-1:], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_cached_records_from_before_the_method_field_get_it_without_recomputing(board, monkeypatch):
+    out, argv = board  # the same folder: a copy would change the fixture root, hence the cache keys
+    results = out / "results.json"
+    before = results.read_text()
+    old = json.loads(before)
+    for r in old:
+        r.pop("method")
+    results.write_text(json.dumps(old))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed a cached result")
+
+    for name, b in list(bench_mod.BENCHMARKS.items()):
+        monkeypatch.setitem(bench_mod.BENCHMARKS, name, dataclasses.replace(b, run=boom, prepare=boom))
+    try:
+        assert main(argv) == 0
+        new = json.loads(results.read_text())
+        assert [r.pop("method") for r in new] == ["original"] * len(old) and new == old
+    finally:
+        results.write_text(before)
