@@ -21,6 +21,7 @@ import sys
 
 from genhancer.runtime.cli import add_config_flags, make_parser, report
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.threads import configure_threads, plan_threads
 
 #: Flags that map one-to-one onto DemoConfig keys (flag name with - for _).
 CONFIG_FLAGS = (
@@ -101,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, text in list_presets():
                 print(f"{name:16s} {text}")
             return 0
+        plan_threads(args.threads)
         if args.print_config:
             from genhancer.runtime import configtools
 
             print(configtools.dump_yaml(cfg), end="")
             return 0
         _warn_missing(cfg, args.preset)
+        configure_threads("genhancer-demo", args.threads)
         from demo.app import build_app, launch
 
         app = build_app(cfg)

@@ -24,6 +24,8 @@ import sys
 
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.preflight import check_run_folder, require_local_paths
+from genhancer.runtime.threads import configure_threads, plan_threads
 
 # Widths of the global / local tokens of the paper backbones, so --describe needs no download.
 KNOWN_DIMS = {
@@ -314,6 +316,30 @@ def describe_lora(cfg) -> dict:
     return out
 
 
+def path_keys(cfg) -> dict[str, str]:
+    """The config keys naming files or folders this run reads, and what each is."""
+    keys = {"backbone.name_or_path": "the vision tower"}
+    if cfg.data.source != "toyworld":
+        keys["data.path"] = "the training images"
+    if cfg.method.name != "genhancer":
+        keys["sd.path"] = "the Stable Diffusion pipeline"
+    elif cfg.denoiser.kind == "discrete":
+        keys["denoiser.tokenizer"] = "the VQ tokenizer"
+    else:
+        keys |= {"vae.name_or_path": "the VAE", "denoiser.init_from": "the FLUX transformer to start from"}
+    return keys
+
+
+def preflight(cfg, args: argparse.Namespace, run_folder: bool = True) -> None:
+    """What can be refused before torch loads: local paths that do not exist, the run folder,
+    ``--threads``."""
+    keys = path_keys(cfg)
+    require_local_paths(cfg, keys, keys)
+    if run_folder:
+        check_run_folder(args.output_dir, args.resume)
+    plan_threads(args.threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -335,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(describe(cfg), indent=2))
             return 0
         if args.build_latent_cache:
+            preflight(cfg, args, run_folder=False)
             setup_logging()
+            configure_threads("enhance", args.threads)
             from enhance.train import build_latent_cache_only
 
             manifest = build_latent_cache_only(cfg)
@@ -345,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.output_dir:
             raise UserError("--output-dir is required to train")
+        preflight(cfg, args)
         setup_logging()
+        configure_threads("enhance", args.threads)
         from enhance.train import run
 
         result = run(cfg, args.output_dir, resume=args.resume)

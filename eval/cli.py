@@ -38,6 +38,7 @@ import sys
 
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.threads import announce_threads, configure_threads, plan_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--output-dir is required")
         if args.limit is not None and args.limit < 1:
             raise UserError("--limit must be >= 1")
+        plan_threads(args.threads)
         cfg = load_config(args.preset, args.config, args.overrides)
         from eval.benchmarks import get_benchmark
 
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         api_key = os.environ.get("OPENAI_API_KEY", "") if cfg.lmms.hallusion_judge == "gpt" else ""
         if cfg.lmms.hallusion_judge == "gpt" and not api_key:
             raise UserError("lmms.hallusion_judge=gpt needs OPENAI_API_KEY in the environment")
+        threads = configure_threads("leaderboard", args.threads, announce=False)
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(configtools.dump_yaml(cfg))
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if summary.reused:
             done = ", ".join(f"{m}/{b}" for m, b in summary.reused)
             print(f"leaderboard: reused cached results for {done} (--force recomputes)", file=sys.stderr)
+        announce_threads("leaderboard", threads)  # after the work, so an error stays one line
         print(markdown)
         return 0
     except UserError as exc:

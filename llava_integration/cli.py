@@ -26,6 +26,8 @@ import sys
 
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.preflight import check_run_folder, require_local_paths
+from genhancer.runtime.threads import configure_threads, plan_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +74,23 @@ def describe(cfg) -> dict:
     return {"config": configtools.to_dict(cfg), "parameters": counts, "docs": config_docs()}
 
 
+#: Config keys that name files or folders, and what each is (for the error message).
+PATH_KEYS = {
+    "model.vision_tower": "the vision tower",
+    "model.llm": "the language model",
+    "model.pretrained_projector": "the pretrained projector (--projector)",
+    "data.root": "the LLaVA data root (--data-root)",
+}
+
+
+def preflight(cfg, args: argparse.Namespace) -> None:
+    """What can be refused before torch loads: local paths that do not exist, the run folder,
+    ``--threads``."""
+    require_local_paths(cfg, PATH_KEYS, PATH_KEYS)
+    check_run_folder(args.output_dir, args.resume)
+    plan_threads(args.threads)
+
+
 def _swap(argv: list[str]) -> int:
     args = build_swap_parser().parse_args(argv)
     from llava_integration.model import swap_tower
@@ -111,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.output_dir:
             raise UserError("--output-dir is required to train")
+        preflight(cfg, args)
         setup_logging()
+        configure_threads("llava-train", args.threads)
         from llava_integration.train import run
 
         result = run(cfg, args.output_dir, resume=args.resume)

@@ -14,9 +14,12 @@ conditioned, the objective, and the stage plan -- that plugs into the one stage 
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from genhancer.runtime.errors import UserError
+
+if TYPE_CHECKING:  # torch loads with the model, not with the config (bad input is refused first)
+    import torch
 
 
 class Method:
@@ -140,6 +143,8 @@ class FrozenSD(Method):
 
 
 def _projector(backbone_dim: int, cfg, mlp: bool):
+    import torch
+
     from enhance.methods.sd_models import TokenProjector
 
     torch.manual_seed(cfg.train.seed)

@@ -2,7 +2,10 @@
 
 Each command (``enhance``, ``llava-train``, ``leaderboard``, ``genhancer-demo``) builds its parser
 with :func:`make_parser` and :func:`add_config_flags`, and turns a :class:`UserError` into
-``prog: error: message`` on stderr with exit code 2 through :func:`report`.
+``prog: error: message`` on stderr with exit code 2 through :func:`report`. Each checks its arguments
+and config before it imports a model library (torch, transformers, diffusers, open_clip, lmms_eval,
+gradio), so bad input is refused in a fraction of a second even on a loaded machine, and sets its
+torch threads with :func:`genhancer.runtime.threads.configure_threads` before the work starts.
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ def make_parser(prog: str, doc: str) -> argparse.ArgumentParser:
 def add_config_flags(
     p: argparse.ArgumentParser, set_help: str = "override one config key (dotted), repeatable"
 ) -> None:
-    """``--preset``, ``--config``, ``--set KEY=VALUE`` (repeatable) and ``--list-presets``."""
+    """``--preset``, ``--config``, ``--set KEY=VALUE`` (repeatable), ``--list-presets`` and
+    ``--threads N`` (:mod:`genhancer.runtime.threads`)."""
+    from genhancer.runtime.threads import add_threads_flag
+
     p.add_argument("--preset", help="named preset (see --list-presets)")
     p.add_argument("--config", help="YAML file overriding the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--list-presets", action="store_true", help="list presets and exit")
+    add_threads_flag(p)
 
 
 def print_presets(presets_dir, width: int = 24) -> None:

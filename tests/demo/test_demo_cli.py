@@ -30,6 +30,7 @@ FLAGS = [
     "--results",
     "--set",
     "--share",
+    "--threads",
 ]
 
 

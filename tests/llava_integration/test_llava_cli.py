@@ -21,6 +21,7 @@ FLAGS = {
     "--resume",
     "--describe",
     "--list-presets",
+    "--threads",  # a property of the process (genhancer.runtime.threads), not of the run
 }
 
 
