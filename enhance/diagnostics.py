@@ -21,7 +21,14 @@ def plot_grad_conflict(metrics: Path, out: Path) -> Path | None:
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     offset, ticks = 0, []
     for stage in dict.fromkeys(r["stage"] for r in rows):
-        part = [r for r in rows if r["stage"] == stage and keys[0] in r]
+        # a stage where one term reaches no trainable weight (zero gradient) has no conflict to show
+        part = [
+            r
+            for r in rows
+            if r["stage"] == stage
+            and keys[0] in r
+            and all(v > 0 for k, v in r.items() if k.startswith("grad_norm_"))
+        ]
         if not part:
             continue
         xs = [offset + r["step"] for r in part]
