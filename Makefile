@@ -7,10 +7,15 @@ OUT ?= runs/quickstart
 # The exact environment the commands and tests run in (Python 3.11, Linux x86_64): `make lock`
 # writes it from pyproject.toml's ranges; `make test-latest` tries the newest versions instead.
 LOCK := requirements/lock-py311-linux-x86_64.txt
+# DeepSpeed for the slow tests (ZeRO-2/3 on CPU): a second hashed lock resolved against the first,
+# installed on top of it with the CPU-only build (DS_BUILD_OPS=0). Its sdist imports torch while it
+# builds, hence --no-build-isolation (torch and setuptools come from the main lock).
+DS_LOCK := requirements/lock-deepspeed-py311-linux-x86_64.txt
+DS_STAMP := $(VENV)/.deepspeed
 LATEST := .venv-latest
 LOCKTOOLS := .venv-lock
 
-.PHONY: quickstart test test-slow test-latest lock lint bench clean venv demo reproduce-small
+.PHONY: quickstart test test-slow test-latest lock lock-deepspeed deepspeed lint bench clean venv demo reproduce-small
 
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 2; }
@@ -21,6 +26,13 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(DS_STAMP): $(STAMP) $(DS_LOCK)
+	DS_BUILD_OPS=0 $(BIN)/pip install --require-hashes --no-build-isolation -r $(DS_LOCK)
+	DS_ACCELERATOR=cpu $(BIN)/python -c "import deepspeed, sys; print('deepspeed', deepspeed.__version__, file=sys.stderr)"
+	touch $(DS_STAMP)
+
+deepspeed: $(DS_STAMP)
 
 quickstart: $(STAMP)
 	rm -rf $(OUT)
@@ -34,8 +46,9 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+# The slow tests include DeepSpeed ZeRO-2/3 on two CPU processes; they fail, not skip, without it.
+test-slow: $(DS_STAMP)
+	GENHANCER_REQUIRE_DEEPSPEED=1 $(BIN)/python -m pytest -q -m slow
 
 # Rewrite the lock from pyproject.toml's ranges (newest allowed versions, hashes for every file).
 lock:
@@ -43,6 +56,14 @@ lock:
 	$(LOCKTOOLS)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 	    --python-platform x86_64-manylinux_2_28 --generate-hashes -c requirements/lock-constraints.txt \
 	    --custom-compile-command "make lock" -o $(LOCK)
+	$(MAKE) lock-deepspeed
+
+# The DeepSpeed group alone (requirements/deepspeed.in), its shared pins taken from the main lock.
+lock-deepspeed:
+	test -x $(LOCKTOOLS)/bin/uv || { $(PY) -m venv $(LOCKTOOLS) && $(LOCKTOOLS)/bin/pip install -q 'uv>=0.5'; }
+	$(LOCKTOOLS)/bin/uv pip compile requirements/deepspeed.in --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 --generate-hashes -c $(LOCK) \
+	    --custom-compile-command "make lock-deepspeed" -o $(DS_LOCK)
 
 # Drift check: a separate venv from the newest versions the ranges allow, then the fast suite.
 test-latest:
