@@ -43,7 +43,13 @@ import torch
 log = logging.getLogger("reproduce")
 
 VARIANTS: tuple[str, ...] = ("enhanced", "local", "one_stage")
+#: The field's other methods (``enhance --method``), trained on the same world, seeds and schedule.
+METHOD_VARIANTS: tuple[str, ...] = ("diva", "dcr", "naive-contrastive")
+ALL_VARIANTS: tuple[str, ...] = (*VARIANTS, *METHOD_VARIANTS)
+#: ``make reproduce-small``: GenHancer against DIVA, DCR and the naive baseline.
+HEAD_TO_HEAD: tuple[str, ...] = ("enhanced", *METHOD_VARIANTS)
 MODELS: tuple[str, ...] = ("original", *VARIANTS)
+CLUSTER_ATTRIBUTES: tuple[str, ...] = ("shape", "color")
 PROBE_ATTRIBUTES: tuple[str, ...] = ("shape", "color", "size", "count", "orientation", "position")
 ZEROSHOT_ATTRIBUTES: tuple[str, ...] = ("shape", "color", "size")
 #: MMVP patterns whose pair differs in a rarely captioned attribute (orientation, count, position).
@@ -71,6 +77,7 @@ class Protocol:
     probe_train: int = 1500
     probe_test: int = 1000
     zeroshot_images: int = 600
+    digits_images: int = 1797
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -86,6 +93,7 @@ PROTOCOLS: dict[str, Protocol] = {
         probe_train=40,
         probe_test=30,
         zeroshot_images=24,
+        digits_images=40,
     ),
 }
 
@@ -114,6 +122,8 @@ class HeldOut:
     zs_images: list
     zs_labels: dict[str, list[int]]
     zs_prompts: dict[str, list[list[str]]]  # attribute -> class -> prompts
+    digits_images: list  # scikit-learn's 1,797 real handwritten digits (8x8, upscaled by the processor)
+    digits_labels: list[int]
 
 
 def held_out(p: Protocol, image_size: int = 64) -> HeldOut:
@@ -156,6 +166,10 @@ def held_out(p: Protocol, image_size: int = 64) -> HeldOut:
         "color": [[f"{z} {v} {s}" for z in SIZES for s in SHAPES] for v in COLORS],
         "size": [[f"{v} {c} {s}" for c in COLORS for s in SHAPES] for v in SIZES],
     }
+    from eval.clip.clustering import _digits
+
+    digit_labels, read_digits, _, _ = _digits()
+    keep = list(range(0, len(digit_labels), max(1, len(digit_labels) // p.digits_images)))[: p.digits_images]
     return HeldOut(
         images,
         statements,
@@ -166,6 +180,8 @@ def held_out(p: Protocol, image_size: int = 64) -> HeldOut:
         zs_images,
         zs_labels,
         zs_prompts,
+        read_digits(keep),
+        [int(digit_labels[i]) for i in keep],
     )
 
 
@@ -234,8 +250,26 @@ def score_tower(path: str | Path, data: HeldOut) -> dict:
         right = ((zs @ emb.T).argmax(1) == torch.tensor(data.zs_labels[a])).tolist()
         metrics[f"zeroshot/{a}"] = 100.0 * sum(right) / len(right)
         items[f"zeroshot/{a}"] = right
+    metrics.update(cluster_metrics(feats[n:], {a: data.probe_labels[a][n:] for a in CLUSTER_ATTRIBUTES}))
+    metrics.update(cluster_metrics(tower.images(data.digits_images), {"digits": data.digits_labels}))
     metrics.update(summaries(metrics))
     return {"metrics": metrics, "items": items, "global_tokens": feats[n:]}
+
+
+def cluster_metrics(feats: torch.Tensor, labels: dict[str, list[int]]) -> dict[str, float]:
+    """Zero-shot clustering (eval.clip.clustering: k-means on the L2-normalised global token, k =
+    classes, NMI / Hungarian ACC / ARI) per label set, in percent."""
+    import numpy as np
+
+    from eval.clip.clustering import clustering_scores, l2_normalise, run_kmeans
+
+    x = l2_normalise(feats.numpy())
+    out = {}
+    for name, y in labels.items():
+        y = np.asarray(y)
+        scores = clustering_scores(y, run_kmeans(x, int(np.unique(y).size)))
+        out.update({f"cluster/{name}_{k}": 100.0 * v for k, v in scores.items()})
+    return out
 
 
 def summaries(m: dict[str, float]) -> dict[str, float]:
@@ -251,6 +285,8 @@ def summaries(m: dict[str, float]) -> dict[str, float]:
         "probe/rare": mean([f"probe/{a}" for a in ("count", "orientation", "position")]),
         "probe/common": mean([f"probe/{a}" for a in ("shape", "color", "size")]),
         "zeroshot/mean": mean([f"zeroshot/{a}" for a in ZEROSHOT_ATTRIBUTES]),
+        "cluster/acc_mean": mean([f"cluster/{a}_acc" for a in (*CLUSTER_ATTRIBUTES, "digits")]),
+        "cluster/nmi_mean": mean([f"cluster/{a}_nmi" for a in (*CLUSTER_ATTRIBUTES, "digits")]),
     }
 
 
@@ -292,8 +328,42 @@ def enhance_overrides(
     return sets
 
 
+def method_overrides(
+    p: Protocol, clip_dir: Path, seed: int, method: str, cache_dir: str, extra: Sequence[str] = ()
+) -> list[str]:
+    """``--set`` overrides on ``enhance --method M --preset tiny``: the same world, seed, schedule
+    (stage lengths and learning rates) and batch as GenHancer; the frozen SD is the tiny one the
+    method's tiny recipe names (built once on the full-caption world)."""
+    sets = [
+        f"backbone.name_or_path={clip_dir}",
+        f"cache_dir={cache_dir}",
+        f"train.seed={seed}",
+        f"data.toyworld_seed={2000 + seed}",
+        f"data.toyworld_size={p.enhance_images}",
+        f"stage2.steps={p.stage2_steps}",
+        "stage2.export_every=0",
+        "checkpoint.every=100000",
+        "logging.every=10" if p.stage1_steps >= 20 else "logging.every=1",
+        "logging.preview_count=0",
+        "logging.progress=false",
+    ]
+    if method != "diva":  # DIVA is one stage with its own optimiser (SGD, cosine; tiny recipe)
+        sets += [f"stage1.steps={p.stage1_steps}", f"stage1.lr={p.stage1_lr}", f"stage2.lr={p.stage2_lr}"]
+    per_device = min(p.batch, 8) if method == "dcr" else p.batch  # DCR: B^2 UNet calls per micro-batch
+    sets += [f"stage{k}.global_batch_size={p.batch}" for k in (1, 2)]
+    sets += [f"stage{k}.per_device_batch_size={per_device}" for k in (1, 2)]
+    return [*sets, *extra]
+
+
 def train_variant(
-    p: Protocol, clip_dir: Path, seed: int, variant: str, run_dir: Path, cache_dir: str, vae: str
+    p: Protocol,
+    clip_dir: Path,
+    seed: int,
+    variant: str,
+    run_dir: Path,
+    cache_dir: str,
+    vae: str,
+    method_sets: Sequence[str] = (),
 ) -> Path:
     """Run ``enhance`` (in process) unless ``run_dir`` already holds its export; the merged HF dir."""
     done = run_dir / "export" / "hf" / "config.json"
@@ -301,7 +371,14 @@ def train_variant(
         from enhance.config import load_config
         from enhance.train import run
 
-        cfg = load_config("tiny", overrides=enhance_overrides(p, clip_dir, seed, variant, cache_dir, vae))
+        if variant in METHOD_VARIANTS:
+            cfg = load_config(
+                "tiny",
+                overrides=method_overrides(p, clip_dir, seed, variant, cache_dir, method_sets),
+                method=variant,
+            )
+        else:
+            cfg = load_config("tiny", overrides=enhance_overrides(p, clip_dir, seed, variant, cache_dir, vae))
         if run_dir.exists():
             import shutil
 
@@ -331,23 +408,35 @@ def tower_change(original: Path, enhanced: Path) -> float:
     return math.sqrt(num / den)
 
 
-def run_seed(p: Protocol, seed: int, out: Path, data: HeldOut, cache_dir: str, vae: str) -> dict:
-    """Pretrain, enhance three ways, score four towers; writes ``out/seed<k>/scores.json``."""
+def run_seed(
+    p: Protocol,
+    seed: int,
+    out: Path,
+    data: HeldOut,
+    cache_dir: str,
+    vae: str,
+    variants: Sequence[str] = VARIANTS,
+    method_sets: Sequence[str] = (),
+) -> dict:
+    """Pretrain, enhance each of ``variants``, score them and the original; writes
+    ``out/seed<k>/scores.json`` (reused only when it holds the same variants)."""
     from genhancer.toyworld.sparse import sparse_clip
 
     folder = out / f"seed{seed}"
     path = folder / "scores.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        if record.get("variants", list(VARIANTS)) == list(variants):
+            return record
     t0 = time.time()
     clip_dir = sparse_clip(
         cache_dir, seed=1000 + seed, train_steps=p.clip_steps, num_images=p.clip_images, rare_prob=p.rare_prob
     )
     timings = {"pretrain_s": time.time() - t0}
     towers = {"original": clip_dir}
-    for v in VARIANTS:
+    for v in variants:
         t = time.time()
-        towers[v] = train_variant(p, clip_dir, seed, v, folder / v, cache_dir, vae)
+        towers[v] = train_variant(p, clip_dir, seed, v, folder / v, cache_dir, vae, method_sets)
         timings[f"{v}_train_s"] = time.time() - t
     t = time.time()
     scored = {name: score_tower(d, data) for name, d in towers.items()}
@@ -355,13 +444,14 @@ def run_seed(p: Protocol, seed: int, out: Path, data: HeldOut, cache_dir: str, v
     base = scored["original"]["global_tokens"]
     record = {
         "seed": seed,
+        "variants": list(variants),
         "metrics": {k: v["metrics"] for k, v in scored.items()},
         "items": {k: v["items"] for k, v in scored.items()},
-        "recon_loss": {v: reconstruction_loss(folder / v) for v in VARIANTS},
-        "tower_change": {v: tower_change(clip_dir, towers[v]) for v in VARIANTS},
+        "recon_loss": {v: reconstruction_loss(folder / v) for v in variants},
+        "tower_change": {v: tower_change(clip_dir, towers[v]) for v in variants},
         "token_cosine": {
             v: float(torch.nn.functional.cosine_similarity(base, scored[v]["global_tokens"]).mean())
-            for v in VARIANTS
+            for v in variants
         },
         "timings_s": timings,
     }
@@ -412,8 +502,9 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
 def aggregate(records: list[dict]) -> dict:
     """Per metric and variant: mean/std of both models, paired difference, t-test, pooled sign test."""
     keys = list(records[0]["metrics"]["original"])
+    variants = records[0].get("variants", list(VARIANTS))
     table: dict[str, dict] = {}
-    for v in VARIANTS:
+    for v in variants:
         rows = {}
         for k in keys:
             orig = [r["metrics"]["original"][k] for r in records]
@@ -433,10 +524,10 @@ def aggregate(records: list[dict]) -> dict:
             rows[k] = row
         table[v] = rows
     extra = {
-        name: {v: _mean_std([r[name][v] for r in records]) for v in VARIANTS}
+        name: {v: _mean_std([r[name][v] for r in records]) for v in variants}
         for name in ("recon_loss", "tower_change", "token_cosine")
     }
-    return {"seeds": [r["seed"] for r in records], "table": table, **extra}
+    return {"seeds": [r["seed"] for r in records], "variants": variants, "table": table, **extra}
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -473,7 +564,7 @@ def markdown(agg: dict, protocol: Protocol, wall_s: float) -> str:
         "tower change | token cosine |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for v in VARIANTS:
+    for v in agg.get("variants", VARIANTS):
         r = agg["table"][v]
         cells = [
             f"{r[k]['delta'][0]:+.1f} ± {r[k]['delta'][1]:.1f}"
@@ -483,6 +574,8 @@ def markdown(agg: dict, protocol: Protocol, wall_s: float) -> str:
             f"| {v} | {agg['recon_loss'][v][0]:.4f} ± {agg['recon_loss'][v][1]:.4f} | {' | '.join(cells)} | "
             f"{agg['tower_change'][v][0]:.4f} | {agg['token_cosine'][v][0]:.3f} |"
         )
+    if any(v in METHOD_VARIANTS for v in agg.get("variants", ())):
+        lines += ["", *head_to_head_lines(agg)]
     seeds_s = sum(sum(t.values()) for t in agg.get("timings_s", {}).values())
     lines += [
         "",
@@ -490,6 +583,42 @@ def markdown(agg: dict, protocol: Protocol, wall_s: float) -> str:
         f"(finished seeds are reused); pretraining + training + scoring summed over seeds {seeds_s / 60:.1f} min.",
     ]
     return "\n".join(lines) + "\n"
+
+
+#: The head-to-head's pre-registered rows (README, "Does it work?").
+HEADLINES: tuple[str, ...] = (
+    "mmvp/average",
+    "mmvp/rare",
+    "probe/rare",
+    "probe/common",
+    "zeroshot/mean",
+    "cluster/acc_mean",
+    "cluster/nmi_mean",
+    "cluster/digits_acc",
+)
+
+
+def head_to_head_lines(agg: dict) -> list[str]:
+    """One row per headline metric: the original, then each method as mean ± std, Δ and its paired
+    t-test p over seeds."""
+    variants = agg["variants"]
+    t = agg["table"]
+    head = "| metric | original | " + " | ".join(variants) + " |"
+    lines = [
+        "Head to head (each cell: mean ± std over seeds; Δ vs original; paired t-test p over seeds):",
+        "",
+        head,
+        "|---" * (len(variants) + 2) + "|",
+    ]
+    for k in HEADLINES:
+        if k not in t[variants[0]]:
+            continue
+        cells = [_fmt(t[variants[0]][k]["original"])]
+        for v in variants:
+            r = t[v][k]
+            cells.append(f"{_fmt(r[v])} (Δ {r['delta'][0]:+.1f}, p {_p(r['t_p'])})")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def figures(agg: dict, out: Path) -> list[Path]:
@@ -500,6 +629,10 @@ def figures(agg: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
+    if any(v in METHOD_VARIANTS for v in agg.get("variants", ())):
+        paths.append(methods_figure(agg, out, plt))
+    if "enhanced" not in agg["table"]:
+        return paths
     t = agg["table"]["enhanced"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), gridspec_kw={"width_ratios": [6, 9, 3]})
     for ax, prefix, title in zip(
@@ -541,6 +674,8 @@ def figures(agg: dict, out: Path) -> list[Path]:
         ("fig_trend_local.png", ("enhanced", "local"), "global token only vs + local tokens"),
         ("fig_trend_stages.png", ("enhanced", "one_stage"), "two-stage vs one-stage"),
     ):
+        if not all(v in agg["table"] for v in variants):
+            continue
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 3]})
         a1.bar(
             list(variants),
@@ -574,6 +709,34 @@ def figures(agg: dict, out: Path) -> list[Path]:
     return paths
 
 
+def methods_figure(agg: dict, out: Path, plt) -> Path:
+    """Δ vs the original tower per headline metric, one bar per method, std over seeds."""
+    variants = agg["variants"]
+    keys = [k for k in HEADLINES if k in agg["table"][variants[0]]]
+    fig, ax = plt.subplots(figsize=(12, 4))
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        r = agg["table"][v]
+        ax.bar(
+            [j + (i - (len(variants) - 1) / 2) * width for j in range(len(keys))],
+            [r[k]["delta"][0] for k in keys],
+            width,
+            yerr=[r[k]["delta"][1] for k in keys],
+            label="genhancer" if v == "enhanced" else v,
+            capsize=3,
+        )
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(keys)), keys, rotation=20)
+    ax.set_ylabel("Δ vs original (points)")
+    ax.set_title(f"The methods head to head on the sparse-caption world, seeds {agg['seeds']}")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "fig_methods.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 # --- entry point ----------------------------------------------------------------------------------
 
 
@@ -589,6 +752,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--vae", default="genhancer-tiny:vae", help="FLUX-style VAE dir (tests pass their own)"
     )
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=ALL_VARIANTS,
+        default=list(VARIANTS),
+        help="what is trained against the original: GenHancer variants (enhanced, local, one_stage) "
+        f"and/or the other methods ({', '.join(METHOD_VARIANTS)}); the head to head: "
+        f"{' '.join(HEAD_TO_HEAD)}",
+    )
+    parser.add_argument(
+        "--method-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra enhance --set for the other methods' runs (tests point sd.path at their own SD)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -603,7 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = []
     for seed in args.seeds:
         log.info("seed %d", seed)
-        records.append(run_seed(p, seed, out, data, cache_dir, args.vae))
+        records.append(run_seed(p, seed, out, data, cache_dir, args.vae, args.methods, args.method_set))
     wall = time.time() - start
     agg = aggregate(records)
     agg["protocol"] = dataclasses.asdict(p)
