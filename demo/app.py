@@ -15,9 +15,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from demo.common import FINAL, SIDES, TITLES
 from demo.config import DemoConfig
 from demo.gallery import Gallery, load_gallery
-from demo.models import SIDES, TITLES, ModelRegistry
+from demo.models import ModelRegistry
 from demo.pair_test import TRUTH_CHOICES, message_html
 
 log = logging.getLogger("demo")
@@ -60,9 +61,10 @@ def _note(text: str) -> str:
 def _pair_handler(registry: ModelRegistry) -> Callable:
     from demo.pair_test import render_pair, score_pair
 
-    def run(image_a, image_b, s1, s2, t1, t2):
+    def run(image_a, image_b, s1, s2, t1, t2, variant=None):
         try:
-            return render_pair(score_pair(registry, image_a, image_b, [s1 or "", s2 or ""], [t1, t2]))
+            reg = registry.at(variant)
+            return render_pair(score_pair(reg, image_a, image_b, [s1 or "", s2 or ""], [t1, t2]))
         except Exception as exc:
             return message_html(_unexpected(exc), "error")
 
@@ -72,9 +74,9 @@ def _pair_handler(registry: ModelRegistry) -> Callable:
 def _heatmap_handler(registry: ModelRegistry) -> Callable:
     from demo.heatmap import heatmap_views
 
-    def run(image, statement):
+    def run(image, statement, variant=None):
         try:
-            views, message = heatmap_views(registry, image, statement)
+            views, message = heatmap_views(registry.at(variant), image, statement)
         except Exception as exc:
             views, message = [], _unexpected(exc)
         out = []
@@ -97,9 +99,9 @@ def _reconstruction_handler(registry: ModelRegistry) -> Callable:
     from demo.images import enlarge
     from demo.reconstruct import reconstruction_views
 
-    def run(image):
+    def run(image, variant=None):
         try:
-            shown, views, message = reconstruction_views(registry, image)
+            shown, views, message = reconstruction_views(registry.at(variant), image)
         except Exception as exc:
             shown, views, message = None, [], _unexpected(exc)
         by_side = {v.side: v for v in views}
@@ -116,14 +118,17 @@ def _reconstruction_handler(registry: ModelRegistry) -> Callable:
 
 
 def _chat_handler(registry: ModelRegistry) -> Callable:
-    from demo.chat import chat_turn
+    """Streams ``(original panel, enhanced panel, question box)``; the box empties once asked."""
+    from demo.chat import WARNING, chat_panels
 
-    def run(image, question):
+    def run(image, question, original, enhanced):
+        panels = {"original": original or [], "enhanced": enhanced or []}
         try:
-            yield from chat_turn(registry, image, question)
+            for out in chat_panels(registry, image, question, panels):
+                yield out["original"], out["enhanced"], ""
         except Exception as exc:
-            text = "⚠ " + _unexpected(exc)
-            yield text, text
+            note = {"role": "assistant", "content": f"{WARNING} " + _unexpected(exc)}
+            yield [*panels["original"], note], [*panels["enhanced"], note], question
 
     return run
 
@@ -166,9 +171,24 @@ def build_app(
         )
         with gr.Accordion("Models", open=False, elem_id="gh-status"):
             status = gr.Markdown(status_markdown(registry))
-            gr.Button("refresh", size="sm").click(
-                lambda: status_markdown(registry), None, status, queue=False
-            )
+            refresh = gr.Button("refresh", size="sm")
+        choices = registry.variants()
+        variant = gr.Dropdown(
+            choices,
+            value=FINAL,
+            label="enhanced export",
+            info="the run's final export or any per-step export (stage2.export_every); reconstructions "
+            "use that export's own denoiser",
+            visible=len(choices) > 1,
+            interactive=True,
+            elem_id="enhanced-variant",
+        )
+
+        def refresh_models():  # a run still training adds per-step exports
+            now = registry.variants()
+            return status_markdown(registry), gr.update(choices=now, visible=len(now) > 1)
+
+        refresh.click(refresh_models, None, [status, variant], queue=False)
 
         with gr.Tabs():
             # --- pair test ---
@@ -194,7 +214,7 @@ def build_app(
                 pair_out = gr.HTML(elem_id="pair-result")
                 compare.click(
                     _pair_handler(registry),
-                    [image_a, image_b, s1, s2, t1, t2],
+                    [image_a, image_b, s1, s2, t1, t2, variant],
                     pair_out,
                     api_name="pair_test",
                 )
@@ -225,7 +245,10 @@ def build_app(
                     ]
                 hm_note = gr.HTML()
                 hm_go.click(
-                    _heatmap_handler(registry), [hm_image, hm_text], [*hm_views, hm_note], api_name="heatmap"
+                    _heatmap_handler(registry),
+                    [hm_image, hm_text, variant],
+                    [*hm_views, hm_note],
+                    api_name="heatmap",
                 )
                 if examples:
                     gr.Examples(
@@ -257,7 +280,7 @@ def build_app(
                 rec_note = gr.HTML()
                 rec_go.click(
                     _reconstruction_handler(registry),
-                    rec_image,
+                    [rec_image, variant],
                     [rec_input, *rec_views, rec_note],
                     api_name="reconstruct",
                 )
@@ -276,23 +299,28 @@ def build_app(
                         )
                     )
                 gr.Markdown(
-                    "One question goes to the LLaVA built on each tower; the answers stream side by side."
+                    "Each question goes to the LLaVA built on each tower; the answers stream side by side. "
+                    "Each side keeps its own conversation (LLaVA's vicuna_v1 template, the image in the first "
+                    "turn); Clear starts a new one, as does a new image."
                 )
                 with gr.Row():
-                    with gr.Column():
+                    with gr.Column(scale=1):
                         chat_image = _upload("image (optional)", "chat-image", height=240)
                         question = gr.Textbox(
                             label="question", placeholder="What color are the shapes?", elem_id="question"
                         )
-                        ask = gr.Button("Ask both", variant="primary", elem_id="ask")
-                    answers = [
-                        gr.Textbox(
-                            label=f"{TITLES[s]} LLaVA", lines=6, interactive=False, elem_id=f"answer-{s}"
-                        )
+                        with gr.Row():
+                            ask = gr.Button("Ask both", variant="primary", elem_id="ask")
+                            clear = gr.Button("Clear", elem_id="chat-clear")
+                    panels = [
+                        gr.Chatbot(label=f"{TITLES[s]} LLaVA", height=360, elem_id=f"chat-{s}", scale=1)
                         for s in SIDES
                     ]
-                ask.click(_chat_handler(registry), [chat_image, question], answers, api_name="chat")
-                question.submit(_chat_handler(registry), [chat_image, question], answers)
+                chat_run = _chat_handler(registry)
+                ask.click(chat_run, [chat_image, question, *panels], [*panels, question], api_name="chat")
+                question.submit(chat_run, [chat_image, question, *panels], [*panels, question])
+                clear.click(lambda: ([], [], ""), None, [*panels, question], queue=False)
+                chat_image.change(lambda _: ([], []), chat_image, panels, queue=False)
                 if examples:
                     gr.Examples(
                         [[e.image_a, "What color are the shapes?"] for e in examples[:3]],

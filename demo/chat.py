@@ -1,30 +1,77 @@
-"""Chat: one question to the LLaVA built on each tower, answers streamed side by side.
+"""Chat: a conversation with the LLaVA built on each tower, answers streamed side by side.
 
-:class:`~llava_integration.inference.LlavaRunner` answers in one piece, so streaming is done
-here: the prompt is built by the runner's own encoder (the training template, image tokens
-expanded) and ``generate`` gets a streamer that forwards each new piece of text. Both models
-generate at once in worker threads; the page is updated whenever either has something new.
-A runner without those encoding hooks is still answered, in one piece.
+Each side keeps its own history (its model's own earlier answers), rendered in LLaVA's
+``vicuna_v1`` conversation template with the image in the first user turn, as LLaVA-1.5's own
+multi-turn demo does: :func:`encode_conversation` builds the prompt with the training code's
+tokenizer (:func:`llava_integration.templates.tokenize`), image tokens expanded, so a first turn
+is exactly :meth:`~llava_integration.inference.LlavaRunner.encode`'s prompt. ``generate`` gets a
+streamer that forwards each new piece of text; both models generate at once in worker threads and
+the page is updated whenever either has something new. A runner without those encoding hooks is
+still answered (the last question alone, in one piece).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+from demo.common import SIDES
 from demo.images import open_image
-from demo.models import SIDES, ModelRegistry
+from demo.models import ModelRegistry
 from genhancer.runtime.errors import UserError, first_line
 
 _DONE, _PIECE, _ERROR = "done", "piece", "error"
+#: A side's conversation so far: (question, answer) pairs, oldest first.
+History = Sequence[tuple[str, str]]
+#: What a failed or missing answer starts with in the page (never sent back to the model).
+WARNING = "⚠"
+#: Shown for an empty answer (kept out of the history, like a warning).
+EMPTY = "(empty answer)"
 
 
-def _inputs(runner, image, question: str) -> dict:
-    """``generate`` keyword arguments for one (image, question), as ``LlavaRunner.generate`` builds them."""
+def encode_conversation(runner, image, history: History, question: str) -> list[int]:
+    """Prompt ids for ``question`` after ``history`` in the runner's template (``vicuna_v1``): the
+    image (if any) opens the first user turn, each earlier answer closes its turn with the end
+    token, and the prompt ends with the assistant's generation prompt."""
+    from llava_integration.templates import IMAGE_TOKEN, Turn, tokenize
+
+    turns: list = []
+    for q, a in [*history, (question, None)]:
+        text = f"{IMAGE_TOKEN}\n{q}" if image is not None and not turns else q
+        turns.append(Turn("human", text))
+        if a is not None:
+            turns.append(Turn("gpt", a))
+    ids, _ = tokenize(runner.tokenizer, runner.template, turns, include_end=True, add_generation_prompt=True)
+    if image is not None:
+        pos = ids.index(runner.image_token_id)
+        ids = ids[:pos] + [runner.image_token_id] * runner.num_image_tokens + ids[pos + 1 :]
+    return ids
+
+
+def history_from_messages(messages) -> list[tuple[str, str]]:
+    """(question, answer) pairs of a chat panel's messages (``{"role", "content"}`` dicts), without
+    turns whose answer is a warning: the model never sees a failure as its own answer."""
+    pairs, question = [], None
+    for m in messages or []:
+        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (m.role, m.content)
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            content = " ".join(c.get("text", "") for c in content if isinstance(c, dict))
+        content = str(content or "")
+        if role == "user":
+            question = content
+        elif role == "assistant" and question is not None:
+            if not content.startswith(WARNING) and content != EMPTY:
+                pairs.append((question, content))
+            question = None
+    return pairs
+
+
+def _inputs(runner, image, question: str, history: History = ()) -> dict:
+    """``generate`` keyword arguments for one (image, conversation), as ``LlavaRunner.generate`` builds them."""
     import torch
 
-    ids = runner.encode(image, question)[0]
+    ids = encode_conversation(runner, image, history, question)
     input_ids = torch.tensor([ids], dtype=torch.long, device=runner.device)
     extra = {}
     if image is not None:
@@ -54,9 +101,12 @@ def _streamer(tokenizer, emit):
     return _Forward()
 
 
-def stream_answer(runner, image, question: str, max_new_tokens: int = 48) -> Iterator[str]:
-    """Yield the answer so far after each token (greedy, like ``LlavaRunner.generate``)."""
-    if not (hasattr(runner, "encode") and hasattr(runner, "preprocess") and hasattr(runner, "model")):
+def stream_answer(
+    runner, image, question: str, max_new_tokens: int = 48, history: History = ()
+) -> Iterator[str]:
+    """Yield the answer so far after each token (greedy, like ``LlavaRunner.generate``), to
+    ``question`` after the side's ``history``."""
+    if not (hasattr(runner, "tokenizer") and hasattr(runner, "preprocess") and hasattr(runner, "model")):
         yield runner.generate([image], question, max_new_tokens=max_new_tokens)[0]
         return
     pieces: queue.Queue = queue.Queue()
@@ -67,7 +117,7 @@ def stream_answer(runner, image, question: str, max_new_tokens: int = 48) -> Ite
 
             with torch.no_grad():
                 runner.model.generate(
-                    **_inputs(runner, image, question),
+                    **_inputs(runner, image, question, history),
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     num_beams=1,
@@ -90,15 +140,19 @@ def stream_answer(runner, image, question: str, max_new_tokens: int = 48) -> Ite
             return
 
 
-def chat_turn(registry: ModelRegistry, image, question: str | None) -> Iterator[tuple[str, str]]:
-    """What the chat button streams: ``(original answer, enhanced answer)`` so far, repeatedly.
+def chat_turn(
+    registry: ModelRegistry, image, question: str | None, histories: dict[str, History] | None = None
+) -> Iterator[tuple[str, str]]:
+    """What the chat button streams: ``(original answer, enhanced answer)`` so far, repeatedly,
+    each side answering after its own ``histories[side]`` (none: a first turn).
 
     A side that cannot answer (no model given, load failure) shows why, in place of its answer.
     """
     cfg = registry.cfg
+    histories = histories or {}
     question = (question or "").strip()
     if not question:
-        yield ("⚠ write a question first",) * 2
+        yield (f"{WARNING} write a question first",) * 2
         return
     try:
         img = (
@@ -107,7 +161,7 @@ def chat_turn(registry: ModelRegistry, image, question: str | None) -> Iterator[
             else open_image(image, "image", cfg.max_image_pixels, int(cfg.max_upload_mb * 1e6))
         )
     except UserError as exc:
-        yield (f"⚠ {exc}",) * 2
+        yield (f"{WARNING} {exc}",) * 2
         return
     answers = {s: "" for s in SIDES}
     updates: queue.Queue = queue.Queue()
@@ -116,17 +170,17 @@ def chat_turn(registry: ModelRegistry, image, question: str | None) -> Iterator[
         try:
             runner = registry.llava(side)
         except UserError as exc:
-            answers[side] = f"⚠ {exc}"
+            answers[side] = f"{WARNING} {exc}"
             continue
         running += 1
 
         def work(side=side, runner=runner):
             try:
-                for text in stream_answer(runner, img, question, cfg.max_new_tokens):
+                for text in stream_answer(runner, img, question, cfg.max_new_tokens, histories.get(side, ())):
                     updates.put((side, text, False))
                 updates.put((side, None, True))
             except UserError as exc:
-                updates.put((side, f"⚠ {exc}", True))
+                updates.put((side, f"{WARNING} {exc}", True))
 
         threading.Thread(target=work, daemon=True).start()
     yield answers["original"], answers["enhanced"]
@@ -137,5 +191,24 @@ def chat_turn(registry: ModelRegistry, image, question: str | None) -> Iterator[
         if finished:
             running -= 1
             if not answers[side]:
-                answers[side] = "(empty answer)"
+                answers[side] = EMPTY
         yield answers["original"], answers["enhanced"]
+
+
+def chat_panels(
+    registry: ModelRegistry, image, question: str | None, panels: dict[str, list]
+) -> Iterator[dict[str, list]]:
+    """The chat tab's multi-turn step: each side's panel messages (``{"role", "content"}``) with
+    the new question and the answer so far appended, streamed; the history each side answers
+    after comes from its own panel (:func:`history_from_messages`)."""
+    question = (question or "").strip()
+    before = {s: list(panels.get(s) or []) for s in SIDES}
+    histories = {s: history_from_messages(before[s]) for s in SIDES}
+    for answers in chat_turn(registry, image, question, histories):
+        if not question:  # nothing to add to the conversation; say so in the last turn's place
+            yield {s: [*before[s], {"role": "assistant", "content": a}] for s, a in zip(SIDES, answers)}
+            continue
+        yield {
+            s: [*before[s], {"role": "user", "content": question}, {"role": "assistant", "content": a}]
+            for s, a in zip(SIDES, answers)
+        }

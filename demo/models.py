@@ -8,21 +8,17 @@ failure is remembered too, so a broken path does not cost a reload on every clic
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from demo.common import FINAL, SIDES, TITLES, Unavailable
 from demo.config import DemoConfig
 from genhancer.runtime.errors import UserError, first_line
 
-#: The two sides every tab compares, in display order.
-SIDES: tuple[str, ...] = ("original", "enhanced")
-TITLES = {"original": "Original", "enhanced": "Enhanced"}
-
-
-class Unavailable(UserError):
-    """A feature cannot run: a model was not given, or it failed to load (the text says which)."""
+__all__ = ["FINAL", "SIDES", "TITLES", "ModelRegistry", "Unavailable", "best_device", "find_denoiser_dir"]
 
 
 def best_device(device: str = "auto") -> str:
@@ -51,13 +47,34 @@ def find_denoiser_dir(path: str) -> Path | None:
     return None
 
 
+def find_run_dir(path: str | Path | None) -> Path | None:
+    """The ``enhance`` run folder that ``path`` belongs to (the run itself, its ``export/``,
+    ``export/hf``, ``export/denoiser``, ``export/steps/N``...): the nearest folder, ``path`` or
+    above it, holding ``config.yaml`` and ``export/``; None when there is none."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    for candidate in (p, *list(p.parents)[:4]):
+        if (candidate / "config.yaml").is_file() and (candidate / "export").is_dir():
+            return candidate
+    return None
+
+
+def step_exports(run_dir: Path | None) -> list[tuple[int, Path]]:
+    """The run's complete per-step exports (``export/steps/<step>/``), oldest first (the folder
+    names :func:`enhance.export.export_step` writes; read here without importing torch)."""
+    steps = run_dir / "export" / "steps" if run_dir is not None else None
+    if steps is None or not steps.is_dir():
+        return []
+    return sorted((int(p.name), p) for p in steps.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def run_cache_dir(denoiser_dir: Path | None) -> str | None:
     """The ``cache_dir`` the run was trained with (where its genhancer-tiny:* models live)."""
-    if denoiser_dir is None:
+    run_dir = find_run_dir(denoiser_dir)
+    if run_dir is None:
         return None
-    cfg_file = denoiser_dir.parent.parent / "config.yaml"
-    if not cfg_file.is_file():
-        return None
+    cfg_file = run_dir / "config.yaml"
     try:
         import yaml
 
@@ -91,10 +108,35 @@ class ModelRegistry:
         self._failed: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.run_dir = find_run_dir(cfg.enhanced) or find_run_dir(cfg.denoiser)
+        self.variant = FINAL
+
+    # --- the enhanced run's exports ------------------------------------------------------------
+    def variants(self) -> list[str]:
+        """The model picker's choices: ``final``, then ``step N`` for every per-step export."""
+        return [FINAL, *(f"step {n}" for n, _ in step_exports(self.run_dir))]
+
+    def at(self, variant: str | None) -> ModelRegistry:
+        """This registry with the enhanced side at ``variant`` (a :meth:`variants` entry; None or
+        ``final``: the final export). Loaded models are shared: each export loads once."""
+        variant = variant or FINAL
+        if variant == self.variant:
+            return self
+        if variant not in self.variants():
+            raise Unavailable(f"the enhanced run has no export '{variant}' (choose one of {self.variants()})")
+        view = copy.copy(self)  # the caches (dicts, locks) are the same objects
+        view.variant = variant
+        return view
+
+    def _step_dir(self) -> Path | None:
+        if self.variant == FINAL:
+            return None
+        return dict(step_exports(self.run_dir))[int(self.variant.removeprefix("step "))]
 
     # --- what is configured ------------------------------------------------------------------
     def encoder_spec(self, side: str) -> str:
-        return getattr(self.cfg, side)
+        step = self._step_dir() if side == "enhanced" else None
+        return str(step) if step is not None else getattr(self.cfg, side)
 
     def llava_dir(self, side: str) -> str:
         return getattr(self.cfg, f"llava_{side}")
@@ -159,10 +201,28 @@ class ModelRegistry:
             except UserError as exc:
                 raise Unavailable(f"{TITLES[side]} encoder ({spec}): {exc}") from None
 
-        return self._get(f"encoder:{side}", build)
+        key = (
+            f"encoder:{side}"
+            if side != "enhanced" or self.variant == FINAL
+            else f"encoder:{side}@{self.variant}"
+        )
+        return self._get(key, build)
 
     def reconstructor(self):
-        """The exported projector + denoiser + VAE (a :class:`demo.reconstruct.Reconstructor`)."""
+        """The exported projector + denoiser + VAE (a :class:`demo.reconstruct.Reconstructor`) of
+        the picked export: a per-step export brings its own ``denoiser/``."""
+        step = self._step_dir()
+        if step is not None:
+            folder = step / "denoiser"
+            if not (folder / "genhancer.json").is_file():
+                raise Unavailable(
+                    f"the {self.variant} export ({step}) holds no denoiser/: the run was trained with "
+                    "stage2.export_denoiser=false; pick 'final' or train with it on"
+                )
+            return self._get(
+                f"reconstructor@{self.variant}",
+                lambda: self._loaders["reconstructor"](folder, self.device, self.cache_dir),
+            )
         if self.denoiser_dir is None:
             given = self.cfg.denoiser or self.cfg.enhanced
             where = f" ('{given}' has no export/denoiser/genhancer.json)" if given else ""

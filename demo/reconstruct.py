@@ -16,14 +16,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
+from demo.common import SIDES, Unavailable
 from demo.images import open_image, to_pil
-from demo.models import SIDES, ModelRegistry, Unavailable
 from enhance.export import DenoiserExport, load_denoiser_export
 from genhancer.runtime.errors import UserError
+
+if TYPE_CHECKING:  # the registry loads this module's Reconstructor; no import back at run time
+    from demo.models import ModelRegistry
 
 
 class Reconstructor:

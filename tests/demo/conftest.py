@@ -4,7 +4,7 @@ tiny LLaVAs, all built from configs in the session's temp folder (no hub, no cac
 Fixtures:
 
 * ``demo_run`` (session): run dir of ``enhance.train.run`` on the tiny CLIP of ``tmp_model_dirs``
-  (``export/hf``, ``export/denoiser``).
+  (``export/hf``, ``export/denoiser``, ``export/steps/{1,2}/`` each with its ``denoiser/``).
 * ``llava_dirs`` (session): ``{"original": DIR, "enhanced": DIR}``, saved tiny LLaVAs.
 * ``toy_gallery`` (session): the toy-world gallery, written once.
 * ``demo_cfg`` (session): ``(**overrides) -> DemoConfig`` wired to the above (CPU).
@@ -26,7 +26,10 @@ def demo_run(tmp_model_dirs, tmp_path_factory) -> Path:
     from enhance.train import run
 
     root_conftest = load_test_module("conftest.py", "_genhancer_tests_root_conftest")
-    cfg = root_conftest.build_tiny_enhance_config(tmp_model_dirs, ["logging.preview_count=0"])
+    # a per-step export (with its denoiser: the tiny preset's stage2.export_denoiser) after each of
+    # the 2 stage-2 steps, for the model picker
+    sets = ["logging.preview_count=0", "stage2.export_every=1", "stage2.export_keep=0"]
+    cfg = root_conftest.build_tiny_enhance_config(tmp_model_dirs, sets)
     out = tmp_path_factory.mktemp("demo_run") / "run"
     run(cfg, out)
     return out

@@ -13,7 +13,17 @@ def test_page_has_every_tab_and_endpoint(demo_cfg, toy_gallery):
     config = app.get_config_file()
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     assert {f"tab-{tab}" for tab, _ in TABS} <= ids
-    assert {"compare", "pair-result", "hm-go", "rec-go", "ask", "answer-original", "answer-enhanced"} <= ids
+    assert {
+        "compare",
+        "pair-result",
+        "hm-go",
+        "rec-go",
+        "ask",
+        "chat-clear",
+        "chat-original",
+        "chat-enhanced",
+    } <= ids
+    assert "enhanced-variant" in ids  # the model picker (shown when the run has per-step exports)
     names = {d.get("api_name") for d in config["dependencies"]}
     assert {"pair_test", "heatmap", "reconstruct", "chat"} <= names
 
