@@ -1,8 +1,8 @@
 """The demo in a real headless browser: Debian's Chromium driven by Playwright.
 
 The app runs in-process on tiny models on a free loopback port. Tests upload two images and a
-statement and read both models' scores off the page, ask one chat question and wait for both
-streamed answers, and save a screenshot of every tab to ``docs/screenshots/<tab>.png`` (linked
+statement and read both models' scores off the page, hold a two-turn chat and wait for both
+streamed answers of each turn, then clear it, and save a screenshot of every tab to ``docs/screenshots/<tab>.png`` (linked
 from the README) and to the pytest temp folder.
 
 Chromium comes from the system packages (``apt-get install chromium``); a browser that
@@ -217,26 +217,63 @@ def test_heatmap_and_reconstruction_tabs(browser, app_url, artefacts):
     page.close()
 
 
-def test_chat_streams_both_answers(browser, app_url, artefacts):
+def _bot_texts(page, side: str) -> list[str]:
+    return page.locator(f"#chat-{side} [data-testid=bot]").all_inner_texts()
+
+
+def _plain(text: str) -> str:
+    """Letters and digits only: the panel renders answers as Markdown (tiny models emit noise)."""
+    return re.sub(r"[^0-9A-Za-z]", "", text)
+
+
+def _wait_for_answers(page, expected: dict[str, list[str]]) -> None:
+    """Until each side's panel shows exactly ``expected[side]`` as its answers (streaming done)."""
+    want = {s: [_plain(a) for a in answers] for s, answers in expected.items()}
+    for _ in range(TIMEOUT_MS // 250):
+        got = {s: [_plain(t) for t in _bot_texts(page, s)] for s in expected}
+        if got == want:
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError(f"chat panels show {got}, expected {want}")
+
+
+def test_chat_keeps_a_conversation_per_side_and_clears(browser, app_url, artefacts):
+    from PIL import Image
+
+    from demo.chat import EMPTY, stream_answer
+
     url, app = app_url
     image_path = app.gallery.examples[5].image_a
+    image = Image.open(image_path).convert("RGB")
+    n = app.registry.cfg.max_new_tokens
     page = _page(browser, url)
     _open_tab(page, "Chat")
     _upload(page, "chat-image", image_path)
-    question = "What color are the shapes?"
-    page.locator("#question textarea").fill(question)
+    first, follow_up = "What color are the shapes?", "What shape are they?"
+    page.locator("#question textarea").fill(first)
     page.locator("#ask").click()
-    from PIL import Image
+    answers = {
+        s: [list(stream_answer(app.registry.llava(s), image, first, n))[-1] or EMPTY]
+        for s in ("original", "enhanced")
+    }
+    _wait_for_answers(page, answers)
+    assert page.locator("#question textarea").input_value() == ""  # asked: the box is free again
 
-    image = Image.open(image_path).convert("RGB")
-    n = app.registry.cfg.max_new_tokens
-    for side in ("original", "enhanced"):
-        answer = app.registry.llava(side).generate([image], question, n)[0] or "(empty answer)"
-        page.wait_for_function(
-            "([id, s]) => document.querySelector(`#${id} textarea`).value === s",
-            arg=[f"answer-{side}", answer],
-        )
+    # the second answer comes after the side's own first exchange (an empty answer is not history)
+    page.locator("#question textarea").fill(follow_up)
+    page.locator("#ask").click()
+    for side, said in answers.items():
+        history = [(first, said[0])] if said[0] != EMPTY else []
+        runner = app.registry.llava(side)
+        said.append(list(stream_answer(runner, image, follow_up, n, history))[-1] or EMPTY)
+    _wait_for_answers(page, answers)
+    for side in answers:
+        assert page.locator(f"#chat-{side} [data-testid=user]").all_inner_texts() == [first, follow_up]
     _shoot(page, "chat", artefacts)
+
+    page.locator("#chat-clear").click()
+    _wait_for_answers(page, {"original": [], "enhanced": []})
+    assert page.locator("#chat-original [data-testid=user]").count() == 0
     page.close()
 
 
