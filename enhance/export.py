@@ -76,7 +76,10 @@ def write_denoiser_export(model: GenHancerModel, cfg, folder: Path) -> Path:
         "vae": configtools.to_dict(cfg.vae),
         "flow": configtools.to_dict(cfg.flow),
         "backbone": configtools.to_dict(cfg.backbone),
+        "method": cfg.method.name,
     }
+    if cfg.denoiser.kind == "sd":  # the frozen SD reloads from sd.path; only the projector is ours
+        meta["sd"] = configtools.to_dict(cfg.sd)
     (folder / DENOISER_META).write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -175,6 +178,7 @@ class DenoiserExport:
     denoiser: torch.nn.Module
     codec: torch.nn.Module
     meta: dict
+    text_context: torch.Tensor | None = None  # frozen-SD methods: the embedding the condition adds to
 
     @property
     def kind(self) -> str:
@@ -198,6 +202,8 @@ class DenoiserExport:
     def to(self, device: str | torch.device) -> DenoiserExport:
         for part in (self.projector, self.denoiser, self.codec):
             part.to(device)
+        if self.text_context is not None:
+            self.text_context = self.text_context.to(device)
         return self
 
     @torch.no_grad()
@@ -208,6 +214,19 @@ class DenoiserExport:
         training model's own :meth:`reconstruct` (``pixels`` only give the output size)."""
         from enhance.model import DiscreteGenHancerModel
 
+        if self.kind == "sd":
+            from enhance.methods.sd_models import SDMethodModel
+
+            sd = SimpleNamespace(**self.meta["sd"])
+            model = SDMethodModel(
+                _FixedToken(token),
+                self.projector,
+                self.denoiser,
+                self.codec,
+                self.text_context,
+                SimpleNamespace(sd=sd),
+            )
+            return model.reconstruct(pixels, generator, steps=steps or sd.reconstruct_steps)
         cls = DiscreteGenHancerModel if self.kind == "discrete" else GenHancerModel
         model = cls(_FixedToken(token), self.projector, self.denoiser, self.codec)
         return model.reconstruct(pixels, generator, steps=steps)
@@ -243,6 +262,8 @@ def load_denoiser_export(folder: str | Path, cache_dir: str | None = None) -> De
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder / DENOISER_META}: {first_line(exc)}") from None
     kind = meta.get("denoiser", {}).get("kind", "continuous")
+    if kind == "sd":
+        return _load_sd_export(folder, meta, cache_dir)
     if kind not in ("continuous", "discrete"):
         raise UserError(f"the run in {folder.parent.parent} used an unknown '{kind}' denoiser")
     weights = "transformer" if kind == "continuous" else "perceiver"
@@ -263,3 +284,29 @@ def load_denoiser_export(folder: str | Path, cache_dir: str | None = None) -> De
     codec = build_codec(configtools.from_dict(VAEConfig, meta["vae"], "vae"), cache_dir)
     denoiser = ContinuousDenoiser(module, guidance=float(meta["denoiser"].get("guidance", 4.0)))
     return DenoiserExport(projector.eval(), denoiser.eval(), codec.eval(), meta)
+
+
+def _load_sd_export(folder: Path, meta: dict, cache_dir: str | None) -> DenoiserExport:
+    """A frozen-SD method's export: its projector, and the SD (``sd.path``) it was trained through.
+    DIVA conditions on every tower token, so only the global-token methods reconstruct from it."""
+    from enhance.config import SDConfig, VAEConfig
+    from enhance.denoisers.sd import build_sd, text_embedding
+    from enhance.methods.sd_models import TokenProjector
+
+    method = meta.get("method", "")
+    if method == "diva":
+        raise UserError(
+            f"the run in {folder.parent.parent} is DIVA, which conditions the UNet on every tower token; "
+            "reconstructions from the global token alone exist for genhancer, dcr and naive-contrastive"
+        )
+    try:
+        projector = TokenProjector.from_pretrained(folder / "projector")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the projector from {folder}: {first_line(exc)}") from None
+    cfg = SimpleNamespace(
+        sd=configtools.from_dict(SDConfig, meta["sd"], "sd"),
+        vae=configtools.from_dict(VAEConfig, meta["vae"], "vae"),
+    )
+    denoiser, codec, path = build_sd(cfg, cache_dir)
+    text = text_embedding(cfg, path, "")
+    return DenoiserExport(projector.eval(), denoiser.eval(), codec.eval(), meta, text)

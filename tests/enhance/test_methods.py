@@ -186,3 +186,47 @@ def test_every_method_has_every_paper_backbone():
     }
     for method in METHODS:
         assert backbones <= set(method_presets(method)["presets"]), method
+
+
+def test_dcr_on_an_open_clip_tower_exports_what_open_clip_loads(tmp_path, tiny_method_config, tmp_model_dirs):
+    import open_clip
+    from safetensors.torch import load_file as load_st
+
+    from enhance.train import run
+
+    cfg = tiny_method_config(
+        "dcr", "backbone.family=open_clip", f"backbone.name_or_path={tmp_model_dirs.open_clip_json}"
+    )
+    run(cfg, tmp_path / "run")
+    target = tmp_path / "run" / "export" / "open_clip"
+    meta = json.loads((target / "open_clip_config.json").read_text())
+    model = open_clip.create_model(meta["model_name"])
+    model.load_state_dict(load_st(target / "open_clip_model.safetensors"))  # strict: same keys
+    assert json.loads((tmp_path / "run" / "export" / "genhancer_export.json").read_text())["method"] == "dcr"
+
+
+def test_dcr_export_reconstructs_like_the_training_model(tmp_path, tiny_method_config):
+    """``load_denoiser_export`` rebuilds projector + frozen SD; its reconstruction from a given
+    global token equals the training model's; DIVA's export is refused by name."""
+    from enhance.export import load_denoiser_export
+    from enhance.train import build_model, run
+
+    cfg = tiny_method_config("dcr", "stage2.steps=1")
+    run(cfg, tmp_path / "run")
+    export = load_denoiser_export(tmp_path / "run" / "export" / "denoiser", cfg.cache_dir)
+    model = build_model(cfg)
+    model.projector.load_state_dict(export.projector.state_dict())
+    pixels = torch.zeros(2, 3, 32, 32)
+    token = model.backbone(pixels).global_token.detach()
+    a = export.reconstruct(token, pixels, torch.Generator().manual_seed(0), steps=2)
+    b = model.reconstruct(pixels, torch.Generator().manual_seed(0), steps=2)
+    assert a.shape == (2, 3, 32, 32) and torch.allclose(a, b, atol=1e-5)
+
+
+def test_diva_export_is_not_a_global_token_reconstruction(tmp_path, tiny_method_config):
+    from enhance.export import load_denoiser_export
+    from enhance.train import run
+
+    run(tiny_method_config("diva", "stage2.steps=1"), tmp_path / "run")
+    with pytest.raises(UserError, match="DIVA"):
+        load_denoiser_export(tmp_path / "run" / "export" / "denoiser")
