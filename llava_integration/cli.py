@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
 from genhancer.runtime.errors import UserError
@@ -78,8 +79,8 @@ def describe(cfg) -> dict:
 PATH_KEYS = {
     "model.vision_tower": "the vision tower",
     "model.llm": "the language model",
-    "model.pretrained_projector": "the pretrained projector (--projector)",
-    "data.root": "the LLaVA data root (--data-root)",
+    "model.pretrained_projector": "the pretrained projector",
+    "data.root": "the LLaVA data root",
 }
 
 
@@ -93,6 +94,8 @@ def preflight(cfg, args: argparse.Namespace) -> None:
 
 def _swap(argv: list[str]) -> int:
     args = build_swap_parser().parse_args(argv)
+    if not (Path(args.model) / "config.json").is_file():  # before torch loads (swap_tower checks too)
+        raise UserError(f"--model {args.model}: not a saved LLaVA model (no config.json)")
     from llava_integration.model import swap_tower
 
     out = swap_tower(args.model, args.vision_tower, args.output_dir, args.cache_dir or None)
