@@ -56,8 +56,10 @@ def main() -> None:
     print(f"{'option':24s} {'UNet calls':>10s} {'time/exact':>10s} {'mean diff':>10s} {'max |diff|':>10s}")
     for name, (calls, losses, sec) in results.items():
         diffs = [a - e for a, e in zip(losses, base_loss)]
-        print(f"{name:24s} {calls:10d} {sec / base_time:10.2f} {statistics.mean(diffs):10.4f} "
-              f"{max(abs(d) for d in diffs):10.4f}")
+        print(
+            f"{name:24s} {calls:10d} {sec / base_time:10.2f} {statistics.mean(diffs):10.4f} "
+            f"{max(abs(d) for d in diffs):10.4f}"
+        )
     print(SimpleNamespace(exact_loss_mean=statistics.mean(base_loss)))
 
 

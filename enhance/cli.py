@@ -130,9 +130,7 @@ def describe_sd_method(cfg) -> dict:
             counts["projector"] = sum(p.numel() for p in proj.parameters())
         else:
             counts["projector"] = "unknown until the backbone is loaded"
-    lora = describe_lora(cfg)
-    counts["lora"] = lora.pop("lora_parameters")
-    counts["tower_bias"] = lora.pop("bias_parameters")
+    lora = lora_counts(cfg, counts)
     if cfg.stage2.tower_tuning == "full":
         counts["tower"] = describe_tower(cfg)
         counts["lora"] = counts["tower_bias"] = 0
@@ -204,9 +202,7 @@ def describe_genhancer(cfg) -> dict:
             counts["projector"] = sum(p.numel() for p in proj.parameters())
         else:
             counts["projector"] = "unknown until the backbone is loaded"
-    lora = describe_lora(cfg)
-    counts["lora"] = lora.pop("lora_parameters")
-    counts["tower_bias"] = lora.pop("bias_parameters")
+    lora = lora_counts(cfg, counts)
     from enhance.methods import get_method
 
     return {
@@ -276,6 +272,14 @@ def _meta_backbone(cfg):
         return HFSiglipBackbone.bare(SiglipModel(SiglipConfig(vision_config=vision, text_config=text)))
     config = CLIPConfig(vision_config=vision, text_config=text, projection_dim=proj)
     return HFCLIPBackbone.bare(CLIPModel(config))
+
+
+def lora_counts(cfg, counts: dict) -> dict:
+    """:func:`describe_lora`, its LoRA and bias parameter counts moved into ``counts``."""
+    lora = describe_lora(cfg)
+    counts["lora"] = lora.pop("lora_parameters")
+    counts["tower_bias"] = lora.pop("bias_parameters")
+    return lora
 
 
 def describe_lora(cfg) -> dict:

@@ -293,26 +293,34 @@ def summaries(m: dict[str, float]) -> dict[str, float]:
 # --- training -------------------------------------------------------------------------------------
 
 
-def enhance_overrides(
-    p: Protocol, clip_dir: Path, seed: int, variant: str, cache_dir: str, vae: str = "genhancer-tiny:vae"
-) -> list[str]:
-    """``--set`` overrides on ``enhance --preset tiny`` for one variant."""
-    sets = [
+def run_sets(p: Protocol, clip_dir: Path, seed: int, cache_dir: str) -> list[str]:
+    """What every run of a seed shares: the tower, world, seed, stage-2 length, no checkpoints or
+    per-step exports, quiet logging."""
+    return [
         f"backbone.name_or_path={clip_dir}",
-        f"vae.name_or_path={vae}",
         f"cache_dir={cache_dir}",
         f"train.seed={seed}",
         f"data.toyworld_seed={2000 + seed}",
         f"data.toyworld_size={p.enhance_images}",
-        f"stage1.steps={p.stage1_steps}",
-        f"stage1.lr={p.stage1_lr}",
-        f"stage2.lr={p.stage2_lr}",
         f"stage2.steps={p.stage2_steps}",
         "stage2.export_every=0",
         "checkpoint.every=100000",
         "logging.every=10" if p.stage1_steps >= 20 else "logging.every=1",
         "logging.preview_count=0",
         "logging.progress=false",
+    ]
+
+
+def enhance_overrides(
+    p: Protocol, clip_dir: Path, seed: int, variant: str, cache_dir: str, vae: str = "genhancer-tiny:vae"
+) -> list[str]:
+    """``--set`` overrides on ``enhance --preset tiny`` for one variant."""
+    sets = [
+        *run_sets(p, clip_dir, seed, cache_dir),
+        f"vae.name_or_path={vae}",
+        f"stage1.steps={p.stage1_steps}",
+        f"stage1.lr={p.stage1_lr}",
+        f"stage2.lr={p.stage2_lr}",
     ]
     sets += [
         f"stage{k}.{b}={p.batch}" for k in (1, 2) for b in ("global_batch_size", "per_device_batch_size")
@@ -334,19 +342,7 @@ def method_overrides(
     """``--set`` overrides on ``enhance --method M --preset tiny``: the same world, seed, schedule
     (stage lengths and learning rates) and batch as GenHancer; the frozen SD is the tiny one the
     method's tiny recipe names (built once on the full-caption world)."""
-    sets = [
-        f"backbone.name_or_path={clip_dir}",
-        f"cache_dir={cache_dir}",
-        f"train.seed={seed}",
-        f"data.toyworld_seed={2000 + seed}",
-        f"data.toyworld_size={p.enhance_images}",
-        f"stage2.steps={p.stage2_steps}",
-        "stage2.export_every=0",
-        "checkpoint.every=100000",
-        "logging.every=10" if p.stage1_steps >= 20 else "logging.every=1",
-        "logging.preview_count=0",
-        "logging.progress=false",
-    ]
+    sets = run_sets(p, clip_dir, seed, cache_dir)
     if method != "diva":  # DIVA is one stage with its own optimiser (SGD, cosine; tiny recipe)
         sets += [f"stage1.steps={p.stage1_steps}", f"stage1.lr={p.stage1_lr}", f"stage2.lr={p.stage2_lr}"]
     per_device = min(p.batch, 8) if method == "dcr" else p.batch  # DCR: B^2 UNet calls per micro-batch

@@ -219,6 +219,42 @@ def build_tiny_sd_dir(out_dir: Path, clip_dir: Path, prediction_type: str, seed:
     return out_dir
 
 
+#: The run settings every tiny test config shares: 2 + 2 steps on 4-image batches of a 64-image toy
+#: world, a checkpoint and a log line every step, 2 preview images.
+TINY_RUN_SETS = (
+    "data.source=toyworld",
+    "data.toyworld_size=64",
+    "data.num_workers=0",
+    "stage1.steps=2",
+    "stage1.global_batch_size=4",
+    "stage1.per_device_batch_size=4",
+    "stage2.steps=2",
+    "stage2.global_batch_size=4",
+    "stage2.per_device_batch_size=4",
+    "checkpoint.every=1",
+    "checkpoint.keep_last=2",
+    "logging.every=1",
+    "logging.preview_count=2",
+    "logging.progress=false",
+)
+
+
+def tiny_method_sets(dirs: TinyModelDirs, method: str, sd_dir: Path) -> list[str]:
+    """The ``--set`` items of :func:`build_tiny_method_config` (also what the CLI tests pass)."""
+    return [
+        "backbone.family=openai-clip",
+        f"backbone.name_or_path={dirs.clip}",
+        f"backbone.image_size={TINY_IMAGE_SIZE}",
+        f"sd.path={sd_dir}",
+        f"sd.cross_attention_dim={TINY_HIDDEN}",
+        "sd.reconstruct_steps=2",
+        *TINY_RUN_SETS,
+        "train.mixed_precision='no'",
+        f"cache_dir={dirs.cache}",
+        *TINY_METHOD_SETS[method],
+    ]
+
+
 #: What the tiny config of a frozen-SD method changes on top of the shared base (no GenHancer keys).
 TINY_METHOD_SETS = {
     "dcr": ("stage1.per_device_batch_size=4",),
@@ -232,31 +268,7 @@ def build_tiny_method_config(dirs: TinyModelDirs, method: str, sd_dir: Path, ove
     shrunk like :func:`build_tiny_enhance_config` (2 + 2 steps on 4-image batches)."""
     from enhance.config import load_config
 
-    base = [
-        "backbone.family=openai-clip",
-        f"backbone.name_or_path={dirs.clip}",
-        f"backbone.image_size={TINY_IMAGE_SIZE}",
-        f"sd.path={sd_dir}",
-        f"sd.cross_attention_dim={TINY_HIDDEN}",
-        "sd.reconstruct_steps=2",
-        "data.source=toyworld",
-        "data.toyworld_size=64",
-        "data.num_workers=0",
-        "stage1.steps=2",
-        "stage1.global_batch_size=4",
-        "stage1.per_device_batch_size=4",
-        "stage2.steps=2",
-        "stage2.global_batch_size=4",
-        "stage2.per_device_batch_size=4",
-        "checkpoint.every=1",
-        "checkpoint.keep_last=2",
-        "logging.every=1",
-        "logging.preview_count=2",
-        "logging.progress=false",
-        "train.mixed_precision='no'",
-        f"cache_dir={dirs.cache}",
-        *TINY_METHOD_SETS[method],
-    ]
+    base = tiny_method_sets(dirs, method, sd_dir)
     return load_config("tiny", overrides=[*base, *overrides], method=method)
 
 
@@ -277,20 +289,7 @@ def build_tiny_enhance_config(dirs: TinyModelDirs, overrides: tuple[str, ...] | 
         f"vae.latent_channels={TINY_LATENT_CHANNELS}",
         *TINY_DENOISER_OVERRIDES,
         "flow.preview_steps=2",
-        "data.source=toyworld",
-        "data.toyworld_size=64",
-        "data.num_workers=0",
-        "stage1.steps=2",
-        "stage1.global_batch_size=4",
-        "stage1.per_device_batch_size=4",
-        "stage2.steps=2",
-        "stage2.global_batch_size=4",
-        "stage2.per_device_batch_size=4",
-        "checkpoint.every=1",
-        "checkpoint.keep_last=2",
-        "logging.every=1",
-        "logging.preview_count=2",
-        "logging.progress=false",
+        *TINY_RUN_SETS,
         "train.mixed_precision='no'",  # quoted: YAML 1.1 reads a bare no as false
         f"cache_dir={dirs.cache}",
     ]

@@ -13,31 +13,8 @@ root = load_test_module("conftest.py", "_genhancer_tests_root_conftest")
 
 
 def method_cli_args(tmp_model_dirs, tiny_sd_dirs, method: str, *overrides: str) -> list[str]:
-    d = tmp_model_dirs
     sd = tiny_sd_dirs["epsilon" if method == "diva" else "v_prediction"]
-    sets = [
-        "backbone.family=openai-clip",
-        f"backbone.name_or_path={d.clip}",
-        f"backbone.image_size={root.TINY_IMAGE_SIZE}",
-        f"sd.path={sd}",
-        f"sd.cross_attention_dim={root.TINY_HIDDEN}",
-        "sd.reconstruct_steps=2",
-        "data.source=toyworld",
-        "data.toyworld_size=64",
-        "data.num_workers=0",
-        "stage1.global_batch_size=4",
-        "stage1.per_device_batch_size=4",
-        "stage2.global_batch_size=4",
-        "stage2.per_device_batch_size=4",
-        "checkpoint.every=1",
-        "logging.every=1",
-        "logging.preview_count=0",
-        "logging.progress=false",
-        "train.mixed_precision='no'",
-        f"cache_dir={d.cache}",
-        *root.TINY_METHOD_SETS[method],
-        *overrides,
-    ]
+    sets = [*root.tiny_method_sets(tmp_model_dirs, method, sd), "logging.preview_count=0", *overrides]
     out = ["--method", method, "--preset", "tiny"]
     for s in sets:
         out += ["--set", s]
