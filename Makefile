@@ -87,7 +87,7 @@ bench: $(STAMP)  # CPU part (tiny preset); GPU commands: BENCHMARKS.md
 
 # "Does it work?" in the README: the small pre-registered reproduction, 3 seeds (~25 min on 2 cores).
 reproduce-small: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.reproduce --output-dir runs/reproduce-small
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.reproduce --methods enhanced diva dcr naive-contrastive --output-dir runs/reproduce-small
 
 demo: $(STAMP)
 	$(BIN)/genhancer-demo --preset tiny
