@@ -85,7 +85,7 @@ bench: $(STAMP)  # CPU part (tiny preset); GPU commands: BENCHMARKS.md
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/latent_cache.py --preset tiny --steps 120
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/mllm_speed.py
 
-# "Does it work?" in the README: the small pre-registered reproduction, 3 seeds (~25 min on 2 cores).
+# "Does it work?" in the README: the pre-registered head to head, 3 seeds (about 1.5-2 h on 2 cores; DCR is most of it).
 reproduce-small: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.reproduce --methods enhanced diva dcr naive-contrastive --output-dir runs/reproduce-small
 
