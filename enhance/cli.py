@@ -163,6 +163,7 @@ def describe_genhancer(cfg) -> dict:
 
     from enhance.config import EnhanceConfig
     from enhance.denoisers.continuous import flux_kwargs
+    from enhance.methods import get_method
     from genhancer.runtime import configtools
     from genhancer.runtime.configtools import field_docs
 
@@ -203,8 +204,6 @@ def describe_genhancer(cfg) -> dict:
         else:
             counts["projector"] = "unknown until the backbone is loaded"
     lora = lora_counts(cfg, counts)
-    from enhance.methods import get_method
-
     return {
         "method": get_method(cfg.method.name).describe(cfg),
         "config": configtools.to_dict(cfg),

@@ -39,9 +39,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def _meta(cfg, stage2_step: int | None, final: bool) -> dict:
     s2 = cfg.stage2
-    method = getattr(getattr(cfg, "method", None), "name", "genhancer")
     return {
-        "method": method,
+        "method": cfg.method.name,
         "stage2_step": stage2_step,
         "final": final,
         "dtype": s2.export_dtype,
@@ -290,8 +289,9 @@ def _load_sd_export(folder: Path, meta: dict, cache_dir: str | None) -> Denoiser
     """A frozen-SD method's export: its projector, and the SD (``sd.path``) it was trained through.
     DIVA conditions on every tower token, so only the global-token methods reconstruct from it."""
     from enhance.config import SDConfig, VAEConfig
-    from enhance.denoisers.sd import build_sd, text_embedding
+    from enhance.denoisers.sd import build_sd, check_pipeline, text_embedding
     from enhance.methods.sd_models import TokenProjector
+    from genhancer.toyworld.models import resolve_tiny
 
     method = meta.get("method", "")
     if method == "diva":
@@ -307,6 +307,8 @@ def _load_sd_export(folder: Path, meta: dict, cache_dir: str | None) -> Denoiser
         sd=configtools.from_dict(SDConfig, meta["sd"], "sd"),
         vae=configtools.from_dict(VAEConfig, meta["vae"], "vae"),
     )
-    denoiser, codec, path = build_sd(cfg, cache_dir)
+    path = resolve_tiny(cfg.sd.path, cache_dir)
+    check_pipeline(cfg, path)
+    denoiser, codec, _ = build_sd(cfg, cache_dir)
     text = text_embedding(cfg, path, "")
     return DenoiserExport(projector.eval(), denoiser.eval(), codec.eval(), meta, text)

@@ -119,7 +119,8 @@ def configure_stage(model: GenHancerModel, stage: int, cfg) -> list[nn.Parameter
 
 
 def trainable_counts(model: GenHancerModel) -> dict[str, int]:
-    """Trainable parameters by part: ``lora``, ``tower_bias``, ``projector``, ``denoiser``."""
+    """Trainable parameters by part: ``lora``, ``tower_bias``, ``tower`` (full tuning), ``projector``,
+    ``denoiser``."""
     counts = {"lora": 0, "tower_bias": 0, "tower": 0, "projector": 0, "denoiser": 0}
     biases = set(getattr(model, "trained_tower_biases", ()))
     full = set(getattr(model, "trained_tower_params", ()))

@@ -37,7 +37,7 @@ def _read_json(root: str, sub: str, name: str, revision: str = "") -> dict | Non
         return None
 
 
-def check_pipeline(cfg, path: str) -> dict:
+def check_pipeline(cfg, path: str) -> None:
     """The checks that need only JSON: cross-attention width and prediction type (exit 2)."""
     sd = cfg.sd
     unet = _read_json(path, "unet", "config.json", sd.revision)
@@ -58,7 +58,6 @@ def check_pipeline(cfg, path: str) -> dict:
             f"sd.target={sd.target} but the UNet at '{sd.path}' was trained for '{found}'; set "
             f"sd.target={found}, or sd.allow_target_mismatch=true to train against {sd.target} anyway"
         )
-    return {"unet": unet, "scheduler": sched}
 
 
 def build_noise_schedule(cfg):
@@ -132,14 +131,14 @@ def text_embedding(cfg, path: str, prompt: str) -> torch.Tensor:
 
 
 def build_sd(cfg, cache_dir: str | None):
-    """``(SDDenoiser, LatentCodec, resolved path)``: frozen UNet, its VAE (SD normalisation), checked."""
+    """``(SDDenoiser, LatentCodec, resolved path)``: frozen UNet and its VAE (SD normalisation).
+    :func:`check_pipeline` is the caller's, before anything heavier than JSON is read."""
     from diffusers import UNet2DConditionModel
 
     from enhance.vae import build_codec
     from genhancer.toyworld.models import resolve_tiny
 
     path = resolve_tiny(cfg.sd.path, cache_dir)
-    check_pipeline(cfg, path)
     kw = {"revision": cfg.sd.revision} if cfg.sd.revision else {}
     with loading(f"the SD UNet from '{cfg.sd.path}'", "Point sd.path at a diffusers SD pipeline."):
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)

@@ -142,6 +142,17 @@ class FrozenSD(Method):
         return out
 
 
+def dcr_negatives(b: int, dcr_cfg) -> int:
+    """Negatives per anchor in a micro-batch of ``b``: every other image (exact) or
+    ``dcr.num_negatives`` of them (sampled), never more than ``b - 1``."""
+    return b - 1 if dcr_cfg.negatives == "exact" else min(dcr_cfg.num_negatives, b - 1)
+
+
+def dcr_unet_calls(b: int, dcr_cfg) -> int:
+    """UNet calls per micro-batch: ``b * (K + 1)`` (anchor + negatives) and ``b`` augmented views."""
+    return b * (dcr_negatives(b, dcr_cfg) + 1) + b
+
+
 def _projector(backbone_dim: int, cfg, mlp: bool):
     import torch
 
@@ -179,8 +190,8 @@ class DCR(FrozenSD):
         costs = {}
         for name in ("stage1", "stage2"):
             b = getattr(cfg, name).per_device_batch_size
-            k = b - 1 if cfg.dcr.negatives == "exact" else min(cfg.dcr.num_negatives, b - 1)
-            calls = b * (k + 1) + b
+            k = dcr_negatives(b, cfg.dcr)
+            calls = dcr_unet_calls(b, cfg.dcr)
             costs[name] = {
                 "per_device_batch": b,
                 "unet_calls_per_micro_batch": calls,
@@ -228,8 +239,6 @@ class DIVA(FrozenSD):
         d = cfg.diva
         if d.draws < 1 or d.num_tokens < 1 or d.avg_window < 1:
             raise UserError("diva.draws, diva.num_tokens and diva.avg_window must be >= 1")
-        if cfg.train.stages != [2]:
-            raise UserError(f"method diva is one stage: set train.stages=[2] (got {cfg.train.stages})")
 
     def build(self, cfg, backbone, cache_dir):
         from enhance.methods.sd_models import DivaModel

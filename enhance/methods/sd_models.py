@@ -14,6 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from enhance.methods import dcr_negatives, dcr_unet_calls
 from enhance.methods.augment import augment_view, normalise
 from enhance.projector import _head
 
@@ -121,8 +122,11 @@ class SDMethodModel(nn.Module):
         return t, noise, self.denoiser.add_noise(z, noise, t)
 
     def global_condition(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """DCR / naive: projector(global token) added to every text position: [B, L, H]."""
-        g = self.backbone(pixel_values).global_token
+        """DCR / naive: the condition of the tower's global token (:meth:`token_condition`)."""
+        return self.token_condition(self.backbone(pixel_values).global_token)
+
+    def token_condition(self, g: torch.Tensor) -> torch.Tensor:
+        """projector(global token) added to every text position: [B, L, H]."""
         return self.projector(g)[:, None, :] + self.text_context[None].to(g.dtype)
 
     def augmented_pixels(self, batch: dict, generator: torch.Generator, aug_cfg) -> torch.Tensor:
@@ -156,8 +160,7 @@ class DCRModel(SDMethodModel):
         self.dcr = dcr_cfg
 
     def unet_calls(self, b: int) -> int:
-        k = b - 1 if self.dcr.negatives == "exact" else min(self.dcr.num_negatives, b - 1)
-        return b * (k + 1) + b
+        return dcr_unet_calls(b, self.dcr)
 
     def predict_pairs(self, z_t, t, context, latent_idx, cond_idx) -> torch.Tensor:
         """UNet(z_t[latent_idx], t[latent_idx], context[cond_idx]), in chunks of ``dcr.unet_chunk``."""
@@ -181,9 +184,8 @@ class DCRModel(SDMethodModel):
     def objective(self, z, noise, t, z_t, context, context_plus, generator) -> torch.Tensor:
         """The DCR loss of one micro-batch from its latents, draws and the two conditions."""
         b = z.shape[0]
-        exact = self.dcr.negatives == "exact"
-        k = b - 1 if exact else min(self.dcr.num_negatives, b - 1)
-        neg_idx = negative_index(b, k, generator, exact).to(z.device)
+        k = dcr_negatives(b, self.dcr)
+        neg_idx = negative_index(b, k, generator, self.dcr.negatives == "exact").to(z.device)
         rows = torch.arange(b, device=z.device)
         latent_idx = torch.cat([rows, rows.repeat_interleave(k)])
         cond_idx = torch.cat([rows, neg_idx.reshape(-1)])
@@ -207,7 +209,7 @@ class NaiveContrastiveModel(SDMethodModel):
         t, noise, z_t = self.draw(z, generator)
         g = self.backbone(batch["pixel_values"]).global_token
         g_plus = self.backbone(self.augmented_pixels(batch, generator, self.aug)).global_token
-        context = self.projector(g)[:, None, :] + self.text_context[None].to(g.dtype)
+        context = self.token_condition(g)
         mse = F.mse_loss(self.denoiser(z_t, t, context), self.denoiser.target(z, noise, t).float())
         nce = info_nce(g, g_plus, self.naive.temperature)
         w = self.naive

@@ -619,9 +619,10 @@ def start_stage(
     resume_from: Path | None = None,
     load_weights: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ):
-    """AdamW (fused on CUDA; SGD with momentum when ``stage_cfg.optimizer`` says so) + LambdaLR over ``params``, prepared by ``accelerator``, and the loop
-    state: fresh, or restored from ``resume_from``. Returns ``(prepared, optimizer, scheduler, start)``.
-    ``stage_cfg`` supplies ``lr``, ``betas`` and ``weight_decay``."""
+    """AdamW (fused on CUDA), or SGD with momentum when ``stage_cfg.optimizer`` says so, + LambdaLR
+    over ``params``, prepared by ``accelerator``, and the loop state: fresh, or restored from
+    ``resume_from``. Returns ``(prepared, optimizer, scheduler, start)``. ``stage_cfg`` supplies
+    ``lr``, ``betas`` (or ``momentum``) and ``weight_decay``."""
     if getattr(stage_cfg, "optimizer", "adamw") == "sgd":  # DIVA's official optimiser
         optimizer = torch.optim.SGD(
             params, lr=stage_cfg.lr, momentum=stage_cfg.momentum, weight_decay=stage_cfg.weight_decay

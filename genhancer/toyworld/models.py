@@ -328,6 +328,17 @@ def _fit_on_toy_images(
     model.save_pretrained(out_dir, safe_serialization=True)
 
 
+def _vae_loss(kl_weight: float) -> Callable:
+    """Reconstruction MSE of a sampled posterior + ``kl_weight`` * KL: how both tiny VAEs train."""
+
+    def loss_fn(vae, x, gen):
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        return torch.nn.functional.mse_loss(recon, x) + kl_weight * posterior.kl().mean()
+
+    return loss_fn
+
+
 def tiny_vae_config(recipe: dict = TINY_VAE_RECIPE) -> dict:
     return {
         **_autoencoder_blocks(recipe),
@@ -343,11 +354,7 @@ def build_tiny_vae(out_dir: Path, recipe: dict = TINY_VAE_RECIPE) -> None:
     """A FLUX-shaped (16-channel, no quant convs) AutoencoderKL trained briefly on toy images."""
     from diffusers import AutoencoderKL
 
-    def loss_fn(vae, x, gen):
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=gen)).sample
-        return torch.nn.functional.mse_loss(recon, x) + recipe["kl_weight"] * posterior.kl().mean()
-
+    loss_fn = _vae_loss(recipe["kl_weight"])
     torch.manual_seed(recipe["seed"])
     _fit_on_toy_images(AutoencoderKL(**tiny_vae_config(recipe)), recipe, loss_fn, out_dir / "vae")
 
@@ -422,11 +429,7 @@ def build_tiny_sd(out_dir: Path, recipe: dict) -> None:
         "scaling_factor": r["scaling_factor"],
     }
 
-    def vae_loss(vae, x, gen):
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=gen)).sample
-        return torch.nn.functional.mse_loss(recon, x) + r["kl_weight"] * posterior.kl().mean()
-
+    vae_loss = _vae_loss(r["kl_weight"])
     torch.manual_seed(r["seed"])
     vae = AutoencoderKL(**vae_cfg)
     _fit_on_toy_images(vae, vae_recipe, vae_loss, out_dir / "vae")
