@@ -40,6 +40,9 @@ from types import ModuleType
 
 import torch
 
+from eval.stats import mean_std as _mean_std
+from eval.stats import paired_t, sign_test
+
 log = logging.getLogger("reproduce")
 
 VARIANTS: tuple[str, ...] = ("enhanced", "local", "one_stage")
@@ -457,42 +460,6 @@ def run_seed(
 
 
 # --- statistics -----------------------------------------------------------------------------------
-
-
-def paired_t(diffs: Sequence[float]) -> float:
-    """Two-sided paired t-test p-value (scipy when installed); nan when undefined."""
-    n = len(diffs)
-    if n < 2:
-        return float("nan")
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    if sd == 0:
-        return float("nan") if mean == 0 else 0.0
-    t = mean / (sd / math.sqrt(n))
-    try:
-        from scipy import stats
-
-        return float(2 * stats.t.sf(abs(t), n - 1))
-    except ImportError:  # pragma: no cover
-        return float("nan")
-
-
-def sign_test(before: Sequence[bool], after: Sequence[bool]) -> tuple[int, int, float]:
-    """Items right only after / only before, and the exact two-sided binomial p on them."""
-    up = sum(1 for b, a in zip(before, after, strict=True) if a and not b)
-    down = sum(1 for b, a in zip(before, after, strict=True) if b and not a)
-    n = up + down
-    if n == 0:
-        return up, down, 1.0
-    k = min(up, down)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return up, down, min(1.0, 2 * tail)
-
-
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, s
 
 
 def aggregate(records: list[dict]) -> dict:
