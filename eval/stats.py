@@ -4,21 +4,25 @@ A benchmark score is an average over a few hundred items (MMVP-VLM: 135 pairs, o
 points of the average), so a difference between two towers needs a measure of how sure it is.
 Three tools, all on per-item results that both towers share:
 
-* :func:`bootstrap_interval`: a percentile bootstrap over the resampling unit (a pair, a group,
-  a question), optionally stratified (MMVP-VLM averages its 9 patterns: each resample keeps
-  15 pairs a pattern), with a fixed seed so a board is reproducible;
+* :func:`items_interval`: a percentile bootstrap over the resampling unit (a pair, a group,
+  a question), stratified where the metric averages strata (MMVP-VLM averages its 9 patterns:
+  each resample keeps 15 pairs a pattern), with a fixed seed so a board is reproducible;
 * :func:`sign_test`: the exact two-sided sign test on units where the towers differ. On 0/1
   outcomes it is the exact McNemar test (a binomial test with p = 1/2 on the discordant units);
 * :func:`paired_t` and :func:`mean_std`: across seeds of one configuration.
 
-Used by the leaderboard (:mod:`eval.report`) and by the small-scale study (``eval.reproduce``).
+:class:`Items` is how a benchmark hands its per-unit results to the leaderboard (stored in each
+``results.json`` record under ``items``); :func:`items_interval` and :func:`paired_items` are
+the two questions a board asks of them. Used by the leaderboard (:mod:`eval.leaderboard`,
+:mod:`eval.report`) and by the small-scale study (``eval.reproduce``).
 """
 
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 #: Bootstrap resamples drawn for a board's intervals.
 DEFAULT_RESAMPLES = 2000
@@ -78,45 +82,148 @@ def quantile(sorted_xs: Sequence[float], q: float) -> float:
     return sorted_xs[min(n, idx) - 1]
 
 
-def stratified_mean(scores: Sequence[float], strata: Sequence[Hashable] | None) -> float:
-    """The mean over units, or the mean of per-stratum means when ``strata`` is given."""
-    if strata is None:
-        return sum(scores) / len(scores)
-    groups: dict[Hashable, list[float]] = {}
-    for s, g in zip(scores, strata, strict=True):
-        groups.setdefault(g, []).append(s)
-    return sum(sum(v) / len(v) for v in groups.values()) / len(groups)
+# --- per-unit results of one metric ------------------------------------------------------------
 
 
-def bootstrap_interval(
-    scores: Sequence[float],
-    strata: Sequence[Hashable] | None = None,
-    *,
-    level: float = 0.95,
-    resamples: int = DEFAULT_RESAMPLES,
-    seed: int = DEFAULT_SEED,
-    statistic: Callable[[Sequence[float], Sequence[Hashable] | None], float] = stratified_mean,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic`` over units (in the units of ``scores``).
+@dataclass
+class Items:
+    """The per-unit results a metric is computed from, so it can be resampled and paired.
 
-    Each resample draws as many units as there are, with replacement, from within each stratum
-    (so every pattern keeps its size); ``random.Random(seed)`` makes the interval reproducible.
+    The metric (before ``scale``) is the weighted mean of ``scores`` within each stratum,
+    averaged over strata with ``stratum_weights`` (equal when absent): one formula covers a
+    plain accuracy, MMVP-VLM's mean of 9 pattern accuracies and CV-Bench's
+    ``((ADE + COCO) / 2 + 3D) / 2``.
+
+    Attributes:
+        unit: what one unit is (``pair``, ``group``, ``question``...): the resampling unit.
+        ids: one id per unit, stable across models (paired tests match units by id).
+        scores: per-unit score in [0, 1] (1/0 for right/wrong; a fraction for a group).
+        weights: per-unit weight (e.g. questions in a group); all 1 when absent.
+        strata: per-unit stratum (e.g. pattern); one stratum when absent.
+        stratum_weights: weight of each stratum in the average; equal when absent.
+        scale: factor from the statistic to the recorded value (100 for percent).
     """
-    if not scores:
-        raise ValueError("bootstrap_interval needs at least one unit")
-    rng = random.Random(seed)
-    labels = list(strata) if strata is not None else [None] * len(scores)
-    by_stratum: dict[Hashable, list[float]] = {}
-    for s, g in zip(scores, labels, strict=True):
-        by_stratum.setdefault(g, []).append(s)
+
+    unit: str
+    ids: list
+    scores: list[float]
+    weights: list[float] | None = None
+    strata: list[str] | None = None
+    stratum_weights: dict[str, float] | None = None
+    scale: float = 100.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.scores)
+        for name in ("ids", "weights", "strata"):
+            v = getattr(self, name)
+            if v is not None and len(v) != n:
+                raise ValueError(f"Items.{name} has {len(v)} entries for {n} scores")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"unit": self.unit, "ids": list(self.ids), "scores": list(self.scores)}
+        for name in ("weights", "strata", "stratum_weights"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        out["scale"] = self.scale
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Items | None:
+        """The record's ``items`` back, or None when absent or malformed (old records)."""
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            return cls(
+                unit=str(data["unit"]),
+                ids=list(data["ids"]),
+                scores=[float(x) for x in data["scores"]],
+                weights=None if data.get("weights") is None else [float(x) for x in data["weights"]],
+                strata=None if data.get("strata") is None else [str(x) for x in data["strata"]],
+                stratum_weights=data.get("stratum_weights"),
+                scale=float(data.get("scale", 100.0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def value(self) -> float:
+        """The metric these items give (times ``scale``)."""
+        return self.scale * float(_stat(self._arrays(), None)[0])
+
+    def _arrays(self):
+        import numpy as np
+
+        s = np.asarray(self.scores, dtype=np.float64)
+        w = np.ones_like(s) if self.weights is None else np.asarray(self.weights, dtype=np.float64)
+        labels = ["" for _ in self.scores] if self.strata is None else list(self.strata)
+        names = list(dict.fromkeys(labels))
+        sw = self.stratum_weights or {}
+        return [
+            (
+                s[[i for i, g in enumerate(labels) if g == n]],
+                w[[i for i, g in enumerate(labels) if g == n]],
+                float(sw.get(n, 1.0)),
+            )
+            for n in names
+        ]
+
+
+def _stat(strata, draws):
+    """The metric per resample: ``draws[k]`` indexes stratum k's units (None: the sample itself)."""
+    import numpy as np
+
+    total, wsum = 0.0, 0.0
+    for k, (s, w, sw) in enumerate(strata):
+        if draws is None:
+            m = np.array([(s * w).sum() / w.sum()])
+        else:
+            d = draws[k]
+            m = (s[d] * w[d]).sum(axis=1) / w[d].sum(axis=1)
+        total = total + sw * m
+        wsum += sw
+    return total / wsum
+
+
+def items_interval(
+    items: Items, level: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the metric over ``items.unit`` (stratified, scaled).
+
+    Each resample draws as many units as each stratum has, with replacement, from that
+    stratum; the bounds are :func:`quantile` of the sorted resampled metrics. Numpy draws (``default_rng(seed)``),
+    in chunks, so 50,000 units stay fast.
+    """
+    import numpy as np
+
+    if not items.scores:
+        raise ValueError("items_interval needs at least one unit")
+    strata = items._arrays()
+    rng = np.random.default_rng(seed)
+    largest = max(len(s) for s, _, _ in strata)
+    chunk = max(1, min(resamples, 4_000_000 // max(1, largest)))
     stats: list[float] = []
-    for _ in range(resamples):
-        draw: list[float] = []
-        keys: list[Hashable] = []
-        for g, units in by_stratum.items():
-            draw.extend(rng.choices(units, k=len(units)))
-            keys.extend([g] * len(units))
-        stats.append(statistic(draw, keys if strata is not None else None))
+    done = 0
+    while done < resamples:
+        b = min(chunk, resamples - done)
+        draws = [rng.integers(0, len(s), size=(b, len(s))) for s, _, _ in strata]
+        stats.extend(float(x) for x in _stat(strata, draws))
+        done += b
     stats.sort()
     alpha = (1.0 - level) / 2
-    return quantile(stats, alpha), quantile(stats, 1.0 - alpha)
+    return items.scale * quantile(stats, alpha), items.scale * quantile(stats, 1.0 - alpha)
+
+
+def paired_items(a: Items, b: Items) -> dict[str, Any] | None:
+    """Sign test (exact McNemar on 0/1 units) of ``b`` against ``a`` on the units both scored.
+
+    Units are matched by id; None when the two share no unit or use different units.
+    Returns ``{"unit", "n", "better", "worse", "p"}`` (``better``: units where b beats a).
+    """
+    if a.unit != b.unit:
+        return None
+    sa = dict(zip(a.ids, a.scores, strict=True))
+    common = [(sa[i], s) for i, s in zip(b.ids, b.scores, strict=True) if i in sa]
+    if not common:
+        return None
+    better, worse, p = sign_test([x for x, _ in common], [y for _, y in common])
+    return {"unit": a.unit, "n": len(common), "better": better, "worse": worse, "p": p}
