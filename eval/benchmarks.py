@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.config import DatasetConfig, LeaderboardConfig
+from eval.stats import Items
 from genhancer.runtime.errors import UserError
 
 #: The MLLM benchmarks, run through lmms-eval's task code by :mod:`eval.mllm.run`.
@@ -88,6 +89,7 @@ def _mmvp_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
 
     prefix = ctx.cfg.mmvp_vlm.prompt_prefix
     score = evaluate(encoder, data, ctx.limit, prefix)
+    items = mmvp_vlm_items(score.pair_correct, data.pairs)
     return [
         {
             "metric": k,
@@ -96,9 +98,32 @@ def _mmvp_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
             "revision": data.revision,
             "seed": None,
             "prompt_prefix": prefix,
+            "items": items[k].to_json() if k in items else None,
         }
         for k, v in score.metrics().items()
     ]
+
+
+def mmvp_vlm_items(pair_correct: list[bool], pairs: list) -> dict[str, Items]:
+    """Per-pair results behind each MMVP-VLM number: a pattern's pairs, and for ``average`` all
+    pairs stratified by pattern (the average of pattern accuracies)."""
+    pairs = pairs[: len(pair_correct)]
+    out = {
+        pattern: Items(
+            "pair",
+            [p.index for p in pairs if p.pattern == pattern],
+            [float(ok) for ok, p in zip(pair_correct, pairs) if p.pattern == pattern],
+        )
+        for pattern in dict.fromkeys(p.pattern for p in pairs)
+    }
+    if pairs:
+        out["average"] = Items(
+            "pair",
+            [p.index for p in pairs],
+            [float(ok) for ok in pair_correct],
+            strata=[p.pattern for p in pairs],
+        )
+    return out
 
 
 def _mmvp_inputs(ctx: BenchmarkContext) -> dict:

@@ -150,7 +150,13 @@ def score_samples(benchmark: str, samples: list[Sample], settings: ScoreSettings
 
 def metric_records(benchmark: str, score: Score, prefix: str = "") -> list[dict[str, Any]]:
     return [
-        {"metric": f"{prefix}{k}", "value": v, "counts": score.counts, "notes": score.notes}
+        {
+            "metric": f"{prefix}{k}",
+            "value": v,
+            "counts": score.counts,
+            "notes": score.notes,
+            "items": score.items[k].to_json() if k in score.items else None,
+        }
         for k, v in score.metrics.items()
     ]
 

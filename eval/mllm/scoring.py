@@ -23,6 +23,11 @@ wherever those depart from the official protocols (``README.md``,
   and ``non_image`` splits together, verdicts from a
   rule-based yes/no judge by default (or any verdicts passed in, e.g. from the GPT judge).
 - ScienceQA-IMG (dev. 14): LLaVA's parser.
+
+Each :class:`Score` also keeps, per metric it can, the per-unit results (:class:`eval.stats.Items`:
+pairs for MMVP, groups for NaturalBench, questions, figures or question groups otherwise), so the
+leaderboard can put a bootstrap interval and a paired test beside the number. POPE's precision,
+recall and F1 and HallusionBench's ``avg`` are not means over one kind of unit: no items.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from eval.mllm.answer_parsing import (
     parse_yes_no_first,
     parse_yes_no_llava,
 )
+from eval.stats import Items
 
 #: 1-based ``Index`` pairs whose answers ``MMVP/MMVP`` has swapped (lmms-eval issue #1018).
 ORIGINAL_MMVP_KEY_FIXES: tuple[tuple[int, int], ...] = ((99, 100), (279, 280))
@@ -73,10 +79,16 @@ class Score:
     metrics: dict[str, float]
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    items: dict[str, Items] = field(default_factory=dict)  # metric -> its per-unit results
 
 
 def _pct(num: float, den: float) -> float:
     return 100.0 * num / den if den else 0.0
+
+
+def _row_id(s: Sample) -> str:
+    """A unit id stable across models on one board: the row key the samples are de-duplicated by."""
+    return f"{s.source}/{s.split}/{s.doc_id}"
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -120,6 +132,18 @@ def score_mmvp(
         pairs[idx // 2 if zero_based else (idx - 1) // 2].append(ok)
     complete = {p: v for p, v in pairs.items() if len(v) == 2}
     both = sum(all(v) for v in complete.values())
+    ids = sorted(pairs)
+    items = {
+        # a pair this run cannot form counts as wrong on a complete run (as the denominator does)
+        "pair_accuracy": Items(
+            "pair",
+            ids if complete_run else sorted(complete),
+            [float(all(pairs[p])) for p in (ids if complete_run else sorted(complete))],
+        ),
+        "question_accuracy": Items(
+            "pair", ids, [sum(pairs[p]) / len(pairs[p]) for p in ids], weights=[len(pairs[p]) for p in ids]
+        ),
+    }
     # Official: correct pairs / 150 (tsb0601/MMVP evaluate_mllm.py); a pair this run cannot form
     # then counts as wrong instead of shrinking the denominator.
     den = MMVP_PAIRS if complete_run else len(complete)
@@ -133,6 +157,7 @@ def score_mmvp(
         {"pair_accuracy": _pct(both, den), "question_accuracy": _pct(right, len(samples))},
         {"questions": len(samples), "pairs": den, "pairs_both_right": both, "rows_left_out": left_out},
         notes,
+        items,
     )
 
 
@@ -156,9 +181,11 @@ def score_cv_bench(samples: Sequence[Sample]) -> Score:
     ``cv_bench/utils.py:67`` raises KeyError instead). ``micro`` is lmms-eval's number, for comparison.
     """
     per: dict[str, list[bool]] = defaultdict(list)
+    ids: dict[str, list] = defaultdict(list)
     for s in samples:
         gt = str(s.doc["answer"]).strip("() ").upper()
         per[str(s.doc["source"])].append(parse_choice(s.response, _cv_options(s)) == gt)
+        ids[str(s.doc["source"])].append(_row_id(s))
     acc = {src: _pct(sum(v), len(v)) for src, v in per.items()}
     m = {src: acc[src] for src in CV_SOURCES if src in acc}
     if "ADE20K" in acc and "COCO" in acc:
@@ -170,7 +197,26 @@ def score_cv_bench(samples: Sequence[Sample]) -> Score:
     m["micro"] = _pct(sum(sum(v) for v in per.values()), len(samples))
     unknown = sorted(set(acc) - set(CV_SOURCES))
     notes = [f"unknown source(s) {unknown} counted in micro only"] if unknown else []
-    return Score(m, {src: len(v) for src, v in per.items()}, notes)
+
+    def items(sources: Sequence[str], weights: dict[str, float] | None = None) -> Items:
+        srcs = [x for x in sources if x in per]
+        return Items(
+            "question",
+            [i for x in srcs for i in ids[x]],
+            [float(v) for x in srcs for v in per[x]],
+            strata=[x for x in srcs for _ in per[x]] if weights is not None else None,
+            stratum_weights=weights or None,
+        )
+
+    parts = {src: items([src]) for src in CV_SOURCES if src in m}
+    if "2D" in m:
+        parts["2D"] = items(("ADE20K", "COCO"), {"ADE20K": 1.0, "COCO": 1.0})
+    if "3D" in m:
+        parts["3D"] = items(("Omni3D",))
+    if "overall" in m:
+        parts["overall"] = items(CV_SOURCES, {"ADE20K": 0.25, "COCO": 0.25, "Omni3D": 0.5})
+    parts["micro"] = items(list(per))
+    return Score(m, {src: len(v) for src, v in per.items()}, notes, parts)
 
 
 # --- NaturalBench ---------------------------------------------------------------------------------
@@ -204,6 +250,17 @@ def score_naturalbench(samples: Sequence[Sample]) -> Score:
     q = sum(g[0] and g[1] for g in full) + sum(g[2] and g[3] for g in full)
     i = sum(g[0] and g[2] for g in full) + sum(g[1] and g[3] for g in full)
     gr = sum(all(g.values()) for g in full)
+    keys = sorted(groups)
+    fkeys = [k for k in keys if len(groups[k]) == 4]
+    g = groups
+    items = {
+        "Acc": Items(
+            "group", keys, [sum(g[k].values()) / len(g[k]) for k in keys], weights=[len(g[k]) for k in keys]
+        ),
+        "Q_Acc": Items("group", fkeys, [((g[k][0] and g[k][1]) + (g[k][2] and g[k][3])) / 2 for k in fkeys]),
+        "I_Acc": Items("group", fkeys, [((g[k][0] and g[k][2]) + (g[k][1] and g[k][3])) / 2 for k in fkeys]),
+        "G_Acc": Items("group", fkeys, [float(all(g[k].values())) for k in fkeys]),
+    }
     notes = []
     if len(full) < len(groups):
         notes.append(f"{len(groups) - len(full)} incomplete group(s) left out of Q/I/G accuracy")
@@ -220,6 +277,7 @@ def score_naturalbench(samples: Sequence[Sample]) -> Score:
             "rows_left_out": sum(len(g) for g in groups.values() if len(g) != 4),
         },
         notes,
+        {k: v for k, v in items.items() if v.scores},
     )
 
 
@@ -240,12 +298,16 @@ def score_pope(samples: Sequence[Sample]) -> Score:
         by[pope_split(s)].append(s)
     m: dict[str, float] = {}
     counts: dict[str, int] = {}
+    items: dict[str, Items] = {}
     order = [k for k in POPE_SPLITS if k in by] + sorted(k for k in by if k not in POPE_SPLITS)
     for split in order:
         tp = fp = tn = fn = 0
+        right, said_yes = [], []
         for s in by[split]:
             pred = parse_yes_no_llava(s.response)
             gt = str(s.doc["answer"]).strip().lower()
+            right.append(float((pred == "yes") == (gt == "yes")))
+            said_yes.append(float(pred == "yes"))
             if pred == "yes":
                 tp, fp = tp + (gt == "yes"), fp + (gt != "yes")
             else:
@@ -258,8 +320,11 @@ def score_pope(samples: Sequence[Sample]) -> Score:
         m[f"{split}/f1"] = 100 * (2 * p * r / (p + r) if p + r else 0.0)
         m[f"{split}/yes_ratio"] = _pct(tp + fp, n)
         counts[split] = n
+        ids = [_row_id(s) for s in by[split]]
+        items[f"{split}/accuracy"] = Items("question", ids, right)
+        items[f"{split}/yes_ratio"] = Items("question", ids, said_yes)
     m["f1_mean"] = _mean(m[f"{k}/f1"] for k in order)
-    return Score(m, counts, [POPE_POOLED_NOTE] if "all" in by else [])
+    return Score(m, counts, [POPE_POOLED_NOTE] if "all" in by else [], items)
 
 
 # --- HallusionBench -------------------------------------------------------------------------------
@@ -283,6 +348,10 @@ def _hb_correct(doc: dict, verdict: Verdict) -> bool:
     return verdict == 1
 
 
+def _hb_id(d: dict) -> str:
+    return "/".join(str(d.get(k)) for k in ("category", "subcategory", "set_id", "figure_id", "question_id"))
+
+
 def score_hallusion(samples: Sequence[Sample], verdicts: Sequence[Verdict] | None = None) -> Score:
     """aAcc (per question), fAcc (per figure, all its questions right; VS without figure excluded),
     qAcc (per question across its figures, all right) and their mean ``avg`` (the paper's column).
@@ -296,10 +365,12 @@ def score_hallusion(samples: Sequence[Sample], verdicts: Sequence[Verdict] | Non
     fig: dict[tuple, list[bool]] = defaultdict(list)
     que: dict[tuple, list[bool]] = defaultdict(list)
     right = 0
+    per_question: list[float] = []
     for s, v in zip(samples, verdicts):
         d = s.doc
         ok = _hb_correct(d, v)
         right += ok
+        per_question.append(float(ok))
         base = (d["category"], d["subcategory"], str(d["set_id"]))
         if not (d["category"] == "VS" and str(d["figure_id"]) == "0"):
             fig[(*base, str(d["figure_id"]))].append(ok)
@@ -311,8 +382,16 @@ def score_hallusion(samples: Sequence[Sample], verdicts: Sequence[Verdict] | Non
     }
     m["avg"] = (m["aAcc"] + m["fAcc"] + m["qAcc"]) / 3
     unclear = sum(v == 2 for v in verdicts)
+    items = {
+        "aAcc": Items("question", [_hb_id(s.doc) for s in samples], per_question),
+        "fAcc": Items("figure", ["/".join(k) for k in fig], [float(all(v)) for v in fig.values()]),
+        "qAcc": Items("question group", ["/".join(k) for k in que], [float(all(v)) for v in que.values()]),
+    }
     return Score(
-        m, {"questions": len(samples), "figures": len(fig), "question_groups": len(que), "unclear": unclear}
+        m,
+        {"questions": len(samples), "figures": len(fig), "question_groups": len(que), "unclear": unclear},
+        [],
+        {k: v for k, v in items.items() if v.scores},
     )
 
 
@@ -328,11 +407,16 @@ def _sqa_n_options(s: Sample) -> int:
 
 def score_scienceqa(samples: Sequence[Sample]) -> Score:
     """Accuracy with LLaVA's parser (``answer`` is the 0-based index of the right choice)."""
-    right = sum(
-        parse_scienceqa_llava(s.response, _sqa_n_options(s)) == LETTERS[int(s.doc["answer"])] for s in samples
-    )
+    per = [
+        float(parse_scienceqa_llava(s.response, _sqa_n_options(s)) == LETTERS[int(s.doc["answer"])])
+        for s in samples
+    ]
+    right = sum(per)
     failed = sum(parse_scienceqa_llava(s.response, _sqa_n_options(s)) is None for s in samples)
-    return Score({"accuracy": _pct(right, len(samples))}, {"questions": len(samples), "unparsed": failed})
+    items = {"accuracy": Items("question", [_row_id(s) for s in samples], per)} if samples else {}
+    return Score(
+        {"accuracy": _pct(right, len(samples))}, {"questions": len(samples), "unparsed": failed}, [], items
+    )
 
 
 SCORERS: dict[str, Callable[..., Score]] = {
