@@ -24,7 +24,7 @@ import sys
 
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
 from genhancer.runtime.errors import UserError
-from genhancer.runtime.preflight import check_run_folder, require_local_paths
+from genhancer.runtime.preflight import check_data, check_run_folder, require_local_paths
 from genhancer.runtime.threads import configure_threads, plan_threads
 
 # Widths of the global / local tokens of the paper backbones, so --describe needs no download.
@@ -338,6 +338,7 @@ def preflight(cfg, args: argparse.Namespace, run_folder: bool = True) -> None:
     ``--threads``."""
     keys = path_keys(cfg)
     require_local_paths(cfg, keys, keys)
+    check_data(cfg.data.source, cfg.data.path, cfg.data.image_column)
     if run_folder:
         check_run_folder(args.output_dir, args.resume)
     plan_threads(args.threads)

@@ -38,6 +38,7 @@ import sys
 
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.preflight import check_folder
 from genhancer.runtime.threads import announce_threads, configure_threads, plan_threads
 
 
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.limit is not None and args.limit < 1:
             raise UserError("--limit must be >= 1")
         plan_threads(args.threads)
+        if args.data_root:
+            check_folder(Path(args.data_root), "--data-root")
         cfg = load_config(args.preset, args.config, args.overrides)
         from eval.benchmarks import get_benchmark
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
 from genhancer.runtime.errors import UserError
-from genhancer.runtime.preflight import check_run_folder, require_local_paths
+from genhancer.runtime.preflight import check_folder, check_llava_json, check_run_folder, require_local_paths
 from genhancer.runtime.threads import configure_threads, plan_threads
 
 
@@ -85,11 +85,26 @@ PATH_KEYS = {
 }
 
 
+def check_stage_data(cfg) -> None:
+    """Each running stage's JSON (LLaVA's schema, first row) and image folder, before torch loads;
+    the toy world writes its own data."""
+    if cfg.data.source == "toyworld":
+        return
+    for name in cfg.train.stages:
+        st = getattr(cfg, name)
+        if not cfg.data.root and not Path(st.data_path).is_absolute():
+            raise UserError(f"data.root is empty: point --data-root at the LLaVA data for {name}")
+        root = Path(cfg.data.root).expanduser()
+        check_llava_json(root / st.data_path, f"{name}.data_path")
+        check_folder(root / st.image_folder, f"{name}.image_folder")
+
+
 def preflight(cfg, args: argparse.Namespace) -> None:
     """What can be refused before torch loads: local paths that do not exist, the run folder,
     ``--threads``."""
     keys = {k: v for k, v in PATH_KEYS.items() if k != "data.root" or cfg.data.source != "toyworld"}
     require_local_paths(cfg, keys, keys)
+    check_stage_data(cfg)
     check_run_folder(args.output_dir, args.resume)
     plan_threads(args.threads)
 
