@@ -328,13 +328,16 @@ def _mllm_run_for(name: str):
         from eval.mllm.run import ScoreSettings, run_benchmark
 
         lm = ctx.cfg.lmms
-        settings = ScoreSettings(lm.mmvp_answer_key, lm.hallusion_judge, ctx.api_key)
+        settings = ScoreSettings(
+            lm.mmvp_answer_key, lm.hallusion_judge, ctx.api_key, lm.hallusion_judge_model
+        )
         audit = ctx.audit_dir or (ctx.output_dir or Path(".")) / "mllm" / name
         dataset = "toy:" + name if ctx.fixture else tasks.data[name]
         revision = "generated" if ctx.fixture else ("local" if ctx.data_root else "hub")
-        answer_key = {"mmvp": lm.mmvp_answer_key, "hallusion_bench": f"judge={lm.hallusion_judge}"}.get(name)
+        answer_key = {"mmvp": lm.mmvp_answer_key, "hallusion_bench": f"judge={settings.judge()}"}.get(name)
+        judge = {"judge": settings.judge()} if name == "hallusion_bench" else {}
         return [
-            {"dataset": dataset, "revision": revision, "seed": None, "answer_key": answer_key, **r}
+            {"dataset": dataset, "revision": revision, "seed": None, "answer_key": answer_key, **judge, **r}
             for r in run_benchmark(model, name, tasks, audit, ctx.limit, settings)
         ]
 
@@ -348,6 +351,8 @@ def _mllm_inputs_for(name: str):
         lm = dataclasses.asdict(ctx.cfg.lmms)
         if not ctx.fixture:
             lm.pop("fixtures")
+        if name != "hallusion_bench" or lm["hallusion_judge"] != "gpt":  # the model only matters there
+            lm.pop("hallusion_judge_model")
         return {"lmms": lm, "root": str(_mllm_root(ctx)), "lmms_eval": version("lmms_eval")}
 
     return inputs

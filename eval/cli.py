@@ -19,6 +19,9 @@ Examples::
                 --output-dir runs/tiny/eval            # every export of a run (run:RUN, or a glob such as
                                                        # x='runs/x/export/steps/*'): MMVP-VLM against
                                                        # stage-2 step in DIR/mmvp_vlm_steps.png
+    leaderboard --clip original=... enh=runs/s0/export/hf,runs/s1/export/hf,runs/s2/export/hf \\
+                --output-dir runs/board             # runs of one configuration (seeds): enh#1..3 and
+                                                    # enh = their mean ± std (run:RUN = RUN/export/hf)
 
 ``rescore`` reads lmms-eval ``--log_samples`` files of any model and prints and records the
 official metrics (``leaderboard rescore --help``).
@@ -109,12 +112,17 @@ def main(argv: list[str] | None = None) -> int:
                 get_benchmark(b)
 
         from eval.clip.steps import curve_markdown, expand_clip_spec, plot_step_curve
-        from eval.leaderboard import ModelSpec, default_models, run_leaderboard
+        from eval.leaderboard import RUNS_SEP, ModelSpec, default_models, run_group_models, run_leaderboard
         from eval.report import plot_mmvp_patterns, plot_tradeoff, render_markdown
         from genhancer.runtime import configtools
 
-        if args.clip:  # run:RUN and glob specs expand to one model per export (eval.clip.steps)
-            models = [m for n, s in parse_named(args.clip, "--clip").items() for m in expand_clip_spec(n, s)]
+        if args.clip:  # run:RUN and glob specs expand to one model per export (eval.clip.steps);
+            # A,B,C lists (runs of one configuration) to NAME#1.. averaged as NAME (eval.leaderboard)
+            models = [
+                m
+                for n, s in parse_named(args.clip, "--clip").items()
+                for m in (run_group_models(n, s) if RUNS_SEP in s else expand_clip_spec(n, s))
+            ]
         elif args.mllm and args.benchmarks and all(get_benchmark(b).model_kind == "mllm" for b in benchmarks):
             models = []  # only MLLM benchmarks asked for: no default CLIP models
         else:

@@ -16,6 +16,9 @@ from genhancer.runtime.configtools import doc
 from genhancer.runtime.errors import UserError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+#: The dated snapshot behind the alias ``gpt-4`` that HallusionBench's official judge
+#: (``tianyi-lab/HallusionBench`` ``utils.py``, November 2023) requests.
+HALLUSION_JUDGE_MODEL = "gpt-4-0613"
 
 
 @dataclass
@@ -161,9 +164,21 @@ class LmmsConfig:
         "Index 99/100 and 279/280)",
     )
     hallusion_judge: str = doc(
-        "rule", "rule (first yes/no word) | gpt (lmms-eval's GPT-4 judge; needs OPENAI_API_KEY)"
+        "rule", "rule (first yes/no word) | gpt (the official GPT-4 judge's prompt; needs OPENAI_API_KEY)"
+    )
+    hallusion_judge_model: str = doc(
+        HALLUSION_JUDGE_MODEL,
+        "OpenAI model of the gpt judge, a dated snapshot (recorded with every number). The official "
+        "code asks for the alias gpt-4, which pointed at gpt-4-0613 when it was written (2023-11)",
     )
     fixtures: MllmFixturesConfig = field(default_factory=MllmFixturesConfig)
+
+
+@dataclass
+class UncertaintyConfig:
+    level: float = doc(0.95, "confidence level of the bootstrap interval beside every number")
+    resamples: int = doc(2000, "bootstrap resamples (of the benchmark's unit: pair, group, question)")
+    seed: int = doc(0, "bootstrap seed (the same seed gives the same intervals)")
 
 
 @dataclass
@@ -190,6 +205,7 @@ class LeaderboardConfig:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     fixtures: FixturesConfig = field(default_factory=FixturesConfig)
     lmms: LmmsConfig = field(default_factory=LmmsConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -229,6 +245,13 @@ class LeaderboardConfig:
             raise UserError("config key 'lmms.mmvp_answer_key' must be lmms-lab-eval or original")
         if self.lmms.hallusion_judge not in ("rule", "gpt"):
             raise UserError("config key 'lmms.hallusion_judge' must be rule or gpt")
+        if not self.lmms.hallusion_judge_model.strip():
+            raise UserError("config key 'lmms.hallusion_judge_model' is empty (e.g. gpt-4-0613)")
+        u = self.uncertainty
+        if not 0 < u.level < 1:
+            raise UserError(f"config key 'uncertainty.level' must be between 0 and 1, got {u.level}")
+        if u.resamples < 1:
+            raise UserError("config key 'uncertainty.resamples' must be >= 1")
         for name, spec in self.mllm.items():
             if not isinstance(spec, str):
                 raise UserError(f"config key 'mllm.{name}': expected a directory string, got {spec!r}")

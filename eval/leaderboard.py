@@ -7,6 +7,13 @@
      "time", ...benchmark extras (mmvp_vlm: "prompt_prefix"; clustering: "k", "n_images", "kmeans")}
 
 ``method`` (CLIP towers only) is the method that trained the tower (:func:`tower_method`).
+Record version 2 (``record_version``) adds the uncertainty of every number: ``items`` (the
+per-unit results, :class:`eval.stats.Items`; None where a benchmark keeps none), ``ci`` (the
+bootstrap interval over those units) and ``paired`` (per other model on the board, the exact
+sign test on the units both scored); records written before carry no items and read back with
+``ci`` and ``paired`` empty (shown as n/a). Several runs of one configuration (``--clip
+NAME=SPEC1,SPEC2,...``) are models ``NAME#1``, ``NAME#2``... plus records of ``NAME`` with the
+mean over them and ``runs`` (``n``, ``std``, ``members``).
 Values are percentages where the paper prints percentages (clustering: fractions, as DCR's Table 2). Re-running adds to the file instead of recomputing: a (model,
 benchmark) whose records carry the same ``cache_key`` (model weights fingerprint, benchmark
 config, data root, limit) is reused unless ``force``. A benchmark's records are written only
@@ -23,12 +30,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from enhance.layout import read_export_meta
 from eval.benchmarks import BenchmarkContext, get_benchmark
-from eval.config import LeaderboardConfig
+from eval.config import LeaderboardConfig, UncertaintyConfig
+from eval.stats import Items, items_interval, mean_std, paired_items
 from genhancer.runtime.errors import UserError
 
 RESULTS_NAME = "results.json"
 RECORD_KEYS = ("model", "benchmark", "metric", "value", "dataset", "revision", "seed")
+#: 2: per-unit ``items``, ``ci``, ``paired`` and run groups (``runs``); 1 (no field): before them.
+RECORD_VERSION = 2
+RUNS_SEP = ","
+
+
+def migrate_record(r: dict) -> dict:
+    """A record read back in the current version: older records gain the fields they lack (no
+    items: their interval and paired tests read n/a), and say which version they came from."""
+    version = int(r.get("record_version") or 1)
+    if version < RECORD_VERSION:
+        r.setdefault("items", None)
+        r.setdefault("migrated_from", version)
+        r["record_version"] = RECORD_VERSION
+    return r
 
 
 def _version() -> str:
@@ -53,7 +76,7 @@ class ResultsStore:
                 raise UserError(f"{self.path} is not valid JSON ({exc}); move it away or fix it") from None
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise UserError(f"{self.path} must hold a list of records")
-            self.records = data
+            self.records = [migrate_record(r) for r in data]
 
     def get(self, model: str, benchmark: str) -> list[dict]:
         return [r for r in self.records if r.get("model") == model and r.get("benchmark") == benchmark]
@@ -137,17 +160,12 @@ def tower_method(spec: str, cache_dir: str | None = None) -> str:
     kind, where = resolve_spec(spec, cache_dir)
     if kind not in ("hf", "open_clip_dir") or not Path(where).is_dir():
         return "original"
-    from enhance.export import read_export_meta
-
-    try:
-        meta = read_export_meta(where)
-    except ValueError as exc:
-        raise UserError(f"the genhancer_export.json beside '{spec}' is not valid JSON ({exc})") from None
+    meta = read_export_meta(where)
     if meta is None:  # an export written before genhancer_export.json still has its denoiser meta
         from eval.paper_numbers import export_backbone
 
         return "genhancer" if export_backbone(spec) or export_backbone(where) else "original"
-    return str(meta.get("method", "genhancer"))
+    return meta.method
 
 
 def _load_model(m: ModelSpec, cfg: LeaderboardConfig):
@@ -291,6 +309,7 @@ def run_leaderboard(
                     "limit": limit,
                     "cache_key": key,
                     "genhancer_version": _version(),
+                    "record_version": RECORD_VERSION,
                     "time": now,
                     **{
                         k: getattr(encoder, k) for k in ("weights_dtype", "eval_dtype") if hasattr(encoder, k)
@@ -303,5 +322,108 @@ def run_leaderboard(
             store.save()
             summary.computed.append((m.name, b.name))
         del encoder
+    store.records = aggregate_runs(store.records)
+    annotate_uncertainty(store.records, cfg.uncertainty)
+    store.save()
     summary.records = store.records
     return summary
+
+
+# --- uncertainty and runs of one configuration ----------------------------------------------------
+
+
+def annotate_uncertainty(records: list[dict], u: UncertaintyConfig | None = None) -> list[dict]:
+    """Give every record its ``ci`` (bootstrap interval over its units, or None without items) and
+    ``paired`` (other model -> sign test on the units both scored). Recomputed on every run, so
+    the tests always cover exactly the models on the board; deterministic for a seed."""
+    u = u or UncertaintyConfig()
+    by_cell: dict[tuple[str, str], list[tuple[dict, Items]]] = {}
+    for r in records:
+        items = Items.from_json(r.get("items"))
+        r["ci"], r["paired"] = None, {}
+        if items is None or not items.scores:
+            continue
+        lo, hi = items_interval(items, u.level, u.resamples, u.seed)
+        r["ci"] = {
+            "level": u.level,
+            "low": lo,
+            "high": hi,
+            "unit": items.unit,
+            "n": len(items.scores),
+            "resamples": u.resamples,
+            "seed": u.seed,
+        }
+        by_cell.setdefault((r["benchmark"], r["metric"]), []).append((r, items))
+    for cell in by_cell.values():
+        for r, items in cell:
+            for other, other_items in cell:
+                if other is r or other["model"] == r["model"]:
+                    continue
+                test = paired_items(other_items, items)
+                if test is not None:
+                    r["paired"][other["model"]] = test
+    return records
+
+
+def run_group_models(name: str, spec: str) -> list[ModelSpec]:
+    """``NAME=A,B,C`` (several runs of one configuration, e.g. seeds) -> models ``NAME#1``...
+    each carrying ``runs_of``; ``run:RUN`` members stand for the run's final export
+    (``RUN/export/hf``)."""
+    parts = [p.strip() for p in spec.split(RUNS_SEP)]
+    if len(parts) < 2 or not all(parts):
+        raise UserError(
+            f"--clip {name}=...: a list of runs needs two or more specs separated by ',', got '{spec}'"
+        )
+    out = []
+    for i, p in enumerate(parts, start=1):
+        path = str(Path(p[len("run:") :]) / "export" / "hf") if p.startswith("run:") else p
+        out.append(ModelSpec(f"{name}#{i}", path, extra={"runs_of": name}))
+    return out
+
+
+def aggregate_runs(records: list[dict]) -> list[dict]:
+    """Replace the records of each run group (models with ``runs_of``) by fresh ones: per
+    (benchmark, metric) the mean over its runs with ``runs`` = ``{"n", "std", "members"}``;
+    only cells every run of the group has."""
+    records = [r for r in records if not r.get("runs")]
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        if r.get("runs_of"):
+            groups.setdefault(r["runs_of"], [])
+            if r["model"] not in groups[r["runs_of"]]:
+                groups[r["runs_of"]].append(r["model"])
+    out = list(records)
+    for name, members in groups.items():
+        cells: dict[tuple[str, str], list[dict]] = {}
+        for r in records:
+            if r.get("runs_of") == name:
+                cells.setdefault((r["benchmark"], r["metric"]), []).append(r)
+        for (bench, metric), rows in cells.items():
+            if {r["model"] for r in rows} != set(members) or any(r.get("value") is None for r in rows):
+                continue
+            mean, std = mean_std([float(r["value"]) for r in rows])
+            first = rows[0]
+            keep = (
+                "dataset",
+                "revision",
+                "seed",
+                "model_kind",
+                "method",
+                "limit",
+                "prompt_prefix",
+                "answer_key",
+            )
+            out.append(
+                {
+                    "model": name,
+                    "benchmark": bench,
+                    "metric": metric,
+                    "value": mean,
+                    **{k: first[k] for k in keep if k in first},
+                    "model_spec": RUNS_SEP.join(str(r.get("model_spec", "")) for r in rows),
+                    "runs": {"n": len(rows), "std": std, "members": [r["model"] for r in rows]},
+                    "items": None,
+                    "record_version": RECORD_VERSION,
+                }
+            )
+    return out

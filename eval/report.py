@@ -6,6 +6,11 @@ trained each CLIP tower, columns = metrics, the best of our models in bold per c
 model matches published rows (:mod:`eval.paper_numbers`; one per paper), they follow it in
 italics, for comparison only (never bold). Clustering is laid out as the DCR paper's Table 2
 (per dataset NMI / ACC / ARI, then the average), followed by that table as published.
+
+Under each table, how sure each number is (:func:`render_uncertainty`): the bootstrap interval
+over the benchmark's unit (pair, group, question; named in the column header) and, for every
+two models, the exact sign test on the units both scored (exact McNemar on right/wrong units).
+A run group (``NAME=A,B,C``) shows its mean ± the standard deviation over its runs.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ def render_markdown(records: list[dict]) -> str:
         models = _ordered(r["model"] for r in rows)
         metrics = _metric_order(bench, _ordered(r["metric"] for r in rows))
         value = {(r["model"], r["metric"]): r["value"] for r in rows}
+        spread = {(r["model"], r["metric"]): r["runs"]["std"] for r in rows if r.get("runs")}
         spec = {r["model"]: r.get("model_spec", "") for r in rows}
         method = _methods(rows)
         best = {}
@@ -126,6 +132,8 @@ def render_markdown(records: list[dict]) -> str:
                 text = _fmt(v)
                 if v is not None and wins[met] and round(float(v), 1) == round(float(best[met]), 1):
                     text = f"**{text}**"
+                if (m, met) in spread:
+                    text += f" ± {float(spread[m, met]):.1f}"
                 cells.append(text)
             lead = f"| {m} | {method.get(m, '')} | " if method else f"| {m} | "
             lines.append(lead + " | ".join(cells) + " |")
@@ -141,6 +149,10 @@ def render_markdown(records: list[dict]) -> str:
                 )
                 lines.append(lead + " | ".join(cells) + " |")
         lines.append("")
+        lines += render_uncertainty(rows, models, metrics)
+        if bench == "hallusion_bench":
+            judges = _ordered(f"{r['model']}: {_judge(r)}" for r in rows)
+            lines += ["Judge: " + "; ".join(judges) + " (rule = first yes/no word, the offline default).", ""]
         if bench == "mmvp_vlm":
             legend = "; ".join(f"{k} = {PATTERN_TITLES[k]}" for k in PATTERN_KEYS if k in metrics)
             lines += [
@@ -165,6 +177,80 @@ def render_markdown(records: list[dict]) -> str:
         datasets = _ordered(f"{r['dataset']} @ {r['revision']}" for r in rows)
         lines += ["Data: " + "; ".join(f"`{d}`" for d in datasets), ""]
     return "\n".join(lines)
+
+
+def _judge(r: dict) -> str:
+    """The HallusionBench judge of a record (older records: from ``answer_key``)."""
+    if r.get("judge"):
+        return str(r["judge"])
+    key = str(r.get("answer_key") or "")
+    return key.split("=", 1)[1] if key.startswith("judge=") else "not recorded"
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+#: Above this many models with per-item results, paired tests compare each with the first only.
+ALL_PAIRS_UP_TO = 4
+
+
+def render_uncertainty(rows: list[dict], models: Sequence[str], metrics: Sequence[str]) -> list[str]:
+    """Interval and paired-test tables for one benchmark's records (``ci``/``paired`` fields set
+    by :func:`eval.leaderboard.annotate_uncertainty`); n/a where a record has no per-item results."""
+    rec = {(r["model"], r["metric"]): r for r in rows}
+    shown = [met for met in metrics if any((rec.get((m, met)) or {}).get("ci") for m in models)]
+    if not shown:
+        return [
+            "Intervals and paired tests: n/a (these records keep no per-item results: a benchmark that "
+            "scores no units, such as clustering, zero-shot and probes, or records from before they were kept).",
+            "",
+        ]
+    unit = {
+        met: next(rec[m, met]["ci"]["unit"] for m in models if (rec.get((m, met)) or {}).get("ci"))
+        for met in shown
+    }
+    ci0 = next(rec[m, met]["ci"] for met in shown for m in models if (rec.get((m, met)) or {}).get("ci"))
+    head = " | ".join(f"{met} ({unit[met]}s)" for met in shown)
+    lines = [
+        f"{round(100 * ci0['level'])} % intervals (percentile bootstrap over the unit in each column, "
+        f"{ci0['resamples']} resamples, seed {ci0['seed']}; n/a: no per-item results):",
+        "",
+        f"| model | {head} |",
+        "|---|" + "---|" * len(shown),
+    ]
+    for m in models:
+        cells = []
+        for met in shown:
+            r = rec.get((m, met)) or {}
+            if r.get("ci"):
+                cells.append(f"{r['ci']['low']:.1f}–{r['ci']['high']:.1f}")
+            elif r.get("runs"):
+                cells.append(f"sd {r['runs']['std']:.1f} over {r['runs']['n']} runs")
+            else:
+                cells.append("n/a")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    scored = [m for m in models if any((rec.get((m, met)) or {}).get("ci") for met in shown)]
+    if len(scored) > ALL_PAIRS_UP_TO:
+        pairs = [(scored[0], b) for b in scored[1:]]
+    else:
+        pairs = [(a, b) for i, a in enumerate(scored) for b in scored[i + 1 :]]
+    if pairs:
+        lines += [
+            "",
+            "Paired tests, A → B on the same units: +k/−j = units where B is better/worse than A, "
+            "p = exact two-sided sign test on them (on right/wrong units: the exact McNemar test):",
+            "",
+            f"| A → B | {head} |",
+            "|---|" + "---|" * len(shown),
+        ]
+        for a, b in pairs:
+            cells = []
+            for met in shown:
+                t = ((rec.get((b, met)) or {}).get("paired") or {}).get(a)
+                cells.append(f"+{t['better']}/−{t['worse']}, {_p(t['p'])}" if t else "n/a")
+            lines.append(f"| {a} → {b} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _methods(rows: list[dict]) -> dict[str, str]:

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         for f in files:
             if not f.is_file():
                 raise UserError(f"no such samples file: {f}")
-        settings = ScoreSettings(lm.mmvp_answer_key, lm.hallusion_judge, key)
+        settings = ScoreSettings(lm.mmvp_answer_key, lm.hallusion_judge, key, lm.hallusion_judge_model)
         results, reports = rescore(args.benchmark, files, settings, args.allow_partial)
         model = args.model or files[0].resolve().parent.name
         print(f"{args.benchmark} ({model}; {len(files)} file(s)), official scoring, percent:")
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             for problem in report.problems():
                 print(f"  warning: {problem}", file=sys.stderr)
         if args.output_dir:
-            from eval.leaderboard import ResultsStore, _version
+            from eval.leaderboard import RECORD_VERSION, ResultsStore, _version, annotate_uncertainty
             from eval.report import render_markdown
 
             out = Path(args.output_dir)
@@ -195,16 +195,20 @@ def main(argv: list[str] | None = None) -> int:
                     "coverage": r["coverage"],
                     "answer_key": {
                         "mmvp": lm.mmvp_answer_key,
-                        "hallusion_bench": f"judge={lm.hallusion_judge}",
+                        "hallusion_bench": f"judge={settings.judge()}",
                     }.get(args.benchmark),
+                    **({"judge": settings.judge()} if args.benchmark == "hallusion_bench" else {}),
+                    "items": r.get("items"),
                     "model_kind": "mllm",
                     "cache_key": f"rescore:{digest}",
                     "genhancer_version": _version(),
+                    "record_version": RECORD_VERSION,
                     "time": now,
                 }
                 for r in results
             ]
             store.replace(model, args.benchmark, records)
+            annotate_uncertainty(store.records, cfg.uncertainty)
             store.save()
             (out / "leaderboard.md").write_text(render_markdown(store.records))
             print(f"recorded in {out / 'results.json'}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.config import HALLUSION_JUDGE_MODEL
 from eval.mllm.coverage import RowReport, check_rows, group_official_rows, task_info
 from eval.mllm.samples import dedupe, to_samples
 from eval.mllm.scoring import ORIGINAL_MMVP_KEY_FIXES, SCORERS, Sample, Score
@@ -33,6 +34,11 @@ class ScoreSettings:
     mmvp_answer_key: str = "lmms-lab-eval"
     hallusion_judge: str = "rule"
     hallusion_api_key: str = ""
+    hallusion_judge_model: str = HALLUSION_JUDGE_MODEL
+
+    def judge(self) -> str:
+        """The HallusionBench judge as recorded: ``rule``, or ``gpt:<dated model>``."""
+        return f"gpt:{self.hallusion_judge_model}" if self.hallusion_judge == "gpt" else "rule"
 
 
 def lmms_eval_version() -> str:
@@ -91,8 +97,11 @@ def gpt_verdicts(
     url: str = OPENAI_CHAT_URL,
     retries: int = 3,
     wait_s: float = 5.0,
+    model: str = HALLUSION_JUDGE_MODEL,
 ) -> list[int]:
     """HallusionBench verdicts from the official GPT-4 judge, one request per sample.
+
+    ``model`` is a dated snapshot (the official code's unpinned ``gpt-4`` drifts with the alias).
 
     lmms-eval's ``evaluate_by_chatgpt`` turns a failed request into "unclear" (offline: every
     sample, silently) and can reuse the previous sample's reply (``hallusion_bench/utils.py:56``)
@@ -111,7 +120,7 @@ def gpt_verdicts(
         prompt = HB_JUDGE_PROMPT.format(
             question=s.doc.get("question", ""), reference=s.doc.get("gt_answer_details", ""), reply=s.response
         )
-        payload = {"model": "gpt-4", "messages": [{"role": "user", "content": prompt}], "max_tokens": 16}
+        payload = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16}
         text, error = None, ""
         for attempt in range(retries):
             try:
@@ -144,7 +153,8 @@ def score_samples(benchmark: str, samples: list[Sample], settings: ScoreSettings
         fixes = ORIGINAL_MMVP_KEY_FIXES if settings.mmvp_answer_key == "original" else ()
         return SCORERS["mmvp"](samples, fixes)
     if benchmark == "hallusion_bench" and settings.hallusion_judge == "gpt":
-        return SCORERS["hallusion_bench"](samples, gpt_verdicts(samples, settings.hallusion_api_key))
+        verdicts = gpt_verdicts(samples, settings.hallusion_api_key, model=settings.hallusion_judge_model)
+        return SCORERS["hallusion_bench"](samples, verdicts)
     return SCORERS[benchmark](samples)
 
 
