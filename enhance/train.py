@@ -89,6 +89,15 @@ def resolve_schedule(cfg: EnhanceConfig, source, world: int) -> None:
         log.info("train.schedule=one_epoch: %s runs %d steps (%d images)", name, scfg.steps, n)
 
 
+def elastic_stream(cfg: EnhanceConfig, source) -> bool:
+    """The elastic layout (a checkpoint resumes on another number of processes) for sources
+    read by index; webdataset shards stay split across ranks (each rank reads its own shards), and
+    a replicated stream gives every rank the same order."""
+    from enhance.data.sources import IndexSource
+
+    return isinstance(source, IndexSource) and not cfg.data.replicate_across_ranks
+
+
 def build_stream_factory(
     cfg: EnhanceConfig,
     model: GenHancerModel,
@@ -123,6 +132,8 @@ def build_stream_factory(
         if replicate
         else {"rank": rank, "world_size": world}
     )
+    if elastic_stream(cfg, source):
+        split["rank_blocks"] = batch_size
 
     def factory(start_position: int):
         stream = ImageStream(source, transform, seed=seed, start_position=start_position, **split)
@@ -280,6 +291,7 @@ class EnhanceStages(StageDriver):
             load_earlier=lambda w: load_checkpoint_state(model, w, partial=True),
             on_checkpoint=on_checkpoint,
             on_step=on_step,
+            elastic=elastic_stream(cfg, self.source),
         )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from enhance.towers.spec import is_tower_spec
 from genhancer.runtime.errors import UserError
 from llava_integration.config import ModelConfig
 from llava_integration.templates import IMAGE_TOKEN, TEMPLATES, chat_template_jinja
@@ -40,10 +41,13 @@ class Tower:
         return self.config.image_size // self.config.patch_size
 
 
-def _resolve(name: str, cache_dir: str | None) -> str:
+def _resolve(name: str, cache_dir: str | None, option: str = "model.vision_tower") -> str:
+    from enhance.towers.resolve import resolve_tower
     from genhancer.toyworld.models import resolve_tiny
     from llava_integration.tiny import resolve_tiny_llm
 
+    if is_tower_spec(name):  # hf:REPO/SUB@REV or WEIGHTS::BASE (enhance.towers)
+        return resolve_tower(name, cache_dir, option)
     return resolve_tiny(resolve_tiny_llm(name, cache_dir), cache_dir)
 
 

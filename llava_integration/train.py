@@ -209,6 +209,9 @@ class LlavaStages(StageDriver):
             checkpoint_weights=lambda: trainable_state(task),
             load_weights=lambda w: load_trainable_state(task, w),
             extra_state={"data": rows.as_dict()},  # in every metrics.jsonl record of the stage
+            # LlavaStream's layout maps across world sizes, unless modality groups span all ranks
+            # (their size, B x processes, shapes the epoch order)
+            elastic=not cfg.data.group_by_modality_length,
         )
 
     def stage_finished(self, name: str) -> None:

@@ -18,6 +18,13 @@ Contract with the trainer (see :func:`build_dataloader`):
   stream emit a marker element per unreadable item (``emit_skips``), which the collate function
   drops and counts: every batch then spans exactly ``batch_size`` positions (and may hold fewer,
   even zero, images).
+* ``rank_blocks=B`` (elastic layout): instead of the source's own split, every rank walks the one
+  global order, cut into blocks of ``B`` positions; global block ``g`` goes to rank
+  ``g % world_size`` (the layout of ``llava_integration.data.LlavaStream``). A position still counts
+  this rank's items, so after ``k`` blocks on every rank the ranks together consumed exactly the
+  first ``k * B * world_size`` items: a checkpoint taken there resumes on any number of processes
+  (``genhancer.runtime.resume.elastic_position``), no item seen twice or skipped. Each rank reads
+  only its own items; the others are passed over by index, without being fetched.
 """
 
 from __future__ import annotations
@@ -81,10 +88,15 @@ class ImageStream(IterableDataset):
         emit_skips: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         augment_rank: int = 0,
+        rank_blocks: int = 0,
     ):
         super().__init__()
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if rank_blocks and start_position % rank_blocks:
+            raise ValueError(
+                f"start_position {start_position} is not a multiple of rank_blocks {rank_blocks}"
+            )
         if start_position < 0 or block_size < 1:
             raise ValueError(
                 f"need start_position >= 0 and block_size >= 1, got {start_position}, {block_size}"
@@ -95,6 +107,7 @@ class ImageStream(IterableDataset):
         self.block_size, self.emit_skips, self.max_pixels = block_size, emit_skips, max_pixels
         # Replicated streams (every rank reads rank 0 of 1): crops still differ per rank.
         self.augment_rank = augment_rank
+        self.rank_blocks = rank_blocks
 
     def configured(self, **changes: Any) -> ImageStream:
         """A shallow copy with some attributes replaced (e.g. ``start_position``)."""
@@ -119,10 +132,14 @@ class ImageStream(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         position, to_skip, skipped = self.start_position, self.start_position, 0
+        # elastic layout: walk the global order (counted by ``walked``), keep this rank's blocks
+        blocks, world = self.rank_blocks, self.world_size
+        split = (0, 1) if blocks else (self.rank, world)
+        walked = to_skip = self.start_position * world if blocks else self.start_position
         epoch = 0
         while self.max_epochs is None or epoch < self.max_epochs:
             epoch_items = mine = readable = 0
-            for segment in self.source.segments(epoch, self.seed, self.rank, self.world_size, self.shuffle):
+            for segment in self.source.segments(epoch, self.seed, *split, self.shuffle):
                 n = segment.count()
                 epoch_items += n
                 if to_skip >= n:
@@ -130,8 +147,13 @@ class ImageStream(IterableDataset):
                     continue
                 refs, to_skip = segment.items(to_skip), 0
                 for ref in refs:
+                    if blocks:
+                        walked += 1
+                        global_block = (walked - 1) // blocks
+                        if global_block % world != self.rank:
+                            continue
                     position += 1
-                    block = (position - 1 - self.start_position) // self.block_size
+                    block = (position - 1 - self.start_position) // (blocks or self.block_size)
                     if block % num_workers != worker:
                         continue
                     mine += 1
@@ -220,6 +242,8 @@ def build_dataloader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if stream.rank_blocks and stream.rank_blocks != batch_size:
+        raise ValueError(f"rank_blocks {stream.rank_blocks} must equal the batch size {batch_size}")
     stream = stream.configured(block_size=batch_size, emit_skips=True)
     resolution = getattr(stream.transform, "resolution", None)
     shapes = getattr(stream.transform, "output_shapes", None)

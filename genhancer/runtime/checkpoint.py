@@ -193,6 +193,7 @@ class CheckpointMeta:
     positions: list[int] = field(default_factory=list)  # data position per rank
     skipped: int = 0  # unreadable images so far, over all ranks
     world_size: int = 1
+    elastic: bool = False  # positions follow the elastic layout (they map onto another world size)
     scheduler: dict = field(default_factory=dict)
     config_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -207,6 +208,7 @@ class CheckpointMeta:
             "positions": list(self.positions),
             "skipped": self.skipped,
             "world_size": self.world_size,
+            "elastic": self.elastic,
             "scheduler": self.scheduler,
             "config_hash": self.config_hash,
             **self.extra,

@@ -21,6 +21,7 @@ import torch
 from genhancer.runtime import checkpoint as ckpt
 from genhancer.runtime import configtools
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.preempt import Preempted, PreemptionWatch, clear_marker, write_marker
 from genhancer.runtime.resume import Action, StageRef, plan_stage, prerequisite_met
 from genhancer.runtime.trainer import Loop, LoopSpec, MetricsWriter, start_stage
 
@@ -57,6 +58,9 @@ def check_run_dir(
         if meta.stage == first_stage and meta.final:
             allowed += list(freed_after_first_stage)
         before, now = configtools.load_yaml(saved), configtools.to_dict(cfg)
+        migrate = getattr(cfg, "migrate_saved", None)  # a tree written in an older shape
+        if migrate is not None:
+            before = migrate(before)
         defaults = configtools.to_dict(type(cfg)())
         changed = []
         for k in configtools.diff_keys(before, now):
@@ -159,6 +163,9 @@ class StageSetup:
     extra_state: dict[str, Any] = field(default_factory=dict)
     on_checkpoint: Callable[[int], None] | None = None
     on_step: Callable[[int], None] | None = None
+    # ``batches`` has the elastic layout (global micro-batch g = m * world + rank, positions count a
+    # rank's samples; see resume.stream_start): a checkpoint resumes on another number of processes.
+    elastic: bool = False
 
 
 class StageDriver:
@@ -183,9 +190,26 @@ class StageDriver:
         """Stage ``name`` has trained (``prepared``: the accelerator's wrapper; every rank runs this)."""
 
     def run(self, run_stages: Sequence[str]) -> None:
-        """Train ``run_stages`` in order, each as the resume plan says."""
+        """Train ``run_stages`` in order, each as the resume plan says. SIGUSR1/SIGTERM checkpoint
+        the run at the next step boundary and raise :class:`~genhancer.runtime.preempt.Preempted`
+        (exit code 75) after the main process wrote ``DIR/preempted.json``."""
         accelerator, folder = self.accelerator, self.folder
+        if accelerator.is_main_process:
+            clear_marker(folder.path)
         metrics = folder.metrics(accelerator, self.cfg.logging.tensorboard)
+        try:
+            with PreemptionWatch(accelerator.num_processes) as watch:
+                self._run_stages(run_stages, metrics, watch)
+        except Preempted as stop:
+            if accelerator.is_main_process:
+                write_marker(folder.path, stop)
+                log.warning("%s", stop)
+            raise
+        finally:
+            metrics.close()
+
+    def _run_stages(self, run_stages: Sequence[str], metrics: MetricsWriter, watch: PreemptionWatch) -> None:
+        accelerator, folder = self.accelerator, self.folder
         indices = [folder.index(n) for n in run_stages]
         for name in run_stages:
             setup = self.setup_stage(name)
@@ -211,6 +235,7 @@ class StageDriver:
                 setup.lr_fn,
                 folder.latest if plan.action is Action.RESTORE else None,
                 setup.load_weights,
+                elastic=setup.elastic,
             )
             spec = LoopSpec.for_stage(
                 self.cfg,
@@ -222,6 +247,7 @@ class StageDriver:
                 self.config_hash,
             )
             spec.extra_state = dict(setup.extra_state)
+            spec.elastic, spec.micro_batch = setup.elastic, setup.optim.per_device_batch_size
             Loop(
                 accelerator,
                 prepared,
@@ -236,7 +262,7 @@ class StageDriver:
                 on_checkpoint=setup.on_checkpoint,
                 protect=self.protect,
                 on_step=setup.on_step,
+                preempt=watch,
             ).run()
             self.end_stage(name, prepared)
             accelerator.free_memory()  # drop the wrappers; the module itself was trained in place
-        metrics.close()

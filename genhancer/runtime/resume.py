@@ -3,7 +3,8 @@
 Pure functions of the stage list, the latest checkpoint's metadata and each stage's step
 count, so the rule every command follows is written and tested once. A stage is *finished*
 only when its final checkpoint was written (``final``) and that checkpoint reaches the stage's
-configured steps; a stage whose steps were raised since resumes from it.
+configured steps; a stage whose steps were raised since resumes from it. :func:`stream_start`
+maps a stored data position onto the processes of the resumed run (elastic resume).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from genhancer.runtime.checkpoint import CheckpointMeta
+from genhancer.runtime.errors import UserError
 
 
 class Action(enum.Enum):
@@ -75,3 +77,44 @@ def plan_resume(stages: Sequence[StageRef], meta: CheckpointMeta | None) -> list
     """The plan of every stage of a run (see :func:`plan_stage`)."""
     indices = [s.index for s in stages]
     return [plan_stage(s, meta, indices) for s in stages]
+
+
+# --- the data position across world sizes ----------------------------------------------------
+
+
+def stream_start(
+    positions: Sequence[int],
+    written_world: int,
+    rank: int,
+    world: int,
+    elastic: bool,
+    block: int,
+    what: str = "the checkpoint",
+) -> int:
+    """Where this rank's stream resumes, from the per-rank positions a checkpoint stored.
+
+    Without ``elastic`` each rank continues its own stream, so the world size must not change.
+    With ``elastic`` the streams share one order cut into micro-batches of ``block`` samples,
+    global micro-batch ``g`` going to rank ``g % world`` (``LlavaStream``, and ``ImageStream`` with
+    ``rank_blocks``), and a position counts one rank's samples. At an optimizer-step boundary every
+    rank has consumed the same number of micro-batches, so the ranks together consumed exactly the
+    first ``position * written_world`` samples; on ``world`` ranks that prefix is ``position *
+    written_world / world`` samples per rank (a whole number of micro-batches whenever the global
+    batch splits over ``world``, which :func:`~genhancer.runtime.trainer.grad_accum_steps` checks)."""
+    positions = list(positions) or [0] * written_world
+    if not elastic:
+        if written_world != world:
+            raise UserError(
+                f"{what} was written by {written_world} processes, this run has {world}; this data "
+                "stream resumes only on the same number of processes"
+            )
+        return int(positions[rank]) if rank < len(positions) else 0
+    if len(set(positions)) != 1:
+        raise UserError(f"{what}: ranks stopped at different data positions {positions}; cannot remap them")
+    consumed = int(positions[0]) * written_world  # samples, all ranks together
+    if consumed % (block * world):
+        raise UserError(
+            f"{what}: {consumed} samples consumed do not split into micro-batches of {block} over "
+            f"{world} processes; resume on a process count that divides the global batch"
+        )
+    return consumed // world

@@ -22,6 +22,8 @@ import torch
 
 from genhancer.runtime import checkpoint as ckpt
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.preempt import Preempted, PreemptionWatch
+from genhancer.runtime.resume import stream_start
 from genhancer.runtime.sections import NonFinite
 from genhancer.runtime.seeding import derive_seed
 
@@ -85,6 +87,10 @@ class LoopSpec:
     nonfinite: NonFinite = "stop"  # which NonFinitePolicy runs (see NONFINITE_POLICIES)
     grad_conflict: bool = False  # log the cosine between the gradients of the task's loss_terms
     extra_state: dict[str, Any] = field(default_factory=dict)  # in every record and checkpoint
+    # The stream's layout maps positions across world sizes (see resume.stream_start); randomness
+    # is then keyed by the global micro-batch, not by (micro-step, rank); micro_batch: its samples.
+    elastic: bool = False
+    micro_batch: int = 0
 
     @classmethod
     def for_stage(
@@ -116,6 +122,7 @@ class LoopState:
     positions: list[int] = field(default_factory=list)  # data position per rank
     skipped: int = 0
     seen: int = 0
+    world: int = 0  # processes that wrote ``positions`` (0: this run's)
 
 
 class MetricsWriter:
@@ -290,6 +297,7 @@ class Loop:
         on_checkpoint: Callable[[int], None] | None = None,
         protect: set[str] | None = None,
         on_step: Callable[[int], None] | None = None,
+        preempt: PreemptionWatch | None = None,
     ):
         self.accelerator, self.model, self.optimizer, self.scheduler = (
             accelerator,
@@ -299,16 +307,26 @@ class Loop:
         )
         self.spec, self.metrics, self.checkpoint_weights = spec, metrics, checkpoint_weights
         self.on_checkpoint, self.on_step = on_checkpoint, on_step
+        self.preempt = preempt
         self.ckpt_root = run_dir / "checkpoints"
         self.protect = protect if protect is not None else set()
         self.rank = accelerator.process_index
         self.device = accelerator.device
         self.multi = accelerator.num_processes > 1
         self.deepspeed = is_deepspeed(accelerator)
+        self.world = accelerator.num_processes
         self.state = LoopState(
             step=start.step, positions=list(start.positions), skipped=start.skipped, seen=start.seen
         )
-        my_start = self.state.positions[self.rank] if len(self.state.positions) > self.rank else 0
+        my_start = stream_start(
+            start.positions,
+            start.world or self.world,
+            self.rank,
+            self.world,
+            spec.elastic,
+            spec.micro_batch,
+            what=f"{spec.name} checkpoint at step {start.step}",
+        )
         self.stream = batches(my_start)
         self.last_position = my_start
         self.last_skipped = self.state.skipped if not self.multi else 0
@@ -336,8 +354,10 @@ class Loop:
             if self.pbar is not None:
                 self.pbar.update(1)
             end = state.step == spec.steps
-            log_now = state.step % spec.log_every == 0 or end
-            save_now = state.step % spec.checkpoint_every == 0 or end
+            # a scheduler's signal (every rank agrees on the step): log, checkpoint, then stop
+            stop = self.preempt is not None and self.preempt.should_stop()
+            log_now = state.step % spec.log_every == 0 or end or stop
+            save_now = state.step % spec.checkpoint_every == 0 or end or stop
             if log_now or save_now:
                 self.policy.check(state.step)
             if log_now:
@@ -346,9 +366,23 @@ class Loop:
                 self.checkpoint(end)
             if self.on_step is not None and self.accelerator.is_main_process:
                 self.on_step(state.step)
+            if stop:
+                if self.pbar is not None:
+                    self.pbar.close()
+                name = checkpoint_name(spec, state.step)
+                raise Preempted(spec.name, state.step, name, self.preempt.signal_name)
         if self.pbar is not None:
             self.pbar.close()
         return state
+
+    def micro_seed(self, micro: int) -> int:
+        """The seed of one micro-batch's draws: ``(seed, stage, step, micro-step, rank)``, or with an
+        elastic stream ``(seed, stage, step, global micro-batch, 0)``, the same on any world size
+        (and the same as ``(micro-step, 0)`` on one process)."""
+        spec = self.spec
+        if spec.elastic:
+            return derive_seed(spec.seed, spec.index, self.state.step, micro * self.world + self.rank, 0)
+        return derive_seed(spec.seed, spec.index, self.state.step, micro, self.rank)
 
     def next_micro_batch(self) -> tuple[dict, float, int] | None:
         """``(batch on the device, loss weight, samples)``, or None for a micro-batch to drop."""
@@ -379,7 +413,7 @@ class Loop:
         """One micro-batch's loss and its scaled backward; randomness is a pure function of
         ``(seed, stage, step, micro-step, rank)``."""
         spec, accelerator = self.spec, self.accelerator
-        seed = derive_seed(spec.seed, spec.index, self.state.step, micro, self.rank)
+        seed = self.micro_seed(micro)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         torch.manual_seed(seed)  # dropout (LoRA) draws from the global RNG
         # Gradients are all-reduced only on the last micro-batch of the accumulation.
@@ -423,7 +457,7 @@ class Loop:
         trains exactly as without the diagnostic. Not under DeepSpeed (partitioned weights)."""
         if self.deepspeed:
             return {}
-        seed = derive_seed(self.spec.seed, self.spec.index, self.state.step, micro, self.rank)
+        seed = self.micro_seed(micro)
         module = self.accelerator.unwrap_model(self.model)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -587,6 +621,7 @@ def save(
             positions=list(state.positions),
             skipped=state.skipped,
             world_size=accelerator.num_processes,
+            elastic=spec.elastic,
             scheduler=scheduler.state_dict(),
             config_hash=spec.config_hash,
             extra=dict(spec.extra_state),
@@ -618,11 +653,13 @@ def start_stage(
     lr_fn: Callable[[int], float],
     resume_from: Path | None = None,
     load_weights: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    elastic: bool = False,
 ):
     """AdamW (fused on CUDA), or SGD with momentum when ``stage_cfg.optimizer`` says so, + LambdaLR
     over ``params``, prepared by ``accelerator``, and the loop state: fresh, or restored from
-    ``resume_from``. Returns ``(prepared, optimizer, scheduler, start)``. ``stage_cfg`` supplies
-    ``lr``, ``betas`` (or ``momentum``) and ``weight_decay``."""
+    ``resume_from`` (on another number of processes too when the stage's stream is ``elastic``).
+    Returns ``(prepared, optimizer, scheduler, start)``. ``stage_cfg`` supplies ``lr``, ``betas``
+    (or ``momentum``) and ``weight_decay``."""
     if getattr(stage_cfg, "optimizer", "adamw") == "sgd":  # DIVA's official optimiser
         optimizer = torch.optim.SGD(
             params, lr=stage_cfg.lr, momentum=stage_cfg.momentum, weight_decay=stage_cfg.weight_decay
@@ -651,7 +688,7 @@ def start_stage(
     prepared, optimizer = accelerator.prepare(module, optimizer)
     start = LoopState(positions=[0] * accelerator.num_processes)
     if resume_from is not None:
-        start = restore(accelerator, prepared, optimizer, scheduler, resume_from, load_weights)
+        start = restore(accelerator, prepared, optimizer, scheduler, resume_from, load_weights, elastic)
     return prepared, optimizer, scheduler, start
 
 
@@ -662,14 +699,26 @@ def restore(
     scheduler,
     path: Path,
     load_weights: Callable[[dict[str, torch.Tensor]], None],
+    elastic: bool = False,
 ) -> LoopState:
-    """Load a checkpoint written by :func:`save` into the prepared objects."""
+    """Load a checkpoint written by :func:`save` into the prepared objects. A checkpoint written by
+    another number of processes loads when the stage's stream is elastic (the data position maps,
+    see :func:`~genhancer.runtime.resume.stream_start`; the optimizer state is whole on every rank)
+    and the engine is not DeepSpeed (whose optimizer state is partitioned per process)."""
     meta = ckpt.read_meta(path)
-    if meta.world_size != accelerator.num_processes:
-        raise UserError(
-            f"checkpoint {path} was written by {meta.world_size} processes, this run has "
-            f"{accelerator.num_processes}; resume with the same number of processes"
-        )
+    world = accelerator.num_processes
+    if meta.world_size != world:
+        if not (elastic and meta.elastic):
+            raise UserError(
+                f"checkpoint {path} was written by {meta.world_size} processes, this run has {world}; "
+                "this stage's data stream resumes only on the same number of processes"
+            )
+        if is_deepspeed(accelerator):
+            raise UserError(
+                f"checkpoint {path} was written by {meta.world_size} processes, this run has {world}; "
+                "DeepSpeed partitions the optimizer state per process: resume on "
+                f"{meta.world_size} processes"
+            )
     if is_deepspeed(accelerator):
         accelerator.load_state(str(path / "engine"))
     else:
@@ -681,4 +730,6 @@ def restore(
     rng = ckpt.load_rng(path, accelerator.process_index)
     if rng is not None:
         ckpt.restore_rng(rng)
-    return LoopState(step=meta.step, positions=list(meta.positions), skipped=meta.skipped)
+    return LoopState(
+        step=meta.step, positions=list(meta.positions), skipped=meta.skipped, world=meta.world_size
+    )
