@@ -40,7 +40,9 @@ CONFIG_FLAGS = (
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("genhancer-demo", __doc__)
     p.add_argument(
-        "--original", metavar="ID_OR_DIR", help="original dual encoder (HF id, dir, genhancer-tiny:clip)"
+        "--original",
+        metavar="ID_OR_DIR",
+        help="original dual encoder (HF id, dir, hf:ORG/NAME/SUB@REV, WEIGHTS::BASE, genhancer-tiny:clip)",
     )
     p.add_argument(
         "--enhanced", metavar="DIR", help="enhanced encoder: an `enhance` run dir or its export/hf"
@@ -83,9 +85,14 @@ def _warn_missing(cfg, preset: str | None) -> None:
     if preset == "tiny" and not Path(QUICKSTART).is_dir():
         print(f"genhancer-demo: note: {QUICKSTART} not found; run `make quickstart` first", file=sys.stderr)
 
+    from enhance.towers.spec import check_tower_spec, is_tower_spec
+
+    for key in ("original", "enhanced"):  # hf:REPO/SUB@REV and WEIGHTS::BASE towers: syntax, local files
+        if is_tower_spec(getattr(cfg, key)):
+            check_tower_spec(getattr(cfg, key), f"--{key}")
     for key in ("enhanced", "denoiser", "llava_original", "llava_enhanced", "results", "data_root"):
         value = getattr(cfg, key)
-        if value and not Path(value).expanduser().exists():
+        if value and not is_tower_spec(value) and not Path(value).expanduser().exists():
             print(f"genhancer-demo: note: --{key.replace('_', '-')} {value} does not exist", file=sys.stderr)
     if not cfg.original and not cfg.enhanced:
         print(

@@ -25,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from enhance.towers.spec import check_tower_spec, is_tower_spec
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.preflight import check_folder, check_llava_json, check_run_folder, require_local_paths
@@ -35,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = make_parser("llava-train", __doc__)
     add_config_flags(p)
     p.add_argument("--output-dir", help="run folder (config.yaml, metrics.jsonl, checkpoints/, final/)")
-    p.add_argument("--vision-tower", help="vision tower dir or HF id (sets model.vision_tower)")
+    p.add_argument(
+        "--vision-tower",
+        help="vision tower: dir, HF id, hf:ORG/NAME/SUB@REV or WEIGHTS::BASE (sets model.vision_tower)",
+    )
     p.add_argument("--data-root", help="LLaVA data root (sets data.root)")
     p.add_argument(
         "--stage", choices=["pretrain", "finetune", "all"], default=None, help="run one stage only"
@@ -103,6 +107,8 @@ def preflight(cfg, args: argparse.Namespace) -> None:
     """What can be refused before torch loads: local paths that do not exist, the run folder,
     ``--threads``."""
     keys = {k: v for k, v in PATH_KEYS.items() if k != "data.root" or cfg.data.source != "toyworld"}
+    if is_tower_spec(cfg.model.vision_tower):  # hf:REPO/SUB@REV or WEIGHTS::BASE (enhance.towers)
+        check_tower_spec(cfg.model.vision_tower, "model.vision_tower")
     require_local_paths(cfg, keys, keys)
     check_stage_data(cfg)
     check_run_folder(args.output_dir, args.resume)

@@ -10,9 +10,11 @@ from genhancer.runtime.errors import UserError
 
 def _load_hf(cfg, cache_dir) -> VisionBackbone:
     from enhance.backbones.hf import load_hf_backbone
+    from enhance.towers.resolve import resolve_tower
     from genhancer.toyworld.models import resolve_tiny
 
-    path = resolve_tiny(cfg.name_or_path, cache_dir)
+    # hf:REPO/SUB@REV and WEIGHTS::BASE specs become a local folder (enhance.towers)
+    path = resolve_tiny(resolve_tower(cfg.name_or_path, cache_dir, "backbone.name_or_path"), cache_dir)
     return load_hf_backbone(
         cfg.family, path, cfg.image_size, cfg.revision, cfg.trust_remote_code, cfg.allow_pickle
     )

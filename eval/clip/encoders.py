@@ -16,7 +16,8 @@ Model specs (``--clip NAME=SPEC``):
   ``siglip``); a run folder whose ``export/hf`` exists is accepted too;
 * a folder holding ``open_clip_config.json`` + ``open_clip_model.safetensors`` (our export);
 * ``open_clip:ARCH[:PRETRAINED]`` (e.g. ``open_clip:ViT-B-32:laion2b_s34b_b79k``);
-* ``genhancer-tiny:clip`` (the cached tiny base tower).
+* ``genhancer-tiny:clip`` (the cached tiny base tower);
+* ``hf:ORG/NAME[/SUBFOLDER][@REVISION]`` and ``WEIGHTS::BASE`` (:mod:`enhance.towers.spec`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from enhance.towers.spec import is_tower_spec
 from genhancer.runtime.errors import UserError
 
 #: Every dual encoder is scored in this dtype, whatever dtype its weights were saved in: the
@@ -286,6 +288,10 @@ def resolve_spec(spec: str, cache_dir: str | None = None) -> tuple[str, str]:
 
     ``kind`` is ``hf`` (local dir or hub id), ``open_clip_dir``, ``open_clip`` or ``tiny``.
     """
+    if is_tower_spec(spec):  # hf:REPO/SUB@REV or WEIGHTS::BASE: a local folder (converted once)
+        from enhance.towers.resolve import resolve_tower
+
+        return resolve_spec(resolve_tower(spec, cache_dir, "--clip"), cache_dir)
     if spec.startswith(TINY_PREFIX):
         if spec != TINY_PREFIX + "clip":
             raise UserError(f"unknown tiny model '{spec}' for the leaderboard; use {TINY_PREFIX}clip")

@@ -37,6 +37,8 @@ def require_local_paths(cfg: Any, keys: Iterable[str], what: dict[str, str] | No
     what = what or {}
     for key in keys:
         value = lookup(cfg, key)
+        if isinstance(value, str) and "::" in value:  # a state dict on a base tower (WEIGHTS::BASE):
+            value = value.split("::", 1)[0]  # its weights file is the local path to check
         if not isinstance(value, str) or not looks_local(value) or any(c in value for c in "*?[{"):
             continue  # a hub id, a tiny name, or a shard pattern (its loader expands it)
         if not Path(value).expanduser().exists():
