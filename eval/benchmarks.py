@@ -13,6 +13,7 @@ Registration is explicit (a plain dict), and an unknown name lists the valid one
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,6 +308,18 @@ def _mllm_root(ctx: BenchmarkContext) -> Path | None:
     return ctx.data_root
 
 
+def mmvp_pattern_file(ctx: BenchmarkContext) -> Path | None:
+    """The MMVP pair-to-pattern CSV: ``lmms.mmvp_patterns``, else ``DATA_ROOT/mmvp/patterns.csv``
+    when present (:mod:`eval.mllm.mmvp_patterns`); None: no per-pattern table."""
+    from eval.mllm.mmvp_patterns import PATTERN_FILE
+
+    if ctx.cfg.lmms.mmvp_patterns:
+        return Path(ctx.cfg.lmms.mmvp_patterns).expanduser()
+    root = _mllm_root(ctx)
+    found = root / "mmvp" / PATTERN_FILE if root is not None else None
+    return found if found is not None and found.is_file() else None
+
+
 def _mllm_prepare_for(name: str):
     def prepare(ctx: BenchmarkContext):
         from eval.mllm.tasks import write_tasks
@@ -317,6 +330,10 @@ def _mllm_prepare_for(name: str):
 
             f = ctx.cfg.lmms.fixtures
             ensure_mllm_fixtures(root, MllmFixtureRecipe(**dataclasses.asdict(f)), [name])
+        if name == "mmvp" and mmvp_pattern_file(ctx) is not None:  # a bad map fails before any model
+            from eval.mllm.mmvp_patterns import read_pattern_map
+
+            read_pattern_map(mmvp_pattern_file(ctx))
         base = ctx.output_dir or Path(".")
         return write_tasks(base / "lmms_tasks", [name], root, tuple(ctx.cfg.lmms.naturalbench_modes))
 
@@ -331,11 +348,18 @@ def _mllm_run_for(name: str):
         settings = ScoreSettings(
             lm.mmvp_answer_key, lm.hallusion_judge, ctx.api_key, lm.hallusion_judge_model
         )
+        pattern_file = mmvp_pattern_file(ctx) if name == "mmvp" else None
+        if pattern_file is not None:
+            from eval.mllm.mmvp_patterns import read_pattern_map
+
+            settings.mmvp_patterns = read_pattern_map(pattern_file)
         audit = ctx.audit_dir or (ctx.output_dir or Path(".")) / "mllm" / name
         dataset = "toy:" + name if ctx.fixture else tasks.data[name]
         revision = "generated" if ctx.fixture else ("local" if ctx.data_root else "hub")
         answer_key = {"mmvp": lm.mmvp_answer_key, "hallusion_bench": f"judge={settings.judge()}"}.get(name)
         judge = {"judge": settings.judge()} if name == "hallusion_bench" else {}
+        if pattern_file is not None:
+            judge["pattern_map"] = str(pattern_file)
         return [
             {"dataset": dataset, "revision": revision, "seed": None, "answer_key": answer_key, **judge, **r}
             for r in run_benchmark(model, name, tasks, audit, ctx.limit, settings)
@@ -353,7 +377,17 @@ def _mllm_inputs_for(name: str):
             lm.pop("fixtures")
         if name != "hallusion_bench" or lm["hallusion_judge"] != "gpt":  # the model only matters there
             lm.pop("hallusion_judge_model")
-        return {"lmms": lm, "root": str(_mllm_root(ctx)), "lmms_eval": version("lmms_eval")}
+        lm.pop("mmvp_patterns")
+        out = {"lmms": lm, "root": str(_mllm_root(ctx)), "lmms_eval": version("lmms_eval")}
+        if (
+            name == "mmvp"
+        ):  # the map's content decides the per-pattern numbers (fixtures: fixed by the recipe)
+            f = mmvp_pattern_file(ctx)
+            if ctx.fixture and not ctx.cfg.lmms.mmvp_patterns:
+                out["pattern_map"] = "fixture"
+            elif f is not None and f.is_file():
+                out["pattern_map"] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+        return out
 
     return inputs
 

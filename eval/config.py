@@ -166,6 +166,11 @@ class LmmsConfig:
     hallusion_judge: str = doc(
         "rule", "rule (first yes/no word) | gpt (the official GPT-4 judge's prompt; needs OPENAI_API_KEY)"
     )
+    mmvp_patterns: str = doc(
+        "",
+        "MMVP pair-to-pattern CSV (Index,pattern; eval.mllm.mmvp_patterns derives it from MMVP-VLM); "
+        "empty: DATA_ROOT/mmvp/patterns.csv when present (the toy fixtures write one), else no per-pattern table",
+    )
     hallusion_judge_model: str = doc(
         HALLUSION_JUDGE_MODEL,
         "OpenAI model of the gpt judge, a dated snapshot (recorded with every number). The official "

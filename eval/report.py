@@ -37,6 +37,8 @@ _TITLES = {
     "probe": "Linear probes on toy-world attributes (test accuracy %, global token)",
     "clustering": "Zero-shot clustering of the global token (k-means, k = classes; NMI / ACC / ARI as fractions)",
     "mmvp": "MMVP (pair / question accuracy %, rule parser instead of the GPT-4 grader)",
+    "mmvp_patterns": "MMVP per visual pattern (pair accuracy % over each pattern's pairs; the pair-to-pattern "
+    "map is derived from MMVP-VLM, which the MMVP repository does not publish: eval.mllm.mmvp_patterns)",
     "cv_bench": "CV-Bench (accuracy %; 2D = mean(ADE20K, COCO), overall = (2D + 3D) / 2; micro = lmms-eval's)",
     "naturalbench": "NaturalBench (%; Acc.. = highest-likelihood answers, gen_Acc.. = generated answers)",
     "pope": "POPE (%, per split; LLaVA yes/no rule; yes_ratio of the predictions)",
@@ -86,8 +88,8 @@ def _ordered(items) -> list:
 
 
 def _metric_order(benchmark: str, metrics: Sequence[str]) -> list[str]:
-    if benchmark == "mmvp_vlm":
-        known = [k for k in (*PATTERN_KEYS, "average") if k in metrics]
+    if benchmark in ("mmvp_vlm", "mmvp_patterns"):
+        known = [k for k in (*PATTERN_KEYS, "average", "unmapped") if k in metrics]
         return known + [m for m in metrics if m not in known]
     return list(metrics)
 
@@ -101,6 +103,7 @@ def render_markdown(records: list[dict]) -> str:
     if not records:
         return "# Leaderboard\n\nNo results yet.\n"
     lines = ["# Leaderboard", "", *render_table2(records)]
+    records = split_mmvp_patterns(records)
     for bench in _ordered(r["benchmark"] for r in records):
         rows = [r for r in records if r["benchmark"] == bench]
         if bench == "clustering":
@@ -153,6 +156,10 @@ def render_markdown(records: list[dict]) -> str:
         if bench == "hallusion_bench":
             judges = _ordered(f"{r['model']}: {_judge(r)}" for r in rows)
             lines += ["Judge: " + "; ".join(judges) + " (rule = first yes/no word, the offline default).", ""]
+        if bench == "mmvp_patterns":
+            maps = _ordered(str(r.get("pattern_map")) for r in rows if r.get("pattern_map"))
+            legend = "; ".join(f"{k} = {PATTERN_TITLES[k]}" for k in PATTERN_KEYS if k in metrics)
+            lines += [f"Patterns: {legend}. Map: {', '.join(maps) or 'not recorded'}.", ""]
         if bench == "mmvp_vlm":
             legend = "; ".join(f"{k} = {PATTERN_TITLES[k]}" for k in PATTERN_KEYS if k in metrics)
             lines += [
@@ -177,6 +184,19 @@ def render_markdown(records: list[dict]) -> str:
         datasets = _ordered(f"{r['dataset']} @ {r['revision']}" for r in rows)
         lines += ["Data: " + "; ".join(f"`{d}`" for d in datasets), ""]
     return "\n".join(lines)
+
+
+MMVP_PATTERN_PREFIX = "pattern/"
+
+
+def split_mmvp_patterns(records: list[dict]) -> list[dict]:
+    """MMVP's ``pattern/<key>`` records as their own table (``mmvp_patterns``), for display only."""
+    return [
+        {**r, "benchmark": "mmvp_patterns", "metric": str(r["metric"])[len(MMVP_PATTERN_PREFIX) :]}
+        if r["benchmark"] == "mmvp" and str(r["metric"]).startswith(MMVP_PATTERN_PREFIX)
+        else r
+        for r in records
+    ]
 
 
 def _judge(r: dict) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from eval.mllm.mmvp_patterns import PATTERN_FILE, write_pattern_map
 from genhancer.toyworld.world import (
     COLORS,
     NUMBER_WORDS,
@@ -34,7 +35,7 @@ from genhancer.toyworld.world import (
     render,
 )
 
-_FIXTURE_VERSION = 2
+_FIXTURE_VERSION = 3  # 3: mmvp/patterns.csv
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,13 @@ def write_mmvp(root: Path, recipe: MllmFixtureRecipe) -> Path:
         "Correct Answer": Value("string"),
         "image": Image(),
     }
+    # The pair-to-pattern map is not part of the dataset (eval.mllm.mmvp_patterns): a CSV beside it.
+    pattern = {"color": "color", "count": "quantity", "position": "position"}
+    write_pattern_map(
+        root / "mmvp" / PATTERN_FILE,
+        {p: pattern[("color", "count", "position")[p % 3]] for p in range(recipe.mmvp_pairs)},
+        recipe.mmvp_pairs,
+    )
     return _write(_columns(rows), feats, root / "mmvp" / "train.parquet")
 
 

@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             if not f.is_file():
                 raise UserError(f"no such samples file: {f}")
         settings = ScoreSettings(lm.mmvp_answer_key, lm.hallusion_judge, key, lm.hallusion_judge_model)
+        if args.benchmark == "mmvp" and lm.mmvp_patterns:
+            from eval.mllm.mmvp_patterns import read_pattern_map
+
+            settings.mmvp_patterns = read_pattern_map(lm.mmvp_patterns)
         results, reports = rescore(args.benchmark, files, settings, args.allow_partial)
         model = args.model or files[0].resolve().parent.name
         print(f"{args.benchmark} ({model}; {len(files)} file(s)), official scoring, percent:")

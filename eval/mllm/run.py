@@ -35,6 +35,7 @@ class ScoreSettings:
     hallusion_judge: str = "rule"
     hallusion_api_key: str = ""
     hallusion_judge_model: str = HALLUSION_JUDGE_MODEL
+    mmvp_patterns: dict[int, str] | None = None  # {0-based pair: pattern}: MMVP per pattern
 
     def judge(self) -> str:
         """The HallusionBench judge as recorded: ``rule``, or ``gpt:<dated model>``."""
@@ -151,7 +152,7 @@ def score_samples(benchmark: str, samples: list[Sample], settings: ScoreSettings
     settings = settings or ScoreSettings()
     if benchmark == "mmvp":
         fixes = ORIGINAL_MMVP_KEY_FIXES if settings.mmvp_answer_key == "original" else ()
-        return SCORERS["mmvp"](samples, fixes)
+        return SCORERS["mmvp"](samples, fixes, settings.mmvp_patterns)
     if benchmark == "hallusion_bench" and settings.hallusion_judge == "gpt":
         verdicts = gpt_verdicts(samples, settings.hallusion_api_key, model=settings.hallusion_judge_model)
         return SCORERS["hallusion_bench"](samples, verdicts)

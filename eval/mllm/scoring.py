@@ -33,10 +33,11 @@ recall and F1 and HallusionBench's ``avg`` are not means over one kind of unit: 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from eval.clip.mmvp_vlm import PATTERN_KEYS
 from eval.mllm.answer_parsing import (
     LETTERS,
     options_from_prompt,
@@ -111,11 +112,15 @@ def _mmvp_options(s: Sample) -> list[str]:
 def score_mmvp(
     samples: Sequence[Sample],
     key_fixes: Iterable[tuple[int, int]] = (),
+    patterns: Mapping[int, str] | None = None,
 ) -> Score:
     """Pair accuracy (the paper's MMVP column) and question accuracy.
 
     On the full benchmark the pair denominator is its 150 pairs; with a subset (``--limit``) only
-    the complete pairs seen are scored, and ``counts["pairs"]`` says how many.
+    the complete pairs seen are scored, and ``counts["pairs"]`` says how many. With ``patterns``
+    ({0-based pair: pattern key}, :mod:`eval.mllm.mmvp_patterns`), also the pair accuracy of each
+    visual pattern over its complete pairs, as ``pattern/<key>`` (pairs the map lacks:
+    ``pattern/unmapped``).
     """
     answer = {int(s.doc["Index"]): str(s.doc["Correct Answer"]).strip("() ").upper() for s in samples}
     for a, b in key_fixes:
@@ -153,8 +158,16 @@ def score_mmvp(
         notes.append(f"{len(pairs) - len(complete)} incomplete pair(s) left out of pair accuracy")
     if zero_based:
         notes.append("Index is 0-based here; pairs taken as Index // 2")
+    metrics = {"pair_accuracy": _pct(both, den), "question_accuracy": _pct(right, len(samples))}
+    if patterns is not None:
+        of = {p: patterns.get(p, "unmapped") for p in complete}
+        for key in [*PATTERN_KEYS, "unmapped"]:
+            ids = sorted(p for p in complete if of[p] == key)
+            if ids:
+                metrics[f"pattern/{key}"] = _pct(sum(all(complete[p]) for p in ids), len(ids))
+                items[f"pattern/{key}"] = Items("pair", ids, [float(all(complete[p])) for p in ids])
     return Score(
-        {"pair_accuracy": _pct(both, den), "question_accuracy": _pct(right, len(samples))},
+        metrics,
         {"questions": len(samples), "pairs": den, "pairs_both_right": both, "rows_left_out": left_out},
         notes,
         items,
