@@ -65,7 +65,9 @@ def build_sparse_clip(out_dir: Path, recipe: dict = SPARSE_CLIP_RECIPE) -> None:
     size = r["image_size"]
     model, processor = tiny_clip_for(r)
     tokenizer, image_processor = processor.tokenizer, processor.image_processor
-    world = ToyWorld(seed=r["seed"], image_size=size)
+    # ``world``: ToyWorld nuisance options (absent from the default recipe, so its cache key and
+    # weights are unchanged); the study's testbeds pretrain on the world they enhance on.
+    world = ToyWorld(seed=r["seed"], image_size=size, **r.get("world", {}))
     samples = [world.sample(i) for i in range(r["num_images"])]
     pixels = image_processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
     rng = random.Random(r["seed"])

@@ -250,10 +250,15 @@ def _draw_text(img: Image.Image, word: str, box: tuple[float, float, float, floa
     img.paste(Image.new("RGB", mask.size, rgb), (x, y), mask)
 
 
-def render(scene: Scene, image_size: int = 64) -> Image.Image:
-    """Draw ``scene`` as an RGB image of ``image_size`` px (deterministic)."""
+def render(scene: Scene, image_size: int = 64, object_scale: float = 1.0) -> Image.Image:
+    """Draw ``scene`` as an RGB image of ``image_size`` px (deterministic).
+
+    ``object_scale`` multiplies every shape's diameter (1.0: the default world; larger objects
+    give the rare attributes, orientation above all, more of the pixels)."""
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if object_scale <= 0:
+        raise ValueError(f"object_scale must be > 0, got {object_scale}")
     factor = max(2, -(-256 // image_size))  # supersample onto a canvas of at least 256 px
     side = image_size * factor
     bg = BACKGROUND_RGB[scene.background]
@@ -266,7 +271,7 @@ def render(scene: Scene, image_size: int = 64) -> Image.Image:
     n = len(scene.shapes)
     spacing = min(1.0, 3.0 / n)  # in cells; groups of more than three shrink to fit a row
     base = scene.shapes[0]
-    diameter = min(cell_w, cell_h) * spacing * (0.8 if base.size == "large" else 0.55)
+    diameter = min(cell_w, cell_h) * spacing * (0.8 if base.size == "large" else 0.55) * object_scale
     outline = max(1, round(diameter * 0.06))
     rx, ry, vertical = _REGIONS[base.position]
     angle = _ANGLES[base.orientation]
@@ -316,21 +321,45 @@ def _jpeg_bytes(img: Image.Image) -> bytes:
 
 
 class ToyWorld:
-    """Scenes as a pure function of ``(seed, index)``, plus writers for the formats training reads."""
+    """Scenes as a pure function of ``(seed, index)``, plus writers for the formats training reads.
 
-    def __init__(self, seed: int = 0, image_size: int = 64, max_count: int = 3, text_prob: float = 0.5):
+    The nuisance options change what the pixels carry, not what the labels are: ``backgrounds``
+    (the background colours drawn from), ``jitter`` (per-shape offsets on or off), ``text_prob``
+    (how often a word is drawn) and ``object_scale`` (shape size, see :func:`render`). Their
+    defaults give the original world, scene for scene and pixel for pixel.
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        image_size: int = 64,
+        max_count: int = 3,
+        text_prob: float = 0.5,
+        object_scale: float = 1.0,
+        backgrounds: tuple[str, ...] = BACKGROUNDS,
+        jitter: bool = True,
+    ):
         if not 1 <= max_count <= MAX_COUNT:
             raise ValueError(f"max_count must be in 1..{MAX_COUNT}, got {max_count}")
         if not 0.0 <= text_prob <= 1.0:
             raise ValueError(f"text_prob must be in [0, 1], got {text_prob}")
         if image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {image_size}")
+        if object_scale <= 0:
+            raise ValueError(f"object_scale must be > 0, got {object_scale}")
+        backgrounds = tuple(backgrounds)
+        if not backgrounds:
+            raise ValueError("backgrounds must name at least one background")
+        for b in backgrounds:
+            _check(b, BACKGROUNDS, "background")
         self.seed, self.image_size, self.max_count, self.text_prob = seed, image_size, max_count, text_prob
+        self.object_scale, self.backgrounds, self.jitter = float(object_scale), backgrounds, bool(jitter)
 
     def __repr__(self) -> str:
         return (
             f"ToyWorld(seed={self.seed}, image_size={self.image_size}, "
-            f"max_count={self.max_count}, text_prob={self.text_prob})"
+            f"max_count={self.max_count}, text_prob={self.text_prob}, object_scale={self.object_scale}, "
+            f"backgrounds={self.backgrounds}, jitter={self.jitter})"
         )
 
     @staticmethod
@@ -350,15 +379,14 @@ class ToyWorld:
         orientation, position = rng.choice(ORIENTATIONS), rng.choice(POSITIONS)
         count = rng.randint(1, self.max_count)
         text = rng.choice(WORDS) if rng.random() < self.text_prob else None
-        background = rng.choice(BACKGROUNDS)
-        jitters = tuple(self._jitter(rng) for _ in range(count))
+        background = rng.choice(self.backgrounds)
+        jitters = tuple(self._jitter(rng) if self.jitter else (0.0, 0.0) for _ in range(count))
         return Scene.build(kind, color, count, size, orientation, position, text, background, jitters)
 
     def sample(self, index: int) -> ToySample:
         scene = self.scene(index)
-        return ToySample(
-            self.key(index), render(scene, self.image_size), caption(scene), attributes(scene), scene
-        )
+        image = render(scene, self.image_size, self.object_scale)
+        return ToySample(self.key(index), image, caption(scene), attributes(scene), scene)
 
     def samples(self, n: int, start: int = 0) -> Iterator[ToySample]:
         for index in range(start, start + n):

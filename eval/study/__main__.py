@@ -1,0 +1,7 @@
+"""``python -m eval.study``: see :mod:`eval.study.cli`."""
+
+import sys
+
+from eval.study.cli import main
+
+sys.exit(main())
