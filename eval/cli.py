@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         from eval.report import plot_mmvp_patterns, plot_tradeoff, render_markdown
         from genhancer.runtime import configtools
 
+        released_notes: list[str] = []
         if args.clip:  # run:RUN and glob specs expand to one model per export (eval.clip.steps);
             # A,B,C lists (runs of one configuration) to NAME#1.. averaged as NAME (eval.leaderboard)
             models = [
@@ -123,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                 for n, s in parse_named(args.clip, "--clip").items()
                 for m in (run_group_models(n, s) if RUNS_SEP in s else expand_clip_spec(n, s))
             ]
+        elif cfg.released.towers:  # --preset released-<backbone>: the published towers (eval.released)
+            from eval.released import released_models
+
+            models, released_notes = released_models(cfg)
+            for note in released_notes:
+                print(f"leaderboard: note: {note}", file=sys.stderr)
         elif args.mllm and args.benchmarks and all(get_benchmark(b).model_kind == "mllm" for b in benchmarks):
             models = []  # only MLLM benchmarks asked for: no default CLIP models
         else:
@@ -145,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg, models, out, benchmarks, args.data_root, args.force, args.limit, api_key=api_key
         )
         markdown = render_markdown(summary.records) + curve_markdown(summary.records)
+        if cfg.released.towers and not args.clip:  # the released towers beside the papers' numbers
+            from eval.released import comparison_markdown
+
+            released_md = comparison_markdown(summary.records, cfg, released_notes)
+            (out / "released.md").write_text(released_md)
+            markdown += "\n" + released_md
         (out / "leaderboard.md").write_text(markdown)
         plot_mmvp_patterns(summary.records, out / "mmvp_vlm_patterns.png")
         plot_step_curve(summary.records, out / "mmvp_vlm_steps.png")

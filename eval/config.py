@@ -187,6 +187,21 @@ class UncertaintyConfig:
 
 
 @dataclass
+class ReleasedConfig:
+    backbone: str = doc(
+        "",
+        "HF id of the base tower whose published rows the towers are compared with (eval.paper_numbers.BACKBONES); "
+        "empty: no released-tower comparison",
+    )
+    towers: dict = doc(
+        {},
+        "method (original | genhancer | diva | dcr) -> tower spec (folder, HF id, hf:ORG/NAME/SUB@REV, "
+        "WEIGHTS::BASE); an empty spec is left out with a note",
+    )
+    notes: dict = doc({}, "method -> a note printed under the comparison (how the authors scored it)")
+
+
+@dataclass
 class LeaderboardConfig:
     benchmarks: list[str] = doc(
         ["mmvp_vlm", "zeroshot", "probe", "clustering"], "CLIP benchmarks to run (--benchmarks)"
@@ -211,6 +226,7 @@ class LeaderboardConfig:
     fixtures: FixturesConfig = field(default_factory=FixturesConfig)
     lmms: LmmsConfig = field(default_factory=LmmsConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    released: ReleasedConfig = field(default_factory=ReleasedConfig)
 
     def validate(self) -> None:
         if self.batch_size < 1:

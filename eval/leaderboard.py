@@ -232,7 +232,11 @@ def run_leaderboard(
             raise UserError(f"model name '{m.name}' given twice")
         seen.add((m.kind, m.name))
     fingerprints = {(m.kind, m.name): _fingerprint(m, cfg) for m in models}
-    methods = {m.name: tower_method(m.spec, cfg.cache_dir or None) for m in models if m.kind == "clip"}
+    methods = {  # a model may say which method trained it (released towers carry no export metadata)
+        m.name: m.extra.get("method") or tower_method(m.spec, cfg.cache_dir or None)
+        for m in models
+        if m.kind == "clip"
+    }
 
     fixture = cfg.fixtures.enabled and data_root is None and not cfg.data_root
     if fixture:
