@@ -24,6 +24,7 @@ import sys
 
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.memory import add_memory_flags
 from genhancer.runtime.preflight import check_data, check_run_folder, require_local_paths
 from genhancer.runtime.threads import configure_threads, plan_threads
 
@@ -65,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="genhancer (default) | diva | dcr | naive-contrastive: the method's recipe on the --preset "
         "backbone (presets/methods/<method>.yaml)",
     )
-    p.add_argument("--describe", action="store_true", help="print resolved config and parameter counts")
+    p.add_argument(
+        "--describe", action="store_true", help="print resolved config, parameter counts, memory plan"
+    )
+    add_memory_flags(p)
     p.add_argument(
         "--build-latent-cache",
         action="store_true",
@@ -362,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"train.stages=[{args.stage}]")
         cfg = load_config(args.preset, args.config, overrides, method=args.method)
         if args.describe:
-            print(json.dumps(describe(cfg), indent=2))
+            from enhance.memory_plan import memory_section
+
+            out = describe(cfg)
+            print(json.dumps(out | memory_section(cfg, out, args), indent=2))
             return 0
         if args.build_latent_cache:
             preflight(cfg, args, run_folder=False)

@@ -28,6 +28,7 @@ from pathlib import Path
 from enhance.towers.spec import check_tower_spec, is_tower_spec
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.memory import add_memory_flags
 from genhancer.runtime.preflight import check_folder, check_llava_json, check_run_folder, require_local_paths
 from genhancer.runtime.threads import configure_threads, plan_threads
 
@@ -46,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--projector", help="DIR/pretrain of a pretrain run (sets model.pretrained_projector)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
-    p.add_argument("--describe", action="store_true", help="print resolved config and parameter counts")
+    p.add_argument(
+        "--describe", action="store_true", help="print resolved config, parameter counts, memory plan"
+    )
+    add_memory_flags(p)
     return p
 
 
@@ -152,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append("train.stages=[pretrain, finetune]")
         cfg = load_config(args.preset, args.config, overrides)
         if args.describe:
-            print(json.dumps(describe(cfg), indent=2))
+            from llava_integration.memory_plan import memory_section
+
+            out = describe(cfg)
+            print(json.dumps(out | memory_section(cfg, out, args), indent=2))
             return 0
         if not args.output_dir:
             raise UserError("--output-dir is required to train")

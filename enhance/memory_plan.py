@@ -1,0 +1,387 @@
+"""``enhance --describe``'s memory plan: GenHancer's stages at the configured size, per GPU.
+
+Activations are measured on a real-width slice (see :mod:`genhancer.runtime.memory`): the FLUX
+denoiser with one double and one single block at the configured width and token count, and one
+encoder layer of the vision tower at its real width with stage 2's LoRA, each at micro-batches 1
+and 2 under the configured autocast dtype. Per-block bytes are scaled by the configured depth; the
+FLUX embedders and output layer count once. The VAE encodes under ``no_grad`` and the stage-1
+tower is frozen with no gradient reaching it, so neither keeps activations. With
+``perf.gradient_checkpointing`` a checkpointed block keeps only its inputs, plus the largest block
+re-run during backward.
+
+Frozen-SD methods (DIVA, DCR, naive) are planned from their parameter counts only: their UNet
+activations are not measured here (``activations_source`` says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from genhancer.runtime import memory
+from genhancer.runtime.memory import Activations, Part, Setup
+
+#: Text towers of the paper backbones (their config.json), for the frozen-weight count.
+TEXT_TOWERS = {
+    "clip": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+    },
+    "clip-h": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+    },
+    "siglip": {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+    },
+}
+#: FLUX.1 autoencoder parameters (diffusers AutoencoderKL at FLUX's config).
+FLUX_VAE_PARAMS = 83_819_683
+#: The paper's Table 7 row: GenHancer stage 2 on the 1.31 B denoiser, per-device batch 2.
+PAPER_TABLE7 = {"stage": 2, "micro_batch": 2, "memory_gb": 13.07, "denoiser_params_b": 1.31}
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _init(module: nn.Module) -> nn.Module:
+    """A module built on the meta device, materialised on the CPU with small random weights (the
+    byte counts do not depend on the values; skipping the default init saves seconds)."""
+    module = module.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.02, generator=gen)
+        for b in module.buffers():
+            if b.is_floating_point():
+                b.zero_()
+    return module
+
+
+class _InputBytes:
+    """Per-module bytes of the tensors a block is called with (what checkpointing keeps)."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.bytes: dict[str, int] = {}
+        self.handles = [
+            m.register_forward_pre_hook(lambda mod, a, kw, t=tag: self._add(t, a, kw), with_kwargs=True)
+            for tag, m in modules.items()
+        ]
+
+    def _add(self, tag: str, args: tuple, kwargs: dict) -> None:
+        values = list(args) + list(kwargs.values())
+        n = sum(v.nbytes for v in values if torch.is_tensor(v) and v.is_floating_point() and v.dim() >= 2)
+        self.bytes[tag] = self.bytes.get(tag, 0) + n
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _measure(build, run, tags_of, precision: str, trainable: bool | Callable[[str], bool]) -> dict[str, Any]:
+    """Saved and block-input bytes by tag at micro-batches 1 and 2 -> per sample and fixed;
+    ``trainable``: whether the weights train, or which (by parameter name)."""
+    model = _init(build())
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable(name) if callable(trainable) else trainable)
+    tags = tags_of(model)
+    results = {}
+    for batch in (1, 2):
+        inputs = _InputBytes(tags)
+        with torch.autocast(
+            "cpu", dtype=_DTYPES.get(precision, torch.bfloat16), enabled=precision in _DTYPES
+        ):
+            with memory.saved_bytes(model.parameters(), tags) as saved:
+                out = run(model, batch)
+        del out
+        inputs.remove()
+        results[batch] = (saved, inputs.bytes)
+    per_tag = {}
+    for tag in set(results[1][0].by_tag) | set(results[2][0].by_tag):
+        slope, fixed = memory.slope_and_fixed(
+            results[1][0].by_tag.get(tag, 0), results[2][0].by_tag.get(tag, 0)
+        )
+        in_slope, _ = memory.slope_and_fixed(results[1][1].get(tag, 0), results[2][1].get(tag, 0))
+        per_tag[tag] = {"per_sample": slope, "fixed": fixed, "inputs_per_sample": in_slope}
+    return per_tag
+
+
+def flux_slice(
+    d: Any, latent_channels: int, image_size: int, text_tokens: int, precision: str, trainable: bool
+):
+    """Measured bytes of the FLUX denoiser at the configured width: tags ``double``, ``single``
+    (one block each) and ``other`` (embedders, output norm and projection)."""
+    from diffusers import FluxTransformer2DModel
+
+    from enhance.denoisers.continuous import flux_kwargs
+
+    side = image_size // 16  # VAE /8, packed 2x2
+    kwargs = flux_kwargs(d, latent_channels) | {"num_layers": 1, "num_single_layers": 1}
+
+    def build():
+        with torch.device("meta"):
+            return FluxTransformer2DModel(**kwargs)
+
+    def run(model, b):
+        hidden = torch.randn(b, side * side, 4 * latent_channels, requires_grad=True)
+        context = torch.randn(b, text_tokens, d.joint_attention_dim, requires_grad=True)
+        pooled = torch.randn(b, d.pooled_projection_dim, requires_grad=True)
+        rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).float()
+        out = model(
+            hidden_states=hidden,
+            encoder_hidden_states=context,
+            pooled_projections=pooled,
+            timestep=torch.full((b,), 0.5),
+            img_ids=img_ids,
+            txt_ids=torch.zeros(text_tokens, 3),
+            guidance=torch.full((b,), 4.0) if d.guidance_embeds else None,
+            return_dict=False,
+        )[0]
+        return (out.float() - hidden.detach()).pow(2).mean()  # the flow loss's shape
+
+    def tags(model):
+        return {"double": model.transformer_blocks[0], "single": model.single_transformer_blocks[0]}
+
+    return _measure(build, run, tags, precision, trainable)
+
+
+def tower_layer_slice(kind: str, vision: dict, lora: Any, precision: str):
+    """Measured bytes of one encoder layer of the tower at real width with stage 2's LoRA (base
+    frozen, adapters training, the gradient flowing on to the layers below)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if kind == "siglip":
+        from transformers import SiglipVisionConfig as Config
+        from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer as Layer
+    else:
+        from transformers import CLIPVisionConfig as Config
+        from transformers.models.clip.modeling_clip import CLIPEncoderLayer as Layer
+    config = Config(**vision, attn_implementation="sdpa")
+    seq = (vision["image_size"] // vision["patch_size"]) ** 2 + (0 if kind == "siglip" else 1)
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = Layer(config)
+
+    def build():
+        with torch.device("meta"):
+            model = Wrapped()
+        targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+        cfg = LoraConfig(
+            r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, target_modules=targets
+        )
+        return inject_adapter_in_model(cfg, model)
+
+    def run(model, b):
+        x = torch.randn(b, seq, vision["hidden_size"], requires_grad=True)
+        out = model.layer(x, None)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.float().sum()
+
+    def tags(model):
+        return {"tower_layer": model.layer}
+
+    return _measure(build, run, tags, precision, lambda name: "lora_" in name), seq
+
+
+def plan_stages(
+    cfg: Any, parts: dict[str, Any], vision: tuple[str, dict] | None, setup: Setup
+) -> dict[str, Any]:
+    """The plan of each stage the run trains, at the configured micro-batch, plus the paper's
+    Table 7 figure beside stage 2's row at micro-batch 2."""
+    method = cfg.method
+    d = getattr(method, "denoiser", None) or getattr(cfg, "denoiser", None)
+    vae = getattr(method, "vae", None) or getattr(cfg, "vae", None)
+    precision = cfg.train.mixed_precision
+    if d is None or getattr(d, "kind", "continuous") != "continuous":
+        return {
+            "note": "memory plan: GenHancer's continuous denoiser only (this method's UNet activations are not measured)"
+        }
+    denoiser_params = parts.get("denoiser")
+    projector_params = parts.get("projector")
+    if not isinstance(denoiser_params, int) or not isinstance(projector_params, int):
+        return {"note": "memory plan needs the parameter counts (the backbone is not known offline)"}
+    text_tokens = 1
+    if vision is not None and cfg.backbone.local_token_ratio > 0:
+        kind, v = vision
+        patches = (v["image_size"] // v["patch_size"]) ** 2
+        text_tokens += round(cfg.backbone.local_token_ratio * patches)
+    image_size = cfg.backbone.image_size
+    torch_version = torch.__version__.split("+")[0]
+    key = {
+        "slice": "flux",
+        "torch": torch_version,
+        "denoiser": {
+            k: getattr(d, k)
+            for k in (
+                "num_attention_heads",
+                "attention_head_dim",
+                "joint_attention_dim",
+                "pooled_projection_dim",
+                "guidance_embeds",
+            )
+        },
+        "axes": list(d.axes_dims_rope),
+        "latent_channels": vae.latent_channels,
+        "image_size": image_size,
+        "text_tokens": text_tokens,
+        "precision": precision,
+    }
+    flux = {}
+    for trainable in (True, False):
+        flux[trainable] = memory.cached_measurement(
+            key | {"trainable": trainable},
+            lambda t=trainable: flux_slice(d, vae.latent_channels, image_size, text_tokens, precision, t),
+        )
+    tower = None
+    if vision is not None:
+        kind, v = vision
+        s2 = cfg.stage2
+        tkey = {
+            "slice": "tower",
+            "torch": torch_version,
+            "kind": kind,
+            "vision": v,
+            "precision": precision,
+            "r": s2.lora_r,
+            "alpha": s2.lora_alpha,
+            "dropout": s2.lora_dropout,
+        }
+        tower = memory.cached_measurement(tkey, lambda: tower_layer_slice(kind, v, s2, precision)[0])
+
+    tower_total = parts.get("tower_total")
+    vae_dtype = "bfloat16" if cfg.perf.vae_dtype in ("auto", "bfloat16") else "float32"
+    gc = cfg.perf.gradient_checkpointing
+    lora = parts.get("lora", 0) if isinstance(parts.get("lora"), int) else 0
+    bias = parts.get("tower_bias", 0) if isinstance(parts.get("tower_bias"), int) else 0
+
+    def stage_plan(stage: int, variant: str, batch: int) -> dict[str, Any]:
+        denoiser_trains = stage == 1 or variant == "stage2_all"
+        plan_parts = [
+            Part("denoiser", denoiser_params, denoiser_params if denoiser_trains else 0),
+            Part("projector", projector_params, projector_params if denoiser_trains else 0),
+            Part("vae", FLUX_VAE_PARAMS, 0, vae_dtype),
+        ]
+        if isinstance(tower_total, int):  # fp32 tower; stage 2 trains its LoRA and biases
+            plan_parts.append(Part("tower", tower_total + lora, (lora + bias) if stage == 2 else 0))
+        acts = _activations(flux[denoiser_trains], d, tower if stage == 2 else None, vision, gc)
+        st = getattr(cfg, f"stage{stage}")
+        stage_setup = Setup(**{**memory.setup_dict(setup), "optimizer": st.optimizer})
+        return memory.plan(plan_parts, acts, batch, stage_setup)
+
+    out: dict[str, Any] = {"setup": setup.label(), "gradient_checkpointing": gc}
+    variant = cfg.stage2.variant
+    for stage in cfg.train.stages:
+        row = stage_plan(stage, variant, getattr(cfg, f"stage{stage}").per_device_batch_size)
+        if stage == 2:
+            row["variant"] = variant
+        if stage == PAPER_TABLE7["stage"] and denoiser_params > 1e9:  # the paper's row: the real denoiser
+            b = PAPER_TABLE7["micro_batch"]
+            row["paper_table7"] = {
+                "micro_batch": b,
+                "paper_gb": PAPER_TABLE7["memory_gb"],
+                "ours_gib": {v: stage_plan(2, v, b)["total_gib"] for v in ("stage2_only", "stage2_all")},
+                "note": f"ours includes {setup.overhead_gib} GiB of CUDA context/workspace; the paper "
+                "does not say which variant, ZeRO stage or counter its figure uses",
+            }
+        out[f"stage{stage}"] = row
+    return out
+
+
+def _activations(flux: dict, d: Any, tower: dict | None, vision, gc: bool) -> Activations:
+    """Scale the measured slices by depth (checkpointing: inputs per block + one block re-run)."""
+
+    def block(tag_bytes: dict, n: int) -> tuple[float, float]:
+        if not gc:
+            return tag_bytes["per_sample"] * n, tag_bytes["fixed"] * n
+        return tag_bytes["inputs_per_sample"] * n + tag_bytes["per_sample"], tag_bytes["fixed"]
+
+    by_part: dict[str, float] = {}
+    fixed = 0.0
+    for tag, n in (("double", d.num_layers), ("single", d.num_single_layers)):
+        if tag in flux and n:
+            ps, fx = block(flux[tag], n)
+            by_part[f"denoiser_{tag}_blocks"] = ps
+            fixed += fx
+    other = flux.get("other", {"per_sample": 0, "fixed": 0})
+    by_part["denoiser_other"] = other["per_sample"]
+    fixed += other["fixed"]
+    source = "measured: FLUX 1 double + 1 single block at real width"
+    if tower is not None and vision is not None:
+        layers = vision[1]["num_hidden_layers"]
+        ps, fx = block(tower["tower_layer"], layers)
+        by_part["tower_layers"] = ps
+        fixed += fx
+        source += f"; 1 tower layer with LoRA x {layers}"
+    if gc:
+        source += "; checkpointed (block inputs x depth + one block)"
+    source += " (saved-tensor bytes at micro-batch 1 and 2, CPU autocast)"
+    return Activations(per_sample=sum(by_part.values()), fixed=fixed, source=source, parts=by_part)
+
+
+def tower_params(kind: str, vision: dict, proj: int, text: dict | None) -> int:
+    """Parameters of the whole dual encoder (both towers are loaded; the text tower stays frozen),
+    counted on the meta device."""
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    text = text or TEXT_TOWERS["siglip" if kind == "siglip" else "clip"]
+    with torch.device("meta"):
+        if kind == "siglip":
+            model = SiglipModel(SiglipConfig(vision_config=vision, text_config=text))
+        else:
+            model = CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=proj))
+    return sum(p.numel() for p in model.parameters())
+
+
+def known_vision(name: str) -> tuple[str, dict, int] | None:
+    """(model type, vision config, projection dim) of a tower known offline (tiny included)."""
+    if name == "genhancer-tiny:clip":
+        from genhancer.toyworld.models import TINY_CLIP_RECIPE as r
+
+        vision = {
+            "hidden_size": r["vision_hidden"],
+            "intermediate_size": 4 * r["vision_hidden"],
+            "num_hidden_layers": r["vision_layers"],
+            "num_attention_heads": r["heads"],
+            "patch_size": r["patch_size"],
+            "image_size": r["image_size"],
+        }
+        return "clip", vision, r["projection_dim"]
+    try:
+        from enhance.architectures import tower_vision
+    except ImportError:  # before the architecture table existed: the CLI's own table
+        from enhance.cli import KNOWN_VISION
+
+        return KNOWN_VISION.get(name)
+    return tower_vision(name)
+
+
+def memory_section(cfg: Any, described: dict, args: Any) -> dict:
+    """``{"memory_plan": ...}`` for ``enhance --describe``: each stage's per-GPU plan under the
+    flags' (or the launcher's) setup, and the paper's Table 7 figure beside stage 2."""
+    setup = memory.setup_from(args)
+    setup.mixed_precision = cfg.train.mixed_precision
+    counts = dict(described.get("parameters", {}))
+    vision = known_vision(cfg.backbone.name_or_path)
+    if vision is not None:
+        kind, v, proj = vision
+        text = TEXT_TOWERS["clip-h"] if kind == "clip" and v["hidden_size"] == 1280 else None  # ViT-H/14
+        if cfg.backbone.name_or_path.startswith("genhancer-tiny:"):
+            text = {
+                k: v[k]
+                for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+            }
+        counts["tower_total"] = tower_params(kind, v, proj, text)
+    plan = plan_stages(cfg, counts, (vision[0], vision[1]) if vision else None, setup)
+    return {"memory_plan": plan}

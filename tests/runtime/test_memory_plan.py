@@ -1,0 +1,139 @@
+"""The memory plan: model-state arithmetic by hand, activation bytes against what autograd keeps,
+the largest micro-batch, the cache, and both commands' ``--describe`` printing it."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from genhancer.runtime import memory
+from genhancer.runtime.memory import GIB, Activations, Part, Setup, model_states, plan, saved_bytes
+
+
+def test_model_states_follow_the_zero_accounting_by_hand():
+    parts = [Part("t", 1000, 1000), Part("frozen", 500, 0, "bfloat16")]
+    # no DeepSpeed, one GPU: fp32 weights 4 B, fp32 grads 4 B, AdamW moments 8 B; frozen bf16 2 B
+    assert model_states(parts, Setup()) == {"weights": 5000.0, "gradients": 4000.0, "optimizer": 8000.0}
+    # DDP on 2 GPUs adds the gradient bucket copy
+    assert model_states(parts, Setup(world_size=2))["gradients"] == 8000.0
+    # SGD with momentum: one 4-byte buffer
+    assert model_states(parts, Setup(optimizer="sgd"))["optimizer"] == 4000.0
+    # ZeRO (bf16): 2 B weights, 2 B grads, 12 B optimiser (master + 2 moments), split by stage
+    z1 = model_states(parts, Setup(world_size=4, zero_stage=1))
+    assert z1 == {"weights": 3000.0, "gradients": 2000.0, "optimizer": 3000.0}
+    z2 = model_states(parts, Setup(world_size=4, zero_stage=2))
+    assert z2 == {"weights": 3000.0, "gradients": 500.0, "optimizer": 3000.0}
+    z3 = model_states(parts, Setup(world_size=4, zero_stage=3))
+    assert z3 == {"weights": 750.0, "gradients": 500.0, "optimizer": 3000.0}
+    z3off = model_states(
+        parts, Setup(world_size=4, zero_stage=3, offload_optimizer=True, offload_params=True)
+    )
+    assert z3off == {"weights": 0.0, "gradients": 500.0, "optimizer": 0.0}
+
+
+def test_plan_totals_and_the_largest_micro_batch():
+    parts = [Part("t", GIB // 16, GIB // 16)]  # 16 B per trainable param -> 1 GiB of states
+    acts = Activations(per_sample=0.5 * GIB, fixed=0.25 * GIB)
+    row = plan(parts, acts, 4, Setup(gpu_memory_gib=10.0, overhead_gib=1.0))
+    assert row["total_gib"] == pytest.approx(1.0 + 0.25 + 2.0 + 1.0, abs=0.01)
+    # room = 10 - 1 (states) - 0.25 (fixed) - 1 (overhead) = 7.75 GiB -> 15 samples of 0.5 GiB
+    assert row["max_micro_batch"] == 15 and row["fits"]
+    assert plan(parts, acts, 16, Setup(gpu_memory_gib=10.0, overhead_gib=1.0))["fits"] is False
+
+
+def test_saved_bytes_counts_what_autograd_keeps():
+    """relu keeps its output (2x3 fp32 = 24 B); a linear keeps its input (2x4 fp32 = 32 B) only
+    when its weight needs a gradient, and the weight itself is never counted."""
+    lin = nn.Linear(4, 3, bias=False)
+    x = torch.randn(2, 4, requires_grad=True)
+    with saved_bytes(lin.parameters()) as trains:
+        torch.relu(lin(x)).sum()
+    assert trains.total == 24 + 32
+    lin.requires_grad_(False)
+    with saved_bytes(lin.parameters()) as frozen:
+        torch.relu(lin(x)).sum()
+    assert frozen.total == 24
+    # attribution to the running module, and a storage saved twice counts once
+    seq = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    with saved_bytes(seq.parameters(), {"tanh": seq[1]}) as tagged:
+        y = seq(x)
+        (y * y).sum()  # mul saves y twice: one storage
+    assert tagged.by_tag["tanh"] == 2 * 4 * 4  # tanh keeps its output
+    assert tagged.by_tag["other"] == 2 * 4 * 4  # the linear's input x; y is the same storage as tanh's
+    assert tagged.total == sum(tagged.by_tag.values())
+
+
+def test_measurements_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENHANCER_MEMORY_CACHE", str(tmp_path))
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"per_sample": 3.0}
+
+    key = {"slice": "x", "width": 8}
+    first = memory.cached_measurement(key, measure)
+    second = memory.cached_measurement(key, measure)
+    assert calls == [1] and first["cached"] is False and second == {"per_sample": 3.0, "cached": True}
+    memory.cached_measurement({"slice": "x", "width": 9}, measure)
+    assert len(calls) == 2
+
+
+def test_setup_reads_the_launcher_environment(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
+    args = argparse.Namespace(zero_stage=None, num_gpus=None, offload=None, gpu_memory=24.0)
+    s = memory.setup_from(args)
+    assert (s.world_size, s.zero_stage, s.offload_optimizer, s.gpu_memory_gib) == (8, 3, True, 24.0)
+    args = argparse.Namespace(zero_stage=2, num_gpus=2, offload=None, gpu_memory=None)
+    assert memory.setup_from(args).zero_stage == 2 and memory.setup_from(args).world_size == 2
+
+
+def _describe(main, argv) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return json.loads(out.getvalue())
+
+
+def test_enhance_describe_prints_a_memory_plan_per_stage(tmp_path, monkeypatch):
+    from enhance.cli import main
+
+    monkeypatch.setenv("GENHANCER_MEMORY_CACHE", str(tmp_path))
+    plan_ = _describe(main, ["--preset", "tiny", "--describe", "--gpu-memory", "4"])["memory_plan"]
+    for stage in ("stage1", "stage2"):
+        row = plan_[stage]
+        assert row["activations_per_sample_gib"] > 0 and row["max_micro_batch"] >= 1
+        assert row["total_gib"] == pytest.approx(
+            row["weights_gib"]
+            + row["gradients_gib"]
+            + row["optimizer_gib"]
+            + row["activations_gib"]
+            + row["overhead_gib"],
+            abs=0.02,
+        )
+    # stage 2 adds the tower's LoRA activations to the denoiser's
+    assert plan_["stage2"]["activations_per_sample_by_part_gib"]["tower_layers"] > 0
+    assert "tower_layers" not in plan_["stage1"]["activations_per_sample_by_part_gib"]
+    assert len(list(tmp_path.glob("*.json"))) == 3  # FLUX trainable + frozen, tower: measured once
+
+
+def test_llava_describe_prints_a_memory_plan_with_zero3(tmp_path, monkeypatch):
+    from llava_integration.cli import main
+
+    monkeypatch.setenv("GENHANCER_MEMORY_CACHE", str(tmp_path))
+    one = _describe(main, ["--preset", "tiny", "--describe"])["memory_plan"]
+    eight = _describe(main, ["--preset", "tiny", "--describe", "--zero-stage", "3", "--num-gpus", "8"])[
+        "memory_plan"
+    ]
+    assert eight["setup"].startswith("8 GPU(s), ZeRO-3")
+    ft1, ft8 = one["finetune"], eight["finetune"]
+    assert ft1["trainable"] == "full" and ft1["activations_per_sample_gib"] > 0
+    assert ft8["optimizer_gib"] < ft1["optimizer_gib"] / 4  # 12 B / 8 GPUs vs 8 B on one
