@@ -46,7 +46,9 @@ class LlavaRunner:
                 f"{model_dir} is not a saved LLaVA model (no config.json); use DIR/final of a run"
             )
         model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=dtype or torch.float32)
-        processor = AutoProcessor.from_pretrained(model_dir)
+        # PIL backend: the saved config does not name one and transformers would pick torchvision,
+        # whose resize differs from the PIL one LLaVA-1.5 (and our training) reads images with
+        processor = AutoProcessor.from_pretrained(model_dir, backend="pil")
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, processor, device=dev)
 

@@ -99,8 +99,11 @@ def select_strategy(cfg: ModelConfig, tower_config) -> str:
 
 def build_image_processor(source, pad: bool = True):
     """LLaVA's image processor: the tower's resize/crop/normalisation, padding to square first
-    (``image_aspect_ratio: pad``) with the mean colour, as LLaVA-1.5 does."""
-    from transformers import LlavaImageProcessor
+    (``image_aspect_ratio: pad``) with the mean colour, as LLaVA-1.5 does.
+
+    The PIL backend, because LLaVA-1.5 reads images with ``CLIPImageProcessor``'s PIL resize: the
+    torchvision one differs by 1/255 on a few tenths of a percent of pixel values."""
+    from transformers import LlavaImageProcessorPil
 
     def get(name, default=None):
         return getattr(source, name, default)
@@ -124,7 +127,7 @@ def build_image_processor(source, pad: bool = True):
     resample = get("resample")
     if resample is not None:
         kwargs["resample"] = resample
-    return LlavaImageProcessor(**kwargs)
+    return LlavaImageProcessorPil(**kwargs)
 
 
 def prepare_tokenizer(tokenizer) -> None:

@@ -1,10 +1,15 @@
 """Conversation templates (``plain`` for pretraining, ``vicuna_v1`` for finetuning) and the label mask.
 
-A conversation is rendered to one string and tokenized in one call, exactly as inference
-tokenizes a prompt; the tokenizer's character offsets then say which tokens belong to an
-assistant answer. Only those tokens (and the turn's end token) carry labels, so the loss never
-covers the system prompt, the user turns or the image (LLaVA-1.5, Sec. 3 and its ``preprocess``).
-Tokenizing turn by turn instead would drift from inference tokenization at every boundary.
+A conversation is rendered to one string and tokenized as LLaVA-1.5's ``tokenizer_image_token``
+does it, for training and inference alike: the text before ``<image>`` and the text after it are
+tokenized as two strings, and the second loses its BOS. With a Llama tokenizer whose config says
+``legacy: false`` (Vicuna-v1.5's) this matters: a string's first piece gets SentencePiece's ``▁``
+prefix while text after a special token in the same string does not, so the text after the image
+starts with ``▁`` (``▁`` ``<0x0A>`` in ``vicuna_v1``, ``▁select`` in ``plain``), as in LLaVA; one call
+over the whole conversation would drop it. The tokenizer's character offsets then say which
+tokens belong to an assistant answer. Only those tokens (and the turn's end token) carry labels,
+so the loss never covers the system prompt, the user turns or the image (LLaVA-1.5, Sec. 3 and its
+``preprocess``). Tokenizing turn by turn instead would drift at every turn boundary.
 
 The supervised region of a ``vicuna_v1`` answer starts at the space after ``ASSISTANT:``, as in
 LLaVA-1.5's ``preprocess_v1``: a SentencePiece tokenizer writes that space as a standalone ``▁``
@@ -97,7 +102,7 @@ def render(template: Template, turns: Sequence[Turn], add_generation_prompt: boo
     if template.plain:
         # LLaVA's plain format drops the instruction: image, caption, newline.
         image = IMAGE_TOKEN if any(IMAGE_TOKEN in t.text for t in turns if t.role == "human") else ""
-        answer = next((t.text.strip() for t in turns if t.role == "gpt"), "")
+        answer = next((t.text for t in turns if t.role == "gpt"), "")  # unstripped, as LLaVA
         text = image
         if answer or not add_generation_prompt:
             start = len(text)
@@ -109,11 +114,11 @@ def render(template: Template, turns: Sequence[Turn], add_generation_prompt: boo
     user, assistant = template.roles
     for turn in turns:
         if turn.role == "human":
-            text += f"{user}: {normalize_image_turn(turn.text.strip())}{template.sep}"
+            text += f"{user}: {normalize_image_turn(turn.text)}{template.sep}"
         elif turn.role == "gpt":
             text += f"{assistant}:"
             start = len(text)  # the space below is the answer's: LLaVA supervises its ``▁``
-            text += " " + turn.text.strip()
+            text += " " + turn.text
             spans.append((start, len(text) + len(template.sep2), len(text)))
             text += template.sep2
         else:
@@ -121,6 +126,61 @@ def render(template: Template, turns: Sequence[Turn], add_generation_prompt: boo
     if add_generation_prompt:
         text += f"{assistant}:"
     return text, spans
+
+
+def _absorbs_leading_space(tokenizer) -> bool:
+    """Whether a SentencePiece-style tokenizer writes ``" a"`` like ``"a"``: transformers 5 builds
+    Llama's as ``Metaspace``, which adds the ``▁`` prefix only when the text does not already start
+    with one, where SentencePiece (LLaVA's slow tokenizer) always adds it (``" a"`` is ``▁▁a``).
+    Such a tokenizer is given one more leading space to write what SentencePiece writes."""
+    cached = getattr(tokenizer, "_llava_absorbs_leading_space", None)
+    if cached is None:
+        if "▁" not in tokenizer.get_vocab():
+            cached = False
+        else:
+            cached = (
+                tokenizer(" a", add_special_tokens=False)["input_ids"]
+                == tokenizer("a", add_special_tokens=False)["input_ids"]
+            )
+        tokenizer._llava_absorbs_leading_space = cached
+    return cached
+
+
+def encode_image_text(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]], list[int]]:
+    """``(ids, character offsets into text, special-token mask)`` as LLaVA-1.5's
+    ``tokenizer_image_token`` tokenizes: each stretch of text between ``<image>`` tokens on its own
+    (so each starts as a fresh string), one BOS in front, ``<image>``'s id between the stretches."""
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    special: list[int] = []
+    drop_bos = False  # LLaVA keeps the first chunk's BOS and drops the first token of later chunks
+    pos = 0
+    for k, chunk in enumerate(text.split(IMAGE_TOKEN)):
+        if k:
+            ids.append(image_id)
+            offsets.append((pos, pos + len(IMAGE_TOKEN)))
+            special.append(1)
+            pos += len(IMAGE_TOKEN)
+        shift = 1 if chunk.startswith(" ") and _absorbs_leading_space(tokenizer) else 0
+        enc = tokenizer(
+            " " * shift + chunk,
+            add_special_tokens=True,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
+        start = 0
+        if k == 0:
+            drop_bos = bool(enc["input_ids"]) and enc["input_ids"][0] == tokenizer.bos_token_id
+        elif drop_bos:
+            start = 1
+        ids += enc["input_ids"][start:]
+        offsets += [
+            (pos + max(s - shift, 0), pos + max(e - shift, 0)) for s, e in enc["offset_mapping"][start:]
+        ]
+        special += enc["special_tokens_mask"][start:]
+        pos += len(chunk)
+    return ids, offsets, special
 
 
 def tokenize(
@@ -139,15 +199,11 @@ def tokenize(
     ``include_end=False`` leaves the end token out (for scoring an answer without it).
     """
     text, spans = render(template, turns, add_generation_prompt=add_generation_prompt)
-    enc = tokenizer(
-        text, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True
-    )
-    ids = list(enc["input_ids"])
-    special = enc["special_tokens_mask"]
+    ids, offsets, special = encode_image_text(tokenizer, text)
     labels = [IGNORE_INDEX] * len(ids)
     follow = False  # the decision for the token to the right (for empty spans)
     for i in range(len(ids) - 1, -1, -1):
-        s, e = enc["offset_mapping"][i]
+        s, e = offsets[i]
         if e <= s:
             on = follow and not special[i]
         else:

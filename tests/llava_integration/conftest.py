@@ -5,6 +5,7 @@ real Llama 2 tokenizer vendored under ``tests/assets/llama2_tokenizer`` (see its
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -15,16 +16,18 @@ TOWER_SIZE = 32  # px; patch 8 -> 4x4 grid -> 16 image tokens
 LLAMA_TOKENIZER_ASSET = Path(__file__).resolve().parents[1] / "assets" / "llama2_tokenizer"
 
 
-def write_llama_tokenizer(out: Path) -> Path:
+def write_llama_tokenizer(out: Path, legacy: bool = True) -> Path:
     """Un-gzip the vendored Llama 2 ``tokenizer.json`` next to its ``tokenizer_config.json`` in ``out``
-    (the files a Vicuna checkpoint ships), so ``AutoTokenizer.from_pretrained(out)`` loads it."""
+    (the files a Vicuna checkpoint ships), so ``AutoTokenizer.from_pretrained(out)`` loads it.
+    ``legacy=False`` writes ``"legacy": false`` into the config, as Vicuna-v1.5's says."""
     out.mkdir(parents=True, exist_ok=True)
     with (
         gzip.open(LLAMA_TOKENIZER_ASSET / "tokenizer.json.gz", "rb") as src,
         open(out / "tokenizer.json", "wb") as dst,
     ):
         shutil.copyfileobj(src, dst)
-    shutil.copy(LLAMA_TOKENIZER_ASSET / "tokenizer_config.json", out / "tokenizer_config.json")
+    config = json.loads((LLAMA_TOKENIZER_ASSET / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": legacy}, indent=2))
     return out
 
 
@@ -97,6 +100,24 @@ def llama_tok(llama_tok_dir):
 
     tok = AutoTokenizer.from_pretrained(llama_tok_dir)
     prepare_tokenizer(tok)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def llama_tok_dir_nonlegacy(tmp_path_factory) -> Path:
+    """The same tokenizer with ``"legacy": false`` (Vicuna-v1.5's config)."""
+    return write_llama_tokenizer(tmp_path_factory.mktemp("llama_tok_nonlegacy"), legacy=False)
+
+
+@pytest.fixture(scope="session")
+def llama_tok_nonlegacy(llama_tok_dir_nonlegacy):
+    from transformers import AutoTokenizer
+
+    from llava_integration.model import prepare_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama_tok_dir_nonlegacy)
+    prepare_tokenizer(tok)
+    assert tok.legacy is False
     return tok
 
 

@@ -115,6 +115,41 @@ def test_pad_to_square_uses_the_processor_mean():
     assert np.allclose(unpadded[:, 1, 16].numpy(), red, atol=0.03)  # resize+crop: no mean band
 
 
+@pytest.mark.parametrize("pad", [True, False], ids=["pad", "crop"])
+def test_pixels_equal_llavas_pil_pipeline(pad):
+    """LLaVA-1.5 reads images with PIL: ``expand2square`` (background ``int(mean * 255)``, image
+    pasted at the centre), then ``CLIPImageProcessor``: PIL bicubic resize of the short side,
+    centre crop, ``* 1/255``, ``(x - mean) / std`` in float32. Written out here with PIL and numpy;
+    transformers' torchvision resize differs from it by 1/255 on some pixels of this image."""
+    from transformers import CLIPImageProcessor, LlavaImageProcessor
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8))  # 70 wide, 45 high
+    tower = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    ip = build_image_processor(tower, pad=pad)
+    got = ip([image], return_tensors="pt")["pixel_values"][0].numpy()
+
+    mean, std = np.array(tower.image_mean, np.float32), np.array(tower.image_std, np.float32)
+    im = image
+    if pad:
+        im = Image.new("RGB", (70, 70), tuple(int(m * 255) for m in tower.image_mean))
+        im.paste(image, (0, (70 - 45) // 2))
+    w, h = im.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(32 * long / short)
+    im = im.resize((32, new_long) if w <= h else (new_long, 32), Image.Resampling.BICUBIC)
+    left, top = (im.size[0] - 32) // 2, (im.size[1] - 32) // 2
+    x = np.asarray(im.crop((left, top, left + 32, top + 32)))
+    want = (((x * (1 / 255)).astype(np.float32) - mean) / std).transpose(2, 0, 1)
+    assert np.allclose(got, want, rtol=0, atol=1e-6)
+
+    kwargs = {
+        k: getattr(ip, k) for k in ("size", "crop_size", "image_mean", "image_std", "do_pad", "resample")
+    }
+    torchvision = LlavaImageProcessor(**kwargs)([image], return_tensors="pt")["pixel_values"][0].numpy()
+    assert np.abs(torchvision - want).max() > 0.9 / 255 / std.max()  # this image tells the two apart
+
+
 def _stream(records, root, tiny_llava, **kw):
     model, proc = tiny_llava
     args = dict(max_length=256, batch_size=4, seed=0)

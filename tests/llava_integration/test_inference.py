@@ -103,3 +103,12 @@ def test_load_rejects_a_non_model_dir(tmp_path):
 
     with pytest.raises(UserError, match="no config.json"):
         LlavaRunner.load(tmp_path)
+
+
+def test_a_loaded_model_reads_images_as_training_did(runner):
+    """The saved processor config names no backend; loading must not fall back to transformers'
+    default torchvision resize, which differs from the PIL one training (and LLaVA-1.5) used."""
+    from transformers import LlavaImageProcessorPil
+
+    assert isinstance(runner.processor.image_processor, LlavaImageProcessorPil)
+    assert runner.processor.image_processor.do_pad

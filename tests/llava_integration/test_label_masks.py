@@ -14,16 +14,25 @@ describes it, not by calling ``llava_integration``:
   ``len(tokens(instruction + " ASSISTANT: ")) - 2`` tokens are masked (the BOS of the separate
   call and the trailing ``▁``, which in the whole prompt belongs to the answer), then ``cur``
   advances by ``len(tokens(round))`` (its BOS stands for the round's ``</s>``). Everything after
-  the last round is masked; a total that does not add up masks the whole sample.
+  the last round is masked; a total that does not add up masks the whole sample. With a
+  ``legacy: false`` tokenizer, rounds after the first count one token less in both lengths (the
+  separate call writes ``▁USER``, the whole prompt ``USER`` after ``</s>``).
 
 Chunks and rounds are tokenized with the ``tokenizers`` pipeline of the vendored ``tokenizer.json``
-(SentencePiece's pieces, as LLaVA's slow tokenizer makes them); our code tokenizes the whole
-conversation in one call with ``transformers``, as training and inference do.
+(SentencePiece's pieces, as LLaVA's slow tokenizer makes them). For ``legacy: false`` the slow
+tokenizer of transformers 4.37 (LLaVA's) puts SentencePiece's ``▁`` before the string's first piece
+only, not after a special token; the reference does that by splitting at special tokens itself.
+``test_original_llava.py`` (slow) checks all of this against the original package itself.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
+from golden_rows import FINETUNE, PLAIN, _c
 
 from llava_integration.data import parse_records
 from llava_integration.templates import IGNORE_INDEX, TEMPLATES, tokenize
@@ -33,207 +42,6 @@ SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
-SHORT = "Answer the question using a single word or phrase."
-
-
-def _c(*turns: str, first: str = "human") -> list[dict]:
-    roles = ("human", "gpt") if first == "human" else ("gpt", "human")
-    return [{"from": roles[i % 2], "value": t} for i, t in enumerate(turns)]
-
-
-# --- golden conversations in the published layouts ----------------------------------------------
-
-# blip_laion_cc_sbu_558k.json: the instruction first, <image> at the end of the human turn
-PLAIN = [
-    {
-        "id": "004539375",
-        "image": "00453/004539375.jpg",
-        "conversations": _c(
-            "Render a clear and concise summary of the photo.\n<image>",
-            "select luxury furniture 3 - inch gel memory foam mattress topper",
-        ),
-    },
-    {
-        "id": "002239345",
-        "image": "00223/002239345.jpg",
-        "conversations": _c(
-            "Write a terse but informative summary of the picture.\n<image>",
-            "2019 ford f-150 xlt supercrew 4x4",
-        ),
-    },
-    {
-        "id": "000123801",
-        "image": "00012/000123801.jpg",
-        "conversations": _c(
-            "Give a brief description of the image.\n<image>", '"the cat in the hat" book cover'
-        ),
-    },
-    {
-        "id": "004455031",
-        "image": "00445/004455031.jpg",
-        "conversations": _c(
-            "<image>\nShare a concise interpretation of the image provided.", "東京タワー at night"
-        ),
-    },
-    {
-        "id": "001983117",
-        "image": "00198/001983117.jpg",
-        "conversations": _c("What is in the photo?\n<image>", "a man riding a wave on top of a surfboard."),
-    },
-    {
-        "id": "003125544",
-        "image": "00312/003125544.jpg",
-        "conversations": _c("Describe the image concisely.\n<image>", "(2) vintage café chairs, ça va"),
-    },
-]
-
-# llava_v1_5_mix665k.json: multi-turn, images under coco/, gqa/, ocr_vqa/, textvqa/, vg/, text-only rows
-FINETUNE = [
-    {
-        "id": "000000033471",
-        "image": "coco/train2017/000000033471.jpg",
-        "conversations": _c(
-            "<image>\nWhat are the colors of the bus in the image?",
-            "The bus in the image is white and red.",
-            "What feature can be seen on the back of the bus?",
-            "The back of the bus features an advertisement.",
-            "Is the bus driving down the street or pulled off to the side?",
-            "The bus is driving down the street, which is crowded with people and other vehicles.",
-        ),
-    },
-    {
-        "id": "000000215677",
-        "image": "coco/train2017/000000215677.jpg",
-        "conversations": _c(
-            f"<image>\nHow many people are in the picture?\n{SHORT}",
-            "3",
-            f"What color is the frisbee?\n{SHORT}",
-            "White",
-            f"How many dogs are there?\n{SHORT}",
-            "12",
-        ),
-    },
-    {
-        "id": "2354786",
-        "image": "gqa/images/2354786.jpg",
-        "conversations": _c(
-            f"<image>\nIs the man on the left or right?\n{SHORT}",
-            "Left",
-            f"Are there both cars and trucks?\n{SHORT}",
-            "No",
-        ),
-    },
-    {
-        "id": "1883061040",
-        "image": "ocr_vqa/images/1883061040.jpg",
-        "conversations": _c(
-            "<image>\nWho wrote this book?",
-            "Gary D. Schmidt",
-            "What is the title of this book?",
-            "Okay for Now",
-            "What type of book is this?",
-            "Children's Books",
-            "Is this book related to Children's Books?",
-            "Yes",
-            "What year was this book published?",
-            "2011",
-        ),
-    },
-    {
-        "id": "0a0bc91825468c45",
-        "image": "textvqa/train_images/0a0bc91825468c45.jpg",
-        "conversations": _c(
-            f"<image>\nWhat time does the clock show?\nReference OCR token: 10:30, SEIKO\n{SHORT}",
-            "10:30",
-        ),
-    },
-    {
-        "id": "VG_2357376",
-        "image": "vg/VG_100K/2357376.jpg",
-        "conversations": _c(
-            "<image>\nPlease provide the bounding box coordinate of the region this sentence describes: "
-            "white cup on the table.",
-            "[0.41, 0.34, 0.56, 0.52]",
-            "Please provide a short description for this region: [0.12, 0.45, 0.36, 0.78]",
-            "Man wearing a red hat.",
-        ),
-    },
-    {
-        "id": "VG_2411851",
-        "image": "vg/VG_100K_2/2411851.jpg",
-        "conversations": _c(
-            "What is the temperature shown on the sign?\n<image>",  # <image> at the end of the turn
-            "-5 degrees",
-        ),
-    },
-    {
-        "id": "aokvqa_0001",
-        "image": "coco/train2017/000000299207.jpg",
-        "conversations": _c(
-            "<image>\nWhat is the man most likely to do next?\nA. sleep\nB. surf\nC. eat\nD. read\n"
-            "Answer with the option's letter from the given choices directly.",
-            "B",
-        ),
-    },
-    {
-        "id": "coco_price",
-        "image": "coco/train2017/000000000009.jpg",
-        "conversations": _c("<image>\nHow much does the sandwich cost?", "$3.50, according to the board."),
-    },
-    {
-        "id": "coco_non_ascii",
-        "image": "coco/train2017/000000000025.jpg",
-        "conversations": _c(
-            "<image>\nWhat does the sign say?",
-            "日本語の看板",
-            "And in English?",
-            "¿Dónde está? means where is it.",
-        ),
-    },
-    {
-        "id": "coco_list",
-        "image": "coco/train2017/000000000030.jpg",
-        "conversations": _c(
-            "<image>\nList the steps shown in the picture.",
-            "1. Cut the bread.\n2. Spread the butter.\n3. Serve.",
-        ),
-    },
-    {
-        "id": "coco_quote",
-        "image": "coco/train2017/000000000034.jpg",
-        "conversations": _c("<image>\nWhat is written on the mug?", "'World's Best Dad'"),
-    },
-    {
-        "id": "coco_emoji",
-        "image": "coco/train2017/000000000036.jpg",
-        "conversations": _c("<image>\nHow does the child seem to feel?", "🙂 The child looks happy."),
-    },
-    # text-only rows (ShareGPT in mix665k): no "image" key
-    {
-        "id": "i6IyJda_0",
-        "conversations": _c(
-            "Write a haiku about autumn.",
-            "Crimson leaves drifting,\nwhispers of the cooling wind,\nthe year exhales slow.",
-            "Translate 'cat' into French.",
-            "« chat »",
-        ),
-    },
-    {"id": "sharegpt_math", "conversations": _c("What is 7 times 8?", "56")},
-    {
-        "id": "sharegpt_code",
-        "conversations": _c("Show a Python one-liner that prints hello.", '```python\nprint("hello")\n```'),
-    },
-    # a row whose conversation starts with a gpt turn: LLaVA drops that turn
-    {
-        "id": "sharegpt_gpt_first",
-        "conversations": _c(
-            "Hello! How can I help you today?",
-            "How many legs does a spider have?",
-            "8 legs.",
-            first="gpt",
-        ),
-    },
-]
 
 
 # --- LLaVA-1.5's preprocessing, written out --------------------------------------------------------
@@ -242,15 +50,28 @@ FINETUNE = [
 class Reference:
     """LLaVA-1.5's ``tokenizer_image_token``, ``preprocess_plain`` and ``preprocess_v1`` (see above)."""
 
-    def __init__(self, tokenizer_json: str, image_id: int):
+    def __init__(self, tokenizer_json: str, image_id: int, legacy: bool = True):
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(tokenizer_json)
+        self.legacy = legacy
+        data = json.loads(Path(tokenizer_json).read_text())
+        data["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+        self.bare = Tokenizer.from_str(json.dumps(data))  # no ▁ prefix
         self.image_id = image_id
         self.bos = self.tok.token_to_id("<s>")
 
     def ids(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids  # BOS + pieces, as ``tokenizer(text).input_ids``
+        """BOS + pieces, as ``tokenizer(text).input_ids``."""
+        if self.legacy:
+            return self.tok.encode(text).ids  # every piece between special tokens gets the ▁ prefix
+        out = [self.bos]
+        for k, piece in enumerate(re.split("(<s>|</s>|<unk>)", text)):
+            if piece in ("<s>", "</s>", "<unk>"):
+                out.append(self.tok.token_to_id(piece))
+            elif piece:
+                out += (self.tok if k == 0 else self.bare).encode(piece, add_special_tokens=False).ids
+        return out
 
     def image_ids(self, prompt: str) -> list[int]:
         chunks = [self.ids(c) for c in prompt.split(IMAGE)]
@@ -289,13 +110,15 @@ class Reference:
         sep = " ASSISTANT: "
         cur = 1
         labels[:cur] = [IGNORE_INDEX] * cur
-        for rou in prompt.split("</s>"):
+        for i, rou in enumerate(prompt.split("</s>")):
             if rou == "":
                 break
             parts = rou.split(sep)
             if len(parts) != 2:
                 break
             round_len, instruction_len = count(rou), count(parts[0] + sep) - 2
+            if i != 0 and not self.legacy:
+                round_len, instruction_len = round_len - 1, instruction_len - 1
             labels[cur : cur + instruction_len] = [IGNORE_INDEX] * instruction_len
             cur += round_len
         labels[cur:] = [IGNORE_INDEX] * (len(labels) - cur)
@@ -305,9 +128,20 @@ class Reference:
         return ids, labels, mismatch
 
 
+@pytest.fixture(scope="module", params=[True, False], ids=["legacy", "non_legacy"])
+def legacy(request) -> bool:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def reference(llama_tok_dir, llama_tok) -> Reference:
-    return Reference(str(llama_tok_dir / "tokenizer.json"), llama_tok.convert_tokens_to_ids(IMAGE))
+def tok(legacy, request):
+    """Our tokenizer (``<image>``, ``<pad>`` added) with the config's ``legacy`` flag."""
+    return request.getfixturevalue("llama_tok" if legacy else "llama_tok_nonlegacy")
+
+
+@pytest.fixture(scope="module")
+def reference(llama_tok_dir, tok, legacy) -> Reference:
+    return Reference(str(llama_tok_dir / "tokenizer.json"), tok.convert_tokens_to_ids(IMAGE), legacy)
 
 
 def _ours(tok, row: dict, template: str) -> tuple[list[int], list[int]]:
@@ -340,19 +174,19 @@ def test_the_golden_set_is_valid_llava_input_and_covers_the_hard_cases(reference
 
 
 @pytest.mark.parametrize("row", PLAIN, ids=[r["id"] for r in PLAIN])
-def test_plain_masks_equal_llava(row, reference, llama_tok):
+def test_plain_masks_equal_llava(row, reference, tok):
     want_ids, want_labels = reference.plain(row)
-    ids, labels = _ours(llama_tok, row, "plain")
+    ids, labels = _ours(tok, row, "plain")
+    assert _show(tok, ids, labels) == _show(tok, want_ids, want_labels)
     assert ids == want_ids
-    assert _show(llama_tok, ids, labels) == _show(llama_tok, want_ids, want_labels)
 
 
 @pytest.mark.parametrize("row", FINETUNE, ids=[r["id"] for r in FINETUNE])
-def test_vicuna_v1_masks_equal_llava(row, reference, llama_tok):
+def test_vicuna_v1_masks_equal_llava(row, reference, tok):
     want_ids, want_labels, _ = reference.v1(row)
-    ids, labels = _ours(llama_tok, row, "vicuna_v1")
+    ids, labels = _ours(tok, row, "vicuna_v1")
+    assert _show(tok, ids, labels) == _show(tok, want_ids, want_labels)
     assert ids == want_ids
-    assert _show(llama_tok, ids, labels) == _show(llama_tok, want_ids, want_labels)
 
 
 def test_a_digit_answer_supervises_its_leading_space(llama_tok):
@@ -364,3 +198,27 @@ def test_a_digit_answer_supervises_its_leading_space(llama_tok):
     plain = {"id": "p", "image": "a.jpg", "conversations": _c("<image>", "3 dogs")}
     ids, labels = _ours(llama_tok, plain, "plain")
     assert _show(llama_tok, ids, labels)[:4] == [("<s>", False), (IMAGE, False), ("▁", True), ("3", True)]
+
+
+def test_non_legacy_text_after_the_image_starts_with_its_own_space(llama_tok_nonlegacy):
+    """Spelled out for Vicuna-v1.5's ``legacy: false``: LLaVA tokenizes the text after ``<image>`` as
+    a string of its own, so it opens with SentencePiece's ``▁`` (``▁`` ``<0x0A>``; ``▁select``), while
+    the text after ``</s>`` in the same string does not (``USER``, not ``▁US`` ``ER``)."""
+    tok = llama_tok_nonlegacy
+    row = {"id": "v", "image": "a.jpg", "conversations": _c("<image>\nWhat?", "3", "Why?", "No.")}
+    shown = _show(tok, *_ours(tok, row, "vicuna_v1"))
+    at = shown.index((IMAGE, False))
+    assert shown[at - 1 : at + 4] == [
+        ("▁", False),
+        (IMAGE, False),
+        ("▁", False),
+        ("<0x0A>", False),
+        ("What", False),
+    ]
+    at = shown.index(("</s>", True))
+    assert shown[at - 2 : at + 3] == [("▁", True), ("3", True), ("</s>", True), ("USER", False), (":", False)]
+    plain = {"id": "p", "image": "a.jpg", "conversations": _c("<image>", "select luxury")}
+    shown = _show(tok, *_ours(tok, plain, "plain"))
+    assert shown[:4] == [("<s>", False), (IMAGE, False), ("▁select", True), ("▁lux", True)]
+    spaced = _show(tok, *_ours(tok, {**plain, "conversations": _c("<image>", " select")}, "plain"))
+    assert spaced[:4] == [("<s>", False), (IMAGE, False), ("▁", True), ("▁select", True)]
