@@ -158,3 +158,47 @@ def test_pickled_code_is_refused(tmp_path):
         pickle.dump({"visual.conv1.weight": Evil()}, fh)
     with pytest.raises(UserError, match="weights_only"):
         convert(bad, str(kit.build_clip_base(tmp_path / "base")), tmp_path / "hf")
+
+
+def _openai_clip_model_module(side):
+    """``clip/model.py`` of OpenAI's ``clip`` package (PyPI ``openai-clip``), installed with
+    ``pip --target`` into a side folder (no dependencies: it shares this environment's torch) and
+    imported by path (the package's ``__init__`` needs more than ``model.py`` does)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    model_py = side / "clip" / "model.py"
+    if not model_py.is_file():
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(side),
+            "openai-clip==1.0.1",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            pytest.skip(f"openai-clip not installable here: {done.stderr.strip().splitlines()[-1:]}")
+    spec = importlib.util.spec_from_file_location("_openai_clip_model", model_py)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # installs OpenAI's clip package from the package index into a side folder
+def test_openai_clip_layout_matches_the_clip_package_itself(tmp_path):
+    from genhancer.toyworld.models import default_cache_dir
+
+    clip_model = _openai_clip_model_module(default_cache_dir() / "side" / "openai-clip-1.0.1")
+    base = kit.build_clip_base(tmp_path / "base", act="quick_gelu")
+    state, _ = kit.openai_layout(seed=21)
+    original = clip_model.build_model(dict(state)).float().eval()  # float16 weights, as OpenAI's
+    convert(kit.save_state(state, tmp_path / "ViT.pth"), str(base), tmp_path / "hf")
+    with torch.no_grad():
+        want = original.encode_image(_pixels())
+    assert _max_diff(_hf_embedding(tmp_path / "hf", "openai-clip"), want) < TOL
