@@ -7,10 +7,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from eval.study.cli import main
 from eval.study.config import GENHANCER_VARIANTS, HEAD_TO_HEAD
 
 
+@pytest.mark.slow
 def test_reproduce_smoke_writes_table_json_and_figures(tmp_model_dirs, tmp_path):
     out = tmp_path / "run"
     argv = ["--protocol", "smoke", "--seeds", "0", "1", "--output-dir", str(out), "--threads", "1"]
@@ -32,6 +35,7 @@ def test_reproduce_smoke_writes_table_json_and_figures(tmp_model_dirs, tmp_path)
     assert (out / "seed0" / "scores.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_reproduce_head_to_head_and_control_smoke(tmp_model_dirs, tiny_sd_dirs, tmp_path):
     """The head to head plus DCR at its own lr ratio and the positive control: each trains on the
     same world and seeds, gets the clustering rows, and the table and figure are written."""
