@@ -159,15 +159,25 @@ def _zeroshot_prepare(ctx: BenchmarkContext):
 
 
 def _zeroshot_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
-    from eval.clip.zeroshot import evaluate_classification, evaluate_retrieval
+    from eval.clip.zeroshot import classification_hits, retrieval_item_hits
 
     cls, ret = data
-    scores = [(ds, evaluate_classification(encoder, ds, templates)) for ds, templates in cls]
-    scores += [(ds, evaluate_retrieval(encoder, ds)) for ds in ret]
+    hits = [(ds, classification_hits(encoder, ds, templates)) for ds, templates in cls]
+    hits += [(ds, retrieval_item_hits(encoder, ds)) for ds in ret]
     return [
-        {"metric": f"{ds.name}/{k}", "value": v, "dataset": ds.name, "revision": ds.revision, "seed": None}
-        for ds, metrics in scores
-        for k, v in metrics.items()
+        {
+            "metric": f"{ds.name}/{k}",
+            "value": 100.0 * sum(v) / len(v),
+            "dataset": ds.name,
+            "revision": ds.revision,
+            "seed": None,
+            # per image (classification, image -> text) or per caption (text -> image)
+            "items": Items(
+                "caption" if k.startswith("t2i") else "image", list(range(len(v))), [float(x) for x in v]
+            ).to_json(),
+        }
+        for ds, per_item in hits
+        for k, v in per_item.items()
     ]
 
 
@@ -194,14 +204,21 @@ def _probe_prepare(ctx: BenchmarkContext):
 
 
 def _probe_run(encoder, data, ctx: BenchmarkContext) -> list[dict]:
-    from eval.clip.probe import evaluate_probes
+    from eval.clip.probe import evaluate_probe_hits
 
     p = ctx.cfg.probe
     n_train, n_test = _probe_sizes(ctx)
     dataset = f"toyworld(seed={p.seed}, train={n_train}, test={n_test}, size={p.image_size})"
     return [
-        {"metric": attr, "value": v, "dataset": dataset, "revision": "generated", "seed": p.seed}
-        for attr, v in evaluate_probes(encoder, data, p.l2, p.max_iter).items()
+        {
+            "metric": attr,
+            "value": 100.0 * sum(hits) / len(hits),
+            "dataset": dataset,
+            "revision": "generated",
+            "seed": p.seed,
+            "items": Items("image", list(range(len(hits))), [float(h) for h in hits]).to_json(),
+        }
+        for attr, hits in evaluate_probe_hits(encoder, data, p.l2, p.max_iter).items()
     ]
 
 

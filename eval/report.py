@@ -223,7 +223,7 @@ def render_uncertainty(rows: list[dict], models: Sequence[str], metrics: Sequenc
     if not shown:
         return [
             "Intervals and paired tests: n/a (these records keep no per-item results: a benchmark that "
-            "scores no units, such as clustering, zero-shot and probes, or records from before they were kept).",
+            "scores no units, such as clustering, or records from before they were kept).",
             "",
         ]
     unit = {

@@ -81,10 +81,23 @@ def probe_accuracy(
     max_iter: int = 200,
 ) -> float:
     """Test accuracy (percent) of a probe fitted on the training split."""
+    hits = probe_hits(train_x, train_y, test_x, test_y, l2, max_iter)
+    return 100.0 * sum(hits) / len(hits)
+
+
+def probe_hits(
+    train_x: torch.Tensor,
+    train_y: Sequence[int],
+    test_x: torch.Tensor,
+    test_y: Sequence[int],
+    l2: float = 1e-3,
+    max_iter: int = 200,
+) -> list[bool]:
+    """Per test image: does the probe fitted on the training split predict its label?"""
     test_y = torch.as_tensor(test_y, dtype=torch.long)
     k = int(max(int(torch.as_tensor(train_y).max()), int(test_y.max()))) + 1
     probe = fit_linear_probe(train_x, train_y, k, l2=l2, max_iter=max_iter)
-    return 100.0 * float((probe.predict(test_x) == test_y).double().mean())
+    return (probe.predict(test_x) == test_y).tolist()
 
 
 @dataclass
@@ -119,9 +132,16 @@ def toy_probe_data(
 
 def evaluate_probes(encoder, data: ToyProbeData, l2: float = 1e-3, max_iter: int = 200) -> dict[str, float]:
     """Probe test accuracy (percent) per attribute from ``encoder``'s global token."""
+    return {a: 100.0 * sum(h) / len(h) for a, h in evaluate_probe_hits(encoder, data, l2, max_iter).items()}
+
+
+def evaluate_probe_hits(
+    encoder, data: ToyProbeData, l2: float = 1e-3, max_iter: int = 200
+) -> dict[str, list[bool]]:
+    """Per attribute, per test image: right or wrong (the items behind :func:`evaluate_probes`)."""
     feats = encoder.encode_images(data.images, desc="probe images")
     n = data.n_train
     return {
-        attr: probe_accuracy(feats[:n], y[:n], feats[n:], y[n:], l2=l2, max_iter=max_iter)
+        attr: probe_hits(feats[:n], y[:n], feats[n:], y[n:], l2=l2, max_iter=max_iter)
         for attr, y in data.labels.items()
     }

@@ -114,10 +114,17 @@ def topk_accuracy(
     logits: torch.Tensor, labels: Sequence[int] | torch.Tensor, ks: Sequence[int] = (1, 5)
 ) -> dict[str, float]:
     """Top-K accuracy in percent, ``{"top1": ..., "top5": ...}`` (K above the class count is skipped)."""
+    return {k: 100.0 * sum(v) / len(v) for k, v in topk_hits(logits, labels, ks).items()}
+
+
+def topk_hits(
+    logits: torch.Tensor, labels: Sequence[int] | torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[str, list[bool]]:
+    """Per image: is its label within the top K? (the items behind :func:`topk_accuracy`)."""
     logits = torch.as_tensor(logits, dtype=torch.float64)
     labels = torch.as_tensor(labels, dtype=torch.long)
     rank = _ranks(logits, labels)
-    return {f"top{k}": 100.0 * float((rank < k).double().mean()) for k in ks if k <= logits.shape[1]}
+    return {f"top{k}": (rank < k).tolist() for k in ks if k <= logits.shape[1]}
 
 
 def retrieval_recall(
@@ -129,6 +136,13 @@ def retrieval_recall(
     caption ``t`` belongs to. Keys: ``i2t_R@K`` (per image: best rank among its captions) and
     ``t2i_R@K`` (per caption: rank of its image).
     """
+    return {k: 100.0 * sum(v) / len(v) for k, v in retrieval_hits(sims, caption_image, ks).items()}
+
+
+def retrieval_hits(
+    sims: torch.Tensor, caption_image: Sequence[int] | torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, list[bool]]:
+    """Per image (``i2t_R@K``) or per caption (``t2i_R@K``): a hit within K? (behind :func:`retrieval_recall`)."""
     sims = torch.as_tensor(sims, dtype=torch.float64)
     owner = torch.as_tensor(caption_image, dtype=torch.long)
     n_img, n_txt = sims.shape
@@ -141,9 +155,9 @@ def retrieval_recall(
         i2t[i] = min(int(i2t[i]), r)
     out = {}
     for k in ks:
-        out[f"i2t_R@{k}"] = 100.0 * float((i2t < k).double().mean())
+        out[f"i2t_R@{k}"] = (i2t < k).tolist()
     for k in ks:
-        out[f"t2i_R@{k}"] = 100.0 * float((t2i < k).double().mean())
+        out[f"t2i_R@{k}"] = (t2i < k).tolist()
     return out
 
 
@@ -324,12 +338,22 @@ def class_embeddings(encoder, classnames: Sequence[str], templates: Sequence[str
 
 
 def evaluate_classification(encoder, data: ClassificationSet, templates: Sequence[str]) -> dict[str, float]:
+    return {k: 100.0 * sum(v) / len(v) for k, v in classification_hits(encoder, data, templates).items()}
+
+
+def classification_hits(encoder, data: ClassificationSet, templates: Sequence[str]) -> dict[str, list[bool]]:
+    """Per image and K: a top-K hit (the per-item results behind :func:`evaluate_classification`)."""
     classes = class_embeddings(encoder, data.classnames, templates)
     img = encoder.encode_images([_open(x) for x in data.images], desc=f"{data.name} images")
-    return topk_accuracy(encoder.logits(img, classes), data.labels)
+    return topk_hits(encoder.logits(img, classes), data.labels)
 
 
 def evaluate_retrieval(encoder, data: RetrievalSet) -> dict[str, float]:
+    return {k: 100.0 * sum(v) / len(v) for k, v in retrieval_item_hits(encoder, data).items()}
+
+
+def retrieval_item_hits(encoder, data: RetrievalSet) -> dict[str, list[bool]]:
+    """Per image (i2t) or caption (t2i): a hit within K (behind :func:`evaluate_retrieval`)."""
     img = encoder.encode_images([_open(x) for x in data.images], desc=f"{data.name} images")
     txt = encoder.encode_texts(data.captions)
-    return retrieval_recall(encoder.logits(img, txt), data.caption_image)
+    return retrieval_hits(encoder.logits(img, txt), data.caption_image)

@@ -88,6 +88,25 @@ def test_writes_results_markdown_plot_and_config(board, capsys):
     assert (out / "fixtures" / "mmvp_vlm" / "Questions.csv").is_file()
 
 
+def test_every_number_has_its_unit_interval_and_paired_test(board):
+    out, _ = board
+    records = json.loads((out / "results.json").read_text())
+    unit = {
+        (r["benchmark"], r["metric"]): (r["ci"] or {}).get("unit") for r in records if r["model"] == "clip"
+    }
+    assert unit["mmvp_vlm", "average"] == "pair"
+    assert (
+        unit["zeroshot", "toy_color/top1"] == "image"
+        and unit["zeroshot", "toy_captions/t2i_R@1"] == "caption"
+    )
+    assert unit["probe", "color"] == "image"
+    assert unit["clustering", "average/acc"] is None  # not a mean over units: n/a
+    probe = next(r for r in records if r["model"] == "siglip" and r["benchmark"] == "probe")
+    assert probe["ci"]["n"] == 20 and probe["paired"]["clip"]["n"] == 20  # probe.test_size
+    md = (out / "leaderboard.md").read_text()
+    assert "| clip → siglip |" in md and "toy_color/top1 (images)" in md and "color (images)" in md
+
+
 def test_rerun_reuses_cached_results_and_force_recomputes(board, monkeypatch, capsys):
     out, argv = board
     before = (out / "results.json").read_text()
@@ -234,7 +253,8 @@ def test_help_and_list_presets(capsys):
         main(["--help"])
     assert exc.value.code == 0 and "--benchmarks" in capsys.readouterr().out
     assert main(["--list-presets"]) == 0
-    assert capsys.readouterr().out.startswith("tiny")
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert "tiny" in names and sum(n.startswith("released-") for n in names) == 6
 
 
 def test_flag_list_is_pinned():
