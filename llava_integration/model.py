@@ -102,7 +102,7 @@ def build_image_processor(source, pad: bool = True):
     (``image_aspect_ratio: pad``) with the mean colour, as LLaVA-1.5 does.
 
     The PIL backend, because LLaVA-1.5 reads images with ``CLIPImageProcessor``'s PIL resize: the
-    torchvision one differs by 1/255 on a few tenths of a percent of pixel values."""
+    torchvision one differs by 1 or 2 /255 on about half a percent of pixel values (docs/llava.md)."""
     from transformers import LlavaImageProcessorPil
 
     def get(name, default=None):
