@@ -309,6 +309,12 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     mixed = cfg.train.mixed_precision if use_cuda else "no"
     accelerator = Accelerator(mixed_precision=mixed, cpu=not use_cuda)
     world = accelerator.num_processes
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        raise UserError(
+            "enhance runs under DeepSpeed ZeRO-1/2 (enhance/accelerate/ds_zero2.yaml), not ZeRO-3: its "
+            "stages rebuild the tower (LoRA) and export it whole from the main process"
+        )
 
     # --- run folder
     run_dir = Path(output_dir)

@@ -18,6 +18,7 @@ import torch
 
 from genhancer.runtime.driver import RunFolder, StageDriver, StageSetup
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.lora_state import merge_lora_state
 from genhancer.runtime.seeding import derive_seed
 from genhancer.runtime.trainer import cosine_lambda, grad_accum_steps, is_deepspeed
 from llava_integration.config import RESUME_ALLOWED_CHANGES, STAGES, LlavaTrainConfig, StageConfig
@@ -248,6 +249,28 @@ class LlavaStages(StageDriver):
             )
 
 
+def merged_final_state(llava, gathered: dict) -> dict:
+    """Under DeepSpeed: LoRA merged into the gathered weights (the module's own may be ZeRO-3
+    partitions, which peft cannot merge in place), and the adapters unloaded from the module, so
+    ``DIR/final`` is a plain ``LlavaForConditionalGeneration`` either way."""
+    from llava_integration.stages import has_lora
+
+    if not has_lora(llava):
+        return gathered
+    from peft.tuners.lora import LoraLayer
+
+    scalings = {
+        name: module.scaling["default"]
+        for name, module in llava.named_modules()
+        if isinstance(module, LoraLayer) and "default" in module.scaling
+    }
+    merged = merge_lora_state(
+        gathered, scalings, unwrap={"model.language_model.base_model.model.": "model.language_model."}
+    )
+    llava.model.language_model = llava.model.language_model.unload()  # structure only, no arithmetic
+    return merged
+
+
 def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> dict:
     """Train the configured stages and save ``DIR/final``. Returns paths and the toy report."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -268,12 +291,9 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
     )
     if use_cuda:
         enable_tf32()
-    zero3 = is_deepspeed(accelerator)  # the shipped DeepSpeed config for llava-train is ZeRO-3
-    if zero3 and any(getattr(cfg, s).trainable == "lora" for s in cfg.train.stages):
-        raise UserError(
-            "trainable=lora under DeepSpeed is not supported yet (the LoRA merge needs gathered weights); "
-            "launch the LoRA recipe without DeepSpeed"
-        )
+    # DeepSpeed (ZeRO-2, or the shipped ZeRO-3 configs): stage ends gather the weights, and LoRA is
+    # merged into the gathered copy (see merged_final_state)
+    zero3 = is_deepspeed(accelerator)
 
     # --- run folder
     run_dir = Path(output_dir)
@@ -321,7 +341,10 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
 
     out: dict = {}
     if accelerator.is_main_process:
-        merge_lora(llava)
+        if gathered is None:
+            merge_lora(llava)
+        else:
+            gathered = merged_final_state(llava, gathered)
         if master_fp32:
             cast_floating(llava, load_dtype)  # DIR/final in the dtype the model was loaded in
         llava.eval()

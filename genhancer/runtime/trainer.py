@@ -634,6 +634,14 @@ def save(
     return path
 
 
+def offloads_optimizer(accelerator) -> bool:
+    """DeepSpeed keeps the optimizer state in CPU memory (``offload_optimizer_device: cpu``)."""
+    if not is_deepspeed(accelerator):
+        return False
+    zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+    return zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+
+
 def grad_accum_steps(name: str, global_batch: int, per_device: int, world: int) -> int:
     """Micro-batches per optimizer step, or a clear error when the global batch does not split."""
     per_step = per_device * world
@@ -670,7 +678,7 @@ def start_stage(
             lr=stage_cfg.lr,
             betas=tuple(stage_cfg.betas),
             weight_decay=stage_cfg.weight_decay,
-            fused=accelerator.device.type == "cuda",
+            fused=accelerator.device.type == "cuda" and not offloads_optimizer(accelerator),
         )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_fn)
     if is_deepspeed(accelerator):
@@ -685,6 +693,10 @@ def start_stage(
         ds["train_micro_batch_size_per_gpu"] = stage_cfg.per_device_batch_size
         ds["train_batch_size"] = stage_cfg.per_device_batch_size * accelerator.num_processes
         ds["gradient_clipping"] = stage_cfg.grad_clip  # the engine clips; clip_grad_norm_ reads the norm
+        if offloads_optimizer(accelerator):
+            # ZeRO-Offload steps our AdamW on the CPU copies of the partitions (DeepSpeed refuses a
+            # client optimizer there unless told; its own CPU Adam needs a compiled extension)
+            ds["zero_force_ds_cpu_optimizer"] = False
     prepared, optimizer = accelerator.prepare(module, optimizer)
     start = LoopState(positions=[0] * accelerator.num_processes)
     if resume_from is not None:
