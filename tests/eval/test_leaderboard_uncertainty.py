@@ -129,3 +129,23 @@ def test_cli_run_list_scores_each_run_and_the_mean(tmp_model_dirs, tmp_path):
     assert avg["enh"]["runs"]["std"] == 0.0  # the same tower twice
     assert avg["enh#2"]["paired"]["enh#1"]["better"] == 0 and avg["enh#2"]["paired"]["enh#1"]["p"] == 1.0
     assert main(["--clip", "enh=a,", "--output-dir", str(out)]) == 2
+
+
+def test_intervals_are_reused_while_their_settings_match(monkeypatch):
+    from eval import leaderboard
+    from eval.config import UncertaintyConfig
+
+    recs = [_rec("a", "average", 50.0), _rec("b", "average", 75.0)]
+    recs[0]["items"] = Items("pair", [1, 2, 3, 4], [1, 0, 1, 0]).to_json()
+    recs[1]["items"] = Items("pair", [1, 2, 3, 4], [1, 1, 1, 0]).to_json()
+    annotate_uncertainty(recs)
+    before = [dict(r["ci"]) for r in recs]
+
+    def boom(*a, **k):
+        raise AssertionError("interval recomputed")
+
+    monkeypatch.setattr(leaderboard, "items_interval", boom)
+    annotate_uncertainty(recs)
+    assert [r["ci"] for r in recs] == before and recs[1]["paired"]["a"]["better"] == 1
+    with pytest.raises(AssertionError, match="recomputed"):
+        annotate_uncertainty(recs, UncertaintyConfig(seed=1))
