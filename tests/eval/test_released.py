@@ -135,3 +135,37 @@ def test_bad_released_configs_are_exit_2_one_line(sets, message, tmp_path, capsy
     assert leaderboard([*argv, *[x for s in sets for x in ("--set", s)]]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow  # three SigLIP towers loaded (one converted): ~45 s on the shared 2-core machine
+def test_the_siglip_preset_resolves_its_released_layouts(tmp_path, monkeypatch):
+    """SigLIP @224: GenHancer's SiglipModel folder and DIVA's open_clip SigLIP .pth (timm trunk)
+    on the base read from the hub cache, through the preset's own specs."""
+    import torch
+    from huggingface_hub import constants
+
+    from eval.clip.encoders import load_encoder
+
+    base_id = "google/siglip-so400m-patch14-224"
+    cache = tmp_path / "hub"
+    kit.populate_hub_cache(cache, base_id, kit.folder_files(kit.build_siglip_base(tmp_path / "base")))
+    gen = kit.build_siglip_base(tmp_path / "gen", seed=3)
+    kit.populate_hub_cache(
+        cache, "msj9817/GenHancer", kit.folder_files(gen, "SigLIP/siglip-so400m-patch14-224")
+    )
+    original = kit.open_clip_siglip(seed=8)
+    pth = kit.save_state(original.state_dict(), tmp_path / "SigLIP-ViT-SO-14-224.pth")
+    kit.populate_hub_cache(cache, "BAAI/DIVA", {"SigLIP/SigLIP-ViT-SO-14-224.pth": pth})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = load_config("released-siglip-so400m-224", None, [f"cache_dir={tmp_path / 'gc'}"])
+    models, _ = released_models(cfg)
+    px = torch.randn(2, 3, kit.IMAGE, kit.IMAGE, generator=torch.Generator().manual_seed(0))
+    encoders = {m.name: load_encoder(m.spec, device="cpu", cache_dir=cfg.cache_dir) for m in models}
+    assert {e.kind for e in encoders.values()} == {"siglip"}
+    with torch.no_grad():
+        diva = encoders["diva"].global_token(px)
+        assert float((diva - original.encode_image(px)).abs().max()) < 1e-5
+        assert not torch.allclose(
+            encoders["genhancer"].global_token(px), encoders["original"].global_token(px)
+        )
