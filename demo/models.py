@@ -16,6 +16,7 @@ from typing import Any
 
 from demo.common import FINAL, SIDES, TITLES, Unavailable
 from demo.config import DemoConfig
+from enhance.layout import DENOISER_META, find_denoiser_dir, find_run_dir, step_exports
 from genhancer.runtime.errors import UserError, first_line
 
 __all__ = ["FINAL", "SIDES", "TITLES", "ModelRegistry", "Unavailable", "best_device", "find_denoiser_dir"]
@@ -33,40 +34,6 @@ def best_device(device: str = "auto") -> str:
     if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
-
-
-def find_denoiser_dir(path: str) -> Path | None:
-    """The ``export/denoiser`` folder that belongs to ``path`` (a run dir, its export/, export/hf,
-    or the denoiser folder itself); None when there is none."""
-    if not path:
-        return None
-    p = Path(path).expanduser()
-    for candidate in (p, p / "denoiser", p / "export" / "denoiser", p.parent / "denoiser"):
-        if (candidate / "genhancer.json").is_file():
-            return candidate
-    return None
-
-
-def find_run_dir(path: str | Path | None) -> Path | None:
-    """The ``enhance`` run folder that ``path`` belongs to (the run itself, its ``export/``,
-    ``export/hf``, ``export/denoiser``, ``export/steps/N``...): the nearest folder, ``path`` or
-    above it, holding ``config.yaml`` and ``export/``; None when there is none."""
-    if not path:
-        return None
-    p = Path(path).expanduser()
-    for candidate in (p, *list(p.parents)[:4]):
-        if (candidate / "config.yaml").is_file() and (candidate / "export").is_dir():
-            return candidate
-    return None
-
-
-def step_exports(run_dir: Path | None) -> list[tuple[int, Path]]:
-    """The run's complete per-step exports (``export/steps/<step>/``), oldest first (the folder
-    names :func:`enhance.export.export_step` writes; read here without importing torch)."""
-    steps = run_dir / "export" / "steps" if run_dir is not None else None
-    if steps is None or not steps.is_dir():
-        return []
-    return sorted((int(p.name), p) for p in steps.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def run_cache_dir(denoiser_dir: Path | None) -> str | None:
@@ -214,7 +181,7 @@ class ModelRegistry:
         step = self._step_dir()
         if step is not None:
             folder = step / "denoiser"
-            if not (folder / "genhancer.json").is_file():
+            if not (folder / DENOISER_META).is_file():
                 raise Unavailable(
                     f"the {self.variant} export ({step}) holds no denoiser/: the run was trained with "
                     "stage2.export_denoiser=false; pick 'final' or train with it on"

@@ -28,31 +28,6 @@ from genhancer.runtime.memory import add_memory_flags
 from genhancer.runtime.preflight import check_data, check_run_folder, require_local_paths
 from genhancer.runtime.threads import configure_threads, plan_threads
 
-# Widths of the global / local tokens of the paper backbones, so --describe needs no download.
-KNOWN_DIMS = {
-    "openai/clip-vit-large-patch14": (768, 1024),
-    "openai/clip-vit-large-patch14-336": (768, 1024),
-    "facebook/metaclip-l14-fullcc2.5b": (768, 1024),
-    "facebook/metaclip-h14-fullcc2.5b": (1024, 1280),
-    "google/siglip-so400m-patch14-224": (1152, 1152),
-    "google/siglip-so400m-patch14-384": (1152, 1152),
-    "genhancer-tiny:clip": (64, 64),
-}
-
-_L14 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16}
-_H14 = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16}
-_SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16}
-# Image side of the paper backbones as their config.json gives it (model type, vision config,
-# projection dim), so --describe places LoRA and counts its parameters on the meta device.
-KNOWN_VISION: dict[str, tuple[str, dict, int]] = {
-    "openai/clip-vit-large-patch14": ("clip", {**_L14, "patch_size": 14, "image_size": 224}, 768),
-    "openai/clip-vit-large-patch14-336": ("clip", {**_L14, "patch_size": 14, "image_size": 336}, 768),
-    "facebook/metaclip-l14-fullcc2.5b": ("clip", {**_L14, "patch_size": 14, "image_size": 224}, 768),
-    "facebook/metaclip-h14-fullcc2.5b": ("clip", {**_H14, "patch_size": 14, "image_size": 224}, 1024),
-    "google/siglip-so400m-patch14-224": ("siglip", {**_SO400M, "patch_size": 14, "image_size": 224}, 0),
-    "google/siglip-so400m-patch14-384": ("siglip", {**_SO400M, "patch_size": 14, "image_size": 384}, 0),
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("enhance", __doc__)
@@ -64,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         default=None,
         help="genhancer (default) | diva | dcr | naive-contrastive: the method's recipe on the --preset "
-        "backbone (presets/methods/<method>.yaml)",
+        "backbone (enhance/methods/<method>/recipes.yaml); the same as --set method.name=METHOD",
     )
     p.add_argument(
         "--describe", action="store_true", help="print resolved config, parameter counts, memory plan"
@@ -80,60 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def list_method_presets(method: str) -> None:
     """``--list-presets --method M``: the backbone presets the method has a recipe for."""
-    from enhance.config import method_presets
     from enhance.methods import get_method
 
-    get_method(method)
-    recipes = method_presets(method)
+    recipes = get_method(method).recipes()
     for name in recipes["presets"]:
         print(f"{name:32s} {method}: {recipes['description']}")
 
 
 def describe(cfg) -> dict:
     """Resolved config and parameter counts, built on the meta device (downloads nothing)."""
-    if cfg.denoiser.kind == "sd":
-        return describe_sd_method(cfg)
-    return describe_genhancer(cfg)
-
-
-# Sizes of the SD-2.1 UNet (diffusers config of stabilityai/stable-diffusion-2-1[-base]), so
-# --describe counts it on the meta device without a download.
-SD21_UNET = {
-    "sample_size": 64,
-    "cross_attention_dim": 1024,
-    "attention_head_dim": [5, 10, 20, 20],
-    "use_linear_projection": True,
-    "block_out_channels": [320, 640, 1280, 1280],
-}
-
-
-def describe_sd_method(cfg) -> dict:
-    """``--describe`` for a frozen-SD method: its stage plan and UNet cost, trainable parameters."""
     import torch
 
-    from enhance.config import EnhanceConfig
+    from enhance.architectures import tower_dims
     from enhance.methods import get_method
     from genhancer.runtime import configtools
     from genhancer.runtime.configtools import field_docs
 
     method = get_method(cfg.method.name)
-    counts: dict[str, int | str] = {}
-    dims = KNOWN_DIMS.get(cfg.backbone.name_or_path)
     with torch.device("meta"):
-        from diffusers import UNet2DConditionModel
-
-        from enhance.methods.sd_models import TokenProjector
-
-        if cfg.sd.path.startswith("stabilityai/stable-diffusion-2-1"):
-            unet = UNet2DConditionModel(**SD21_UNET)
-            counts["denoiser_frozen"] = sum(p.numel() for p in unet.parameters())
-        else:
-            counts["denoiser_frozen"] = "unknown until the UNet is loaded"
-        if dims is not None:
-            proj = TokenProjector(dims[0], cfg.sd.cross_attention_dim, mlp=cfg.method.name != "diva")
-            counts["projector"] = sum(p.numel() for p in proj.parameters())
-        else:
-            counts["projector"] = "unknown until the backbone is loaded"
+        parts = method.architecture(cfg, _dims(cfg.backbone.name_or_path, tower_dims))
+    counts: dict[str, int | str] = {
+        name: part if isinstance(part, str) else sum(p.numel() for p in part.parameters())
+        for name, part in parts.items()
+    }
     lora = lora_counts(cfg, counts)
     if cfg.stage2.tower_tuning == "full":
         counts["tower"] = describe_tower(cfg)
@@ -144,8 +88,24 @@ def describe_sd_method(cfg) -> dict:
         "schedule": describe_schedule(cfg),
         "lora": lora,
         "parameters": counts,
-        "docs": field_docs(EnhanceConfig),
+        "replication_only": {
+            "data.replicate_across_ranks": {
+                "value": cfg.data.replicate_across_ranks,
+                "note": "replication only: every rank reads the same stream (the official code's "
+                "regime); crops, noise and timesteps differ per rank",
+            }
+        },
+        "docs": field_docs(cfg),
     }
+
+
+def _dims(name: str, tower_dims) -> tuple[int, int] | None:
+    """(global, local) token widths of a known tower (the tiny one from its recipe)."""
+    if name == "genhancer-tiny:clip":
+        from genhancer.toyworld.models import TINY_CLIP_RECIPE as r
+
+        return r["projection_dim"], r["vision_hidden"]
+    return tower_dims(name)
 
 
 def describe_tower(cfg) -> int | str:
@@ -159,70 +119,6 @@ def describe_tower(cfg) -> int | str:
     return sum(
         p.numel() for n, p in backbone.named_parameters() if backbone.is_vision_side(n.removeprefix("model."))
     )
-
-
-def describe_genhancer(cfg) -> dict:
-    """GenHancer's ``--describe``: FLUX / Perceiver denoiser, projector, LoRA."""
-    import torch
-
-    from enhance.config import EnhanceConfig
-    from enhance.denoisers.continuous import flux_kwargs
-    from enhance.methods import get_method
-    from genhancer.runtime import configtools
-    from genhancer.runtime.configtools import field_docs
-
-    counts: dict[str, int | str] = {}
-    dims = KNOWN_DIMS.get(cfg.backbone.name_or_path)
-    d = cfg.denoiser
-    discrete = d.kind == "discrete"
-    with torch.device("meta"):
-        if not discrete:
-            from diffusers import FluxTransformer2DModel
-
-            den = FluxTransformer2DModel(**flux_kwargs(d, cfg.vae.latent_channels))
-            counts["denoiser"] = sum(p.numel() for p in den.parameters())
-        elif d.codebook_size and d.token_grid:
-            from enhance.denoisers.discrete import PerceiverDenoiser
-
-            den = PerceiverDenoiser(
-                d.codebook_size,
-                d.token_grid,
-                d.perceiver_hidden,
-                d.num_layers,
-                d.perceiver_heads,
-                d.decoder_layers,
-            )
-            counts["denoiser"] = sum(p.numel() for p in den.parameters())
-        else:
-            counts["denoiser"] = "unknown until the tokenizer is loaded (set codebook_size and token_grid)"
-        if dims is not None:
-            from enhance.projector import ConditionProjector
-
-            proj = ConditionProjector(
-                dims[0],
-                0 if discrete else d.pooled_projection_dim,
-                d.perceiver_hidden if discrete else d.joint_attention_dim,
-                dims[1] if cfg.backbone.local_token_ratio > 0 else 0,
-            )
-            counts["projector"] = sum(p.numel() for p in proj.parameters())
-        else:
-            counts["projector"] = "unknown until the backbone is loaded"
-    lora = lora_counts(cfg, counts)
-    return {
-        "method": get_method(cfg.method.name).describe(cfg),
-        "config": configtools.to_dict(cfg),
-        "schedule": describe_schedule(cfg),
-        "lora": lora,
-        "parameters": counts,
-        "replication_only": {
-            "data.replicate_across_ranks": {
-                "value": cfg.data.replicate_across_ranks,
-                "note": "replication only: every rank reads the same stream (the official code's "
-                "regime); crops, noise and timesteps differ per rank",
-            }
-        },
-        "docs": field_docs(EnhanceConfig),
-    }
 
 
 def describe_schedule(cfg) -> dict:
@@ -251,6 +147,7 @@ def _meta_backbone(cfg):
     """The preset's dual encoder built on the meta device, when its architecture is known offline."""
     from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
+    from enhance.architectures import tower_vision
     from enhance.backbones.hf import HFCLIPBackbone, HFSiglipBackbone
 
     name = cfg.backbone.name_or_path
@@ -266,8 +163,8 @@ def _meta_backbone(cfg):
             "image_size": r["image_size"],
         }
         kind, proj = "clip", r["projection_dim"]
-    elif name in KNOWN_VISION:
-        kind, vision, proj = KNOWN_VISION[name]
+    elif tower_vision(name) is not None:
+        kind, vision, proj = tower_vision(name)
     else:
         return None
     text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1}
@@ -328,13 +225,9 @@ def path_keys(cfg) -> dict[str, str]:
     keys = {"backbone.name_or_path": "the vision tower"}
     if cfg.data.source != "toyworld":
         keys["data.path"] = "the training images"
-    if cfg.method.name != "genhancer":
-        keys["sd.path"] = "the Stable Diffusion pipeline"
-    elif cfg.denoiser.kind == "discrete":
-        keys["denoiser.tokenizer"] = "the VQ tokenizer"
-    else:
-        keys |= {"vae.name_or_path": "the VAE", "denoiser.init_from": "the FLUX transformer to start from"}
-    return keys
+    from enhance.methods import get_method
+
+    return keys | get_method(cfg.method.name).path_keys(cfg)
 
 
 def preflight(cfg, args: argparse.Namespace, run_folder: bool = True) -> None:

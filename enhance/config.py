@@ -11,6 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from enhance.methods import METHOD_SECTION, METHODS, get_method
+from enhance.methods.genhancer.config import (
+    DenoiserConfig,
+    FlowConfig,
+    GenHancerSection,
+    ProjectorConfig,
+    VAEConfig,
+)
 from genhancer.runtime import configtools
 from genhancer.runtime.configtools import doc
 from genhancer.runtime.errors import UserError
@@ -26,17 +34,9 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 
 # The enums of this tree: configtools rejects any other value and names the key.
 BackboneFamily = Literal["openai-clip", "metaclip", "siglip", "open_clip"]
-DenoiserKind = Literal["continuous", "discrete", "sd"]
-MethodName = Literal["genhancer", "diva", "dcr", "naive-contrastive"]
-SDTarget = Literal["epsilon", "v_prediction"]
-UnetDtype = Literal["float32", "bfloat16"]
-DcrNegatives = Literal["exact", "sampled"]
-DivaTokens = Literal["random_local", "all_local", "pooled_avg"]
-DivaText = Literal["full", "mean"]
 TowerTuning = Literal["lora", "full"]
 OptimizerName = Literal["adamw", "sgd"]
 LrSchedule = Literal["constant", "cosine"]
-TimestepSampler = Literal["logit_normal", "uniform"]
 Stage2Variant = Literal["stage2_all", "stage2_only"]
 LoraTargets = Literal["all-linear", "encoder"]
 LoraBias = Literal["none", "lora_only", "all"]
@@ -65,155 +65,6 @@ class BackboneConfig:
     local_token_ratio: float = doc(
         0.0, "ablation (paper Fig. 1 iii): fraction of local patch tokens appended to the condition"
     )
-
-
-@dataclass
-class ProjectorConfig:
-    hidden_act: str = doc("gelu", "activation between the two linear layers of each head")
-
-
-@dataclass
-class DenoiserConfig:
-    kind: DenoiserKind = doc(
-        "continuous",
-        "continuous (FLUX-style MM-DiT, GenHancer) | discrete (VQ + Perceiver, GenHancer) | sd (the frozen "
-        "pretrained Stable Diffusion UNet of the sd.* section: diva, dcr, naive-contrastive)",
-    )
-    num_layers: int = doc(2, "MM-DiT (double-stream) blocks")
-    num_single_layers: int = doc(4, "single-stream DiT blocks")
-    attention_head_dim: int = doc(128, "per-head width; must equal sum(axes_dims_rope)")
-    num_attention_heads: int = doc(24, "heads; hidden size = heads * head dim (3072 for FLUX)")
-    joint_attention_dim: int = doc(4096, "context width: the projector's context head outputs this")
-    pooled_projection_dim: int = doc(768, "pooled vector width: the projector's pooled head outputs this")
-    axes_dims_rope: list[int] = doc([16, 56, 56], "rotary dims per position axis (text, row, col)")
-    guidance: float = doc(4.0, "fixed guidance value fed to the guidance embedding")
-    guidance_embeds: bool = doc(True, "FLUX-dev style guidance embedding")
-    init_from: str = doc("", "ablation (Fig. 1 iv): start from a pretrained FLUX transformer dir/id")
-    init_subfolder: str = doc("transformer", "subfolder of init_from holding the transformer")
-    # --- discrete denoiser (Alg. 2); num_layers is the Perceiver depth (paper: 6)
-    tokenizer: str = doc("", "discrete: diffusers VQModel dir/id ('genhancer-tiny:vq' for tiny)")
-    tokenizer_subfolder: str = doc("vqvae", "discrete: subfolder of tokenizer holding the VQModel")
-    codebook_size: int = doc(0, "discrete: expected codebook size (0: take the tokenizer's)")
-    token_grid: int = doc(0, "discrete: expected code grid per side at the tower resolution (0: derive)")
-    perceiver_hidden: int = doc(1024, "discrete: Perceiver width (the projector's context head outputs this)")
-    perceiver_heads: int = doc(16, "discrete: Perceiver attention heads")
-    decoder_layers: int = doc(1, "discrete: read-out blocks for the masked positions")
-    mask_ratio: list[float] = doc([0.5, 0.9], "discrete: per-sample mask ratio drawn from U(lo, hi)")
-
-
-@dataclass
-class VAEConfig:
-    name_or_path: str = doc(
-        "black-forest-labs/FLUX.1-dev",
-        "HF id or dir of a FLUX-style 16-channel AutoencoderKL; 'genhancer-tiny:vae' builds the tiny one",
-    )
-    subfolder: str = doc("vae", "subfolder of name_or_path holding the VAE")
-    scaling_factor: float = doc(0.3611, "FLUX latent scale: z = (latent - shift) * scale")
-    shift_factor: float = doc(0.1159, "FLUX latent shift")
-    latent_channels: int = doc(16, "latent channels (packed 2x2 -> 4x this denoiser input channels)")
-    sample_posterior: bool = doc(True, "sample the posterior (paper) rather than take its mode")
-
-
-@dataclass
-class FlowConfig:
-    timestep_sampler: TimestepSampler = doc(
-        "logit_normal", "logit_normal (t = sigmoid(s * N(0,1))) | uniform"
-    )
-    scale: float = doc(1.0, "s of the scaled logit-normal sampler (paper Sec. 3.3)")
-    preview_steps: int = doc(20, "Euler steps when sampling previews")
-
-
-@dataclass
-class MethodConfig:
-    name: MethodName = doc(
-        "genhancer",
-        "genhancer (random-init denoiser, two stages) | diva (frozen SD, one stage, diffusion MSE) | dcr "
-        "(frozen SD, two stages, contrastive loss on predicted noise) | naive-contrastive (frozen SD, "
-        "diffusion MSE + InfoNCE on the tower's features)",
-    )
-
-
-@dataclass
-class SDConfig:
-    """The frozen pretrained Stable Diffusion of the diva / dcr / naive-contrastive methods."""
-
-    path: str = doc(
-        "stabilityai/stable-diffusion-2-1-base",
-        "HF id or local dir of a diffusers SD pipeline (unet/, vae/, text_encoder/, tokenizer/, "
-        "scheduler/); 'genhancer-tiny:sd' (epsilon) / 'genhancer-tiny:sd-v' (v-prediction) build tiny ones",
-    )
-    revision: str = doc("", "HF revision (empty: default branch)")
-    target: SDTarget = doc(
-        "epsilon",
-        "what the loss compares the UNet output with: epsilon (the noise; DIVA) | v_prediction "
-        "(scheduler.get_velocity; DCR). Must equal the pipeline's scheduler prediction_type unless "
-        "sd.allow_target_mismatch",
-    )
-    allow_target_mismatch: bool = doc(
-        False, "train with a target other than the UNet's own prediction_type (off: exit 2)"
-    )
-    num_train_timesteps: int = doc(1000, "DDPM training timesteps (both official codes: 1000)")
-    beta_start: float = doc(0.00085, "DDPM beta_start (SD's)")
-    beta_end: float = doc(0.012, "DDPM beta_end (SD's)")
-    beta_schedule: str = doc("scaled_linear", "DDPM beta schedule (SD's)")
-    unet_dtype: UnetDtype = doc("float32", "dtype of the frozen UNet (DCR's code: bfloat16)")
-    cross_attention_dim: int = doc(
-        1024,
-        "condition width the projector outputs; must equal the UNet's cross_attention_dim (SD 2.x: 1024)",
-    )
-    reconstruct_steps: int = doc(20, "DDIM steps for previews and the demo's reconstructions")
-
-
-@dataclass
-class DCRConfig:
-    temperature: float = doc(0.1, "tau of the InfoNCE over predicted noise (official: 0.1)")
-    negatives: DcrNegatives = doc(
-        "exact",
-        "exact: every other image's condition on each noisy latent, B^2 UNet calls per micro-batch (the "
-        "official code) | sampled: dcr.num_negatives random others per anchor, B*(K+1) calls (an "
-        "approximation; equal to exact when K = B-1)",
-    )
-    num_negatives: int = doc(3, "negatives per anchor with dcr.negatives=sampled")
-    unet_chunk: int = doc(0, "UNet calls per forward chunk (0: all at once); same loss, less peak memory")
-    jitter: list[float] = doc(
-        [0.1, 0.1, 0.1, 0.05], "augmented view: ColorJitter brightness, contrast, saturation, hue"
-    )
-    flip_p: list[float] = doc([0.5, 0.5], "augmented view: horizontal and vertical flip probabilities")
-    crop_scale: list[float] = doc([0.9, 1.0], "augmented view: RandomResizedCrop scale")
-    crop_ratio: list[float] = doc([0.9, 1.1], "augmented view: RandomResizedCrop aspect ratio")
-
-
-@dataclass
-class DivaConfig:
-    prompt: str = doc(
-        "a photo of a .",
-        "text whose SD text-encoder embedding the visual condition is added to (the official code's "
-        "'a photo of a {}' with its single empty class)",
-    )
-    tokens: DivaTokens = doc(
-        "random_local",
-        "which tower tokens form the condition, each in the joint space: random_local ([CLS] + "
-        "diva.num_tokens-1 patch tokens drawn with replacement; official OpenAI CLIP) | all_local ([CLS] + "
-        "every patch token; MetaCLIP) | pooled_avg (pooled token + patch tokens average-pooled over "
-        "diva.avg_window; SigLIP)",
-    )
-    num_tokens: int = doc(77, "random_local: condition length ([CLS] + num_tokens-1 patch tokens)")
-    avg_window: int = doc(6, "pooled_avg: window of the 1-d average pooling (official: 6 at 224, 10 at 384)")
-    text: DivaText = doc(
-        "full",
-        "full: the prompt embedding position by position (token count must equal its length; OpenAI "
-        "CLIP) | mean: its mean over positions, added to every token (MetaCLIP, SigLIP)",
-    )
-    draws: int = doc(
-        2, "timestep/noise draws per image per step, gradients summed (the official train_steps=2 loop)"
-    )
-
-
-@dataclass
-class NaiveConfig:
-    contrastive_weight: float = doc(1.0, "weight of the InfoNCE term on the tower's global features")
-    reconstruction_weight: float = doc(1.0, "weight of the diffusion MSE term")
-    temperature: float = doc(0.1, "InfoNCE temperature")
 
 
 @dataclass
@@ -371,16 +222,8 @@ class LoggingConfig(LoggingSection):
 
 @dataclass
 class EnhanceConfig:
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: METHOD_SECTION = field(default_factory=GenHancerSection)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    sd: SDConfig = field(default_factory=SDConfig)
-    dcr: DCRConfig = field(default_factory=DCRConfig)
-    diva: DivaConfig = field(default_factory=DivaConfig)
-    naive: NaiveConfig = field(default_factory=NaiveConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
     latent_cache: LatentCacheConfig = field(default_factory=LatentCacheConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
@@ -391,10 +234,12 @@ class EnhanceConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cache_dir: str = doc("", "where tiny base models are cached (empty: ~/.cache/genhancer)")
 
+    def migrate_saved(self, data: dict) -> dict:
+        """A run folder's ``config.yaml`` in this tree's current shape (see :func:`migrate_legacy`)."""
+        return migrate_legacy(data)
+
     def validate(self) -> None:
         """Check the whole tree at start-up, including parts used only late in the run."""
-        from enhance.methods import get_method
-
         get_method(self.method.name).validate(self)
 
         if self.stage2.export_every < 0 or self.stage2.export_keep < 0:
@@ -408,32 +253,8 @@ class EnhanceConfig:
                 f"latent_cache.crops, shard_size and batch_size must be >= 1, got {c.crops}, "
                 f"{c.shard_size}, {c.batch_size}"
             )
-        if c.path and self.denoiser.kind == "discrete":
-            raise UserError(
-                "latent_cache.path caches VAE posteriors for the continuous denoiser; the discrete "
-                "denoiser's VQ codes are not cached (leave latent_cache.path empty)"
-            )
-        d = self.denoiser
-        if d.kind == "discrete":
-            lo_hi = d.mask_ratio
-            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] < 1:
-                raise UserError(f"denoiser.mask_ratio must be [lo, hi] with 0 < lo <= hi < 1, got {lo_hi}")
-            if d.perceiver_hidden % d.perceiver_heads:
-                raise UserError(
-                    f"denoiser.perceiver_hidden {d.perceiver_hidden} must be divisible by "
-                    f"denoiser.perceiver_heads {d.perceiver_heads}"
-                )
-        elif sum(self.denoiser.axes_dims_rope) != self.denoiser.attention_head_dim:
-            raise UserError(
-                f"denoiser.axes_dims_rope {self.denoiser.axes_dims_rope} must sum to "
-                f"denoiser.attention_head_dim {self.denoiser.attention_head_dim}"
-            )
-        if len(self.denoiser.axes_dims_rope) != 3:
-            raise UserError("denoiser.axes_dims_rope needs 3 entries (text, row, col)")
         if not 0.0 <= self.backbone.local_token_ratio <= 1.0:
             raise UserError("backbone.local_token_ratio must lie in [0, 1]")
-        if self.flow.scale <= 0:
-            raise UserError("flow.scale must be > 0")
         for name in ("stage1", "stage2"):
             st: StageConfig = getattr(self, name)
             st.check_batches(name)
@@ -475,21 +296,76 @@ RESUME_ALLOWED_CHANGES = (
 )
 
 
-METHOD_PRESETS_DIR = PRESETS_DIR / "methods"
-#: Sections that configure GenHancer's own denoiser: a frozen-SD method's preset replaces them.
-GENHANCER_ONLY_SECTIONS = ("denoiser", "vae", "flow")
+#: Top-level sections of trees written before a method's settings moved under ``method:``.
+LEGACY_SECTIONS = ("denoiser", "vae", "flow", "projector", "sd", "dcr", "diva", "naive")
 
 
-def method_presets(method: str) -> dict:
-    """``presets/methods/<method>.yaml``: ``description``, ``common`` (the method's recipe) and
-    ``presets`` (per backbone preset: what differs, e.g. the official per-backbone condition)."""
-    path = METHOD_PRESETS_DIR / f"{method}.yaml"
-    data = configtools.load_yaml(path)
-    return {
-        "description": data.get("description", ""),
-        "common": data.get("common") or {},
-        "presets": data.get("presets") or {},
-    }
+def _flatten(tree: dict, prefix: str) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}"
+        out += _flatten(value, dotted) if isinstance(value, dict) and value else [(dotted, value)]
+    return out
+
+
+def _set(tree: dict, dotted: str, value: object) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def migrate_legacy(data: dict) -> dict:
+    """A tree in the old shape (the method's settings in top-level ``denoiser``/``vae``/``flow``/
+    ``projector``/``sd``/``dcr``/``diva``/``naive`` sections, every method's at once) -> the new
+    one: the named method's keys under ``method:``, the other methods' dropped (an old tree held
+    them at their defaults). A tree in the new shape is returned as it is."""
+    if not any(k in data for k in LEGACY_SECTIONS):
+        return data
+    out = {k: v for k, v in data.items() if k not in LEGACY_SECTIONS}
+    out["method"] = dict(out.get("method") or {})
+    method = get_method(out["method"].get("name", "genhancer"))
+    for top in LEGACY_SECTIONS:
+        for key, value in _flatten(data.get(top) or {}, top):
+            new = method.legacy_key(key)
+            if new is not None:
+                _set(out, new, value)
+    return out
+
+
+def _legacy_override(item: str, method: str) -> str:
+    """``--set sd.path=X`` (the old key) -> ``method.sd.path=X``; a key of another method's old
+    section is refused with the key that would apply."""
+    key, sep, value = item.partition("=")
+    top = key.strip().split(".")[0]
+    if not sep or top not in LEGACY_SECTIONS:
+        return item
+    if key.strip() == "denoiser.kind" and value.strip() == "sd":
+        raise UserError(
+            "--set denoiser.kind=sd: the frozen-SD methods are chosen with --method diva|dcr|naive-contrastive"
+        )
+    new = get_method(method).legacy_key(key.strip())
+    if new is None:
+        raise UserError(
+            f"--set {key.strip()}: not a setting of method '{method}' (method settings live under method.*; "
+            f"see enhance --describe --method {method})"
+        )
+    return f"{new}={value}"
+
+
+def _method_name(method: str | None, file_data: dict, overrides: list[str]) -> str:
+    """The run's method: ``--method``, else the last ``--set method.name=``, else the config
+    file's, else genhancer. ``--method`` and ``--set method.name`` may not disagree."""
+    named = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "method.name"]
+    if method and named and named[-1] != method:
+        raise UserError(f"--method {method} and --set method.name={named[-1]} disagree; give one")
+    if method:
+        get_method(method)  # unknown name: exit 2 naming --method
+        return method
+    name = (named[-1] if named else None) or (file_data.get("method") or {}).get("name") or "genhancer"
+    if name not in METHODS:
+        raise UserError(f"config key 'method.name': {name!r} is not one of {list(METHODS)}")
+    return name
 
 
 def load_config(
@@ -498,35 +374,62 @@ def load_config(
     overrides: list[str] | tuple = (),
     method: str | None = None,
 ) -> EnhanceConfig:
-    """Resolve defaults < preset < config file < --set overrides into a validated tree.
+    """Resolve defaults < preset < method recipe < config file < --set overrides into a validated tree.
 
-    With ``method`` other than genhancer, the preset is the backbone preset ``preset`` with its
-    GenHancer-denoiser sections dropped, then the method's recipe and its entry for ``preset``
-    (``presets/methods/<method>.yaml``), so ``--method dcr --preset tiny`` is DCR on the tiny world."""
-    if method is None or method == "genhancer":
-        extra = [f"method.name={method}"] if method else []
-        return configtools.resolve(EnhanceConfig, PRESETS_DIR, preset, config_file, [*extra, *overrides])
-    from enhance.methods import get_method
-
-    get_method(method)  # unknown name: exit 2 naming --method
-    if not preset:
-        raise UserError(f"--method {method} needs --preset NAME (see --list-presets --method {method})")
-    recipes = method_presets(method)
-    if preset not in recipes["presets"]:
-        raise UserError(
-            f"--method {method} has no preset '{preset}'; choose one of: {', '.join(recipes['presets'])}"
-        )
-    data = configtools.load_preset(PRESETS_DIR, preset)
-    for section in GENHANCER_ONLY_SECTIONS:
-        data.pop(section, None)
-    data = configtools.deep_merge(data, recipes["common"])
-    data = configtools.deep_merge(data, recipes["presets"][preset] or {})
-    data = configtools.deep_merge(data, {"method": {"name": method}})
+    The preset is a backbone preset; its ``method:`` section is GenHancer's recipe for that
+    backbone. Another method (``--method M``, the same as ``--set method.name=M``) replaces it with
+    its own recipe (``common`` + the entry for the preset, in its folder's ``recipes.yaml``), so
+    ``--method dcr --preset tiny`` is DCR on the tiny world. Config files and overrides in the
+    old shape (top-level ``denoiser``, ``sd``, ``dcr``... sections) are migrated."""
+    file_data: dict = {}
     if config_file:
-        file_data = configtools.load_yaml(config_file)
-        file_data.pop("preset", None)
-        data = configtools.deep_merge(data, file_data)
+        file_data = migrate_legacy(configtools.load_yaml(config_file))
+    name = _method_name(method, file_data, list(overrides))
+    overrides = [_legacy_override(o, name) for o in overrides]
+    data: dict = {}
+    preset = preset or file_data.pop("preset", None)
+    file_data.pop("preset", None)
+    if preset:
+        data = configtools.load_preset(PRESETS_DIR, preset)
+        m = get_method(name)
+        if m.recipes_file is not None:
+            recipes = m.recipes()
+            if preset not in recipes["presets"]:
+                raise UserError(
+                    f"--method {name} has no preset '{preset}'; choose one of: {', '.join(recipes['presets'])}"
+                )
+            data.pop("method", None)
+            data = configtools.deep_merge(data, recipes["common"])
+            data = configtools.deep_merge(data, recipes["presets"][preset] or {})
+    elif name != "genhancer" and not config_file:
+        raise UserError(f"--method {name} needs --preset NAME (see --list-presets --method {name})")
+    if (data.get("method") or {}).get("name", name) != name:
+        data.pop("method")
+    data = configtools.deep_merge(data, {"method": {"name": name}})
+    if (file_data.get("method") or {}).get("name", name) != name:
+        file_data.pop("method")  # the file's method settings are another method's
+    data = configtools.deep_merge(data, file_data)
     data = configtools.apply_overrides(data, overrides, EnhanceConfig)
     cfg = configtools.from_dict(EnhanceConfig, data)
     cfg.validate()
     return cfg
+
+
+def method_presets(method: str) -> list[str]:
+    """The backbone presets ``method`` has a recipe for."""
+    m = get_method(method)
+    if m.recipes_file is None:
+        return configtools.list_presets(PRESETS_DIR)
+    return list(m.recipes()["presets"])
+
+
+__all__ = [
+    "METHODS",
+    "DenoiserConfig",
+    "EnhanceConfig",
+    "FlowConfig",
+    "ProjectorConfig",
+    "VAEConfig",
+    "load_config",
+    "migrate_legacy",
+]

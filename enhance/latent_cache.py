@@ -62,7 +62,7 @@ CACHE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32":
 
 def cache_spec(cfg: Any, image_size: int) -> dict[str, Any]:
     """Everything that changes the cached tensors; a run refuses a cache whose spec differs."""
-    d, v, c = cfg.data, cfg.vae, cfg.latent_cache
+    d, v, c = cfg.data, cfg.method.vae, cfg.latent_cache
     source: dict[str, Any] = {"kind": d.source, "path": d.path}
     if d.source == "hf":
         source.update(split=d.split, image_column=d.image_column)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from enhance.methods import get_method
 from enhance.model import GenHancerModel
 from genhancer.runtime.errors import UserError
 
@@ -88,8 +89,6 @@ def tower_bias_names(backbone, mode: str) -> list[str]:
 def configure_stage(model: GenHancerModel, stage: int, cfg) -> list[nn.Parameter]:
     """Set ``requires_grad`` for ``stage`` as the method's plan says (``method.trains``: parts among
     projector, denoiser, lora, tower), adding LoRA when needed; return the trainable params."""
-    from enhance.methods import get_method
-
     parts = get_method(cfg.method.name).trains(stage, cfg)
     model.requires_grad_(False)
     model.trained_tower_biases = []

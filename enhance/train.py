@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from enhance.config import RESUME_ALLOWED_CHANGES, EnhanceConfig
+from enhance.methods import get_method
 from enhance.model import (
     GenHancerModel,
     cast_vae,
@@ -37,7 +38,6 @@ STAGE_NAMES = {1: "stage1", 2: "stage2"}
 def build_model(cfg: EnhanceConfig) -> GenHancerModel:
     """Tower, target codec, random-init projector and denoiser (seeded by train.seed)."""
     from enhance.backbones import build_backbone
-    from enhance.methods import get_method
 
     cache_dir = cfg.cache_dir or None
     method = get_method(cfg.method.name)
@@ -200,7 +200,7 @@ def build_latent_cache_only(cfg: EnhanceConfig) -> dict:
         raise UserError("--build-latent-cache needs --set latent_cache.path=DIR")
     check_data_path(cfg)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    codec = build_codec(cfg.vae, cfg.cache_dir or None).to(accelerator.device)
+    codec = build_codec(cfg.method.vae, cfg.cache_dir or None).to(accelerator.device)
     cast_vae(codec, cfg.perf.vae_dtype, accelerator.device.type)
     source = build_data_source(cfg, cfg.backbone.image_size)
     cache = prepare_latent_cache(cfg, codec, cfg.backbone.image_size, source, accelerator)
@@ -262,7 +262,7 @@ class EnhanceStages(StageDriver):
                     self.preview,
                     run_dir / "previews" / f"{name}_step{step:07d}.png",
                     seed=cfg.train.seed,
-                    steps=cfg.flow.preview_steps,
+                    steps=get_method(cfg.method.name).preview_steps(cfg),
                 )
 
         return StageSetup(
@@ -300,7 +300,6 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     from accelerate import Accelerator
 
     from enhance.export import export_model
-    from enhance.methods import get_method
 
     check_data_path(cfg)
 

@@ -17,11 +17,19 @@ original towers), or, for an ``enhance`` export (``RUN/export/hf``), by the back
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from enhance.layout import (
+    DENOISER_DIR,
+    DENOISER_META,
+    EXPORT_DIR,
+    HF_DIR,
+    read_denoiser_meta,
+    read_export_meta,
+)
 from eval.clip.mmvp_vlm import PATTERN_KEYS
+from genhancer.runtime.errors import UserError
 
 # Backbone rows of Table 1: (label, resolution) per HF id.
 BACKBONES: dict[str, tuple[str, int]] = {
@@ -265,30 +273,25 @@ class PaperRow:
 def export_backbone(spec: str) -> tuple[str, str] | None:
     """(base HF id, denoiser kind) of an ``enhance`` export, read from its ``genhancer.json``."""
     path = Path(spec).expanduser()
-    for meta in (
-        path / "export" / "denoiser" / "genhancer.json",
-        path.parent / "denoiser" / "genhancer.json",
-    ):
-        if meta.is_file():
+    for folder in (path / EXPORT_DIR / DENOISER_DIR, path.parent / DENOISER_DIR):
+        if (folder / DENOISER_META).is_file():
             try:
-                data = json.loads(meta.read_text())
-                return data["backbone"]["name_or_path"], data.get("denoiser", {}).get("kind", "continuous")
-            except (ValueError, KeyError, TypeError):
+                meta = read_denoiser_meta(folder)
+                return meta.backbone["name_or_path"], meta.denoiser_kind
+            except (UserError, KeyError, TypeError):
                 return None
     return None
 
 
 def _export_method(spec: str) -> str:
-    from enhance.export import read_export_meta
-
     path = Path(spec).expanduser()
-    for folder in (path, path / "export", path / "export" / "hf"):
+    for folder in (path, path / EXPORT_DIR, path / EXPORT_DIR / HF_DIR):
         try:
             meta = read_export_meta(folder)
-        except ValueError:
+        except UserError:
             return "genhancer"
         if meta is not None:
-            return str(meta.get("method", "genhancer"))
+            return meta.method
     return "genhancer"
 
 

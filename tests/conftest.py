@@ -48,13 +48,13 @@ TINY_WORDS = ("a", "red", "green", "blue", "square", "circle", "triangle", "phot
 
 #: Overrides that shrink the ``tiny`` preset further (FLUX's rotary axes must sum to the head dim).
 TINY_DENOISER_OVERRIDES = (
-    "denoiser.num_layers=1",
-    "denoiser.num_single_layers=1",
-    "denoiser.num_attention_heads=2",
-    "denoiser.attention_head_dim=16",
-    "denoiser.axes_dims_rope=[4, 6, 6]",
-    "denoiser.joint_attention_dim=32",
-    "denoiser.pooled_projection_dim=32",
+    "method.denoiser.num_layers=1",
+    "method.denoiser.num_single_layers=1",
+    "method.denoiser.num_attention_heads=2",
+    "method.denoiser.attention_head_dim=16",
+    "method.denoiser.axes_dims_rope=[4, 6, 6]",
+    "method.denoiser.joint_attention_dim=32",
+    "method.denoiser.pooled_projection_dim=32",
 )
 
 
@@ -245,9 +245,9 @@ def tiny_method_sets(dirs: TinyModelDirs, method: str, sd_dir: Path) -> list[str
         "backbone.family=openai-clip",
         f"backbone.name_or_path={dirs.clip}",
         f"backbone.image_size={TINY_IMAGE_SIZE}",
-        f"sd.path={sd_dir}",
-        f"sd.cross_attention_dim={TINY_HIDDEN}",
-        "sd.reconstruct_steps=2",
+        f"method.sd.path={sd_dir}",
+        f"method.sd.cross_attention_dim={TINY_HIDDEN}",
+        "method.sd.reconstruct_steps=2",
         *TINY_RUN_SETS,
         "train.mixed_precision='no'",
         f"cache_dir={dirs.cache}",
@@ -259,7 +259,7 @@ def tiny_method_sets(dirs: TinyModelDirs, method: str, sd_dir: Path) -> list[str
 TINY_METHOD_SETS = {
     "dcr": ("stage1.per_device_batch_size=4",),
     "naive-contrastive": (),
-    "diva": (f"diva.num_tokens={TINY_TEXT_LEN}",),
+    "diva": (f"method.num_tokens={TINY_TEXT_LEN}",),
 }
 
 
@@ -284,11 +284,11 @@ def build_tiny_enhance_config(dirs: TinyModelDirs, overrides: tuple[str, ...] | 
         "backbone.family=openai-clip",
         f"backbone.name_or_path={dirs.clip}",
         f"backbone.image_size={TINY_IMAGE_SIZE}",
-        f"vae.name_or_path={dirs.vae}",
-        "vae.subfolder=vae",
-        f"vae.latent_channels={TINY_LATENT_CHANNELS}",
+        f"method.vae.name_or_path={dirs.vae}",
+        "method.vae.subfolder=vae",
+        f"method.vae.latent_channels={TINY_LATENT_CHANNELS}",
         *TINY_DENOISER_OVERRIDES,
-        "flow.preview_steps=2",
+        "method.flow.preview_steps=2",
         *TINY_RUN_SETS,
         "train.mixed_precision='no'",  # quoted: YAML 1.1 reads a bare no as false
         f"cache_dir={dirs.cache}",

@@ -52,8 +52,8 @@ def tiny_enhance_flags(dirs, *extra: str) -> list[str]:
     sets = [
         f"backbone.name_or_path={dirs.clip}",
         f"backbone.image_size={root.TINY_IMAGE_SIZE}",
-        f"vae.name_or_path={dirs.vae}",
-        f"vae.latent_channels={root.TINY_LATENT_CHANNELS}",
+        f"method.vae.name_or_path={dirs.vae}",
+        f"method.vae.latent_channels={root.TINY_LATENT_CHANNELS}",
         *root.TINY_DENOISER_OVERRIDES,
         "data.toyworld_size=64",
         f"cache_dir={dirs.cache}",

@@ -14,9 +14,15 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
 
+from enhance.methods.genhancer.config import VAEConfig
+from enhance.methods.sections import SDSection
+from enhance.vae import LatentCodec, build_codec
 from genhancer.runtime.errors import UserError, loading
+from genhancer.toyworld.models import resolve_tiny
 
 KNOWN_PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -37,33 +43,29 @@ def _read_json(root: str, sub: str, name: str, revision: str = "") -> dict | Non
         return None
 
 
-def check_pipeline(cfg, path: str) -> None:
+def check_pipeline(sd: SDSection, path: str) -> None:
     """The checks that need only JSON: cross-attention width and prediction type (exit 2)."""
-    sd = cfg.sd
     unet = _read_json(path, "unet", "config.json", sd.revision)
     if unet is not None and int(unet.get("cross_attention_dim", -1)) != sd.cross_attention_dim:
         raise UserError(
-            f"sd.cross_attention_dim={sd.cross_attention_dim} but the UNet at '{sd.path}' attends over "
-            f"{unet.get('cross_attention_dim')}-d conditions; set sd.cross_attention_dim to match"
+            f"method.sd.cross_attention_dim={sd.cross_attention_dim} but the UNet at '{sd.path}' attends over "
+            f"{unet.get('cross_attention_dim')}-d conditions; set method.sd.cross_attention_dim to match"
         )
     sched = _read_json(path, "scheduler", "scheduler_config.json", sd.revision)
     found = (sched or {}).get("prediction_type", "epsilon")
     if found not in KNOWN_PREDICTION_TYPES:
         raise UserError(
-            f"sd.path '{sd.path}': scheduler prediction_type '{found}' is not one of "
+            f"method.sd.path '{sd.path}': scheduler prediction_type '{found}' is not one of "
             f"{list(KNOWN_PREDICTION_TYPES)}"
         )
     if sched is not None and found != sd.target and not sd.allow_target_mismatch:
         raise UserError(
-            f"sd.target={sd.target} but the UNet at '{sd.path}' was trained for '{found}'; set "
-            f"sd.target={found}, or sd.allow_target_mismatch=true to train against {sd.target} anyway"
+            f"method.sd.target={sd.target} but the UNet at '{sd.path}' was trained for '{found}'; set "
+            f"method.sd.target={found}, or method.sd.allow_target_mismatch=true to train against {sd.target} anyway"
         )
 
 
-def build_noise_schedule(cfg):
-    from diffusers import DDPMScheduler
-
-    sd = cfg.sd
+def build_noise_schedule(sd: SDSection) -> DDPMScheduler:
     return DDPMScheduler(
         num_train_timesteps=sd.num_train_timesteps,
         beta_start=sd.beta_start,
@@ -99,8 +101,6 @@ class SDDenoiser(nn.Module):
         self, context: torch.Tensor, shape: tuple, generator: torch.Generator, steps: int
     ) -> torch.Tensor:
         """DDIM sampling from noise under ``context`` (previews, the demo)."""
-        from diffusers import DDIMScheduler
-
         ddim = DDIMScheduler.from_config(self.scheduler.config, prediction_type=self.target_type)
         ddim.set_timesteps(steps)
         x = torch.randn(shape, generator=generator, device=context.device)
@@ -110,12 +110,10 @@ class SDDenoiser(nn.Module):
         return x
 
 
-def text_embedding(cfg, path: str, prompt: str) -> torch.Tensor:
+def text_embedding(sd: SDSection, path: str, prompt: str) -> torch.Tensor:
     """SD's own text encoder on ``prompt``, padded to the tokenizer's length: [L, D], float32."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    kw = {"revision": cfg.sd.revision} if cfg.sd.revision else {}
-    with loading(f"the SD text encoder from '{cfg.sd.path}'", "Point sd.path at a diffusers SD pipeline."):
+    kw = {"revision": sd.revision} if sd.revision else {}
+    with loading(f"the SD text encoder from '{sd.path}'", "Point method.sd.path at a diffusers SD pipeline."):
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
         encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)
     ids = tokenizer(
@@ -130,25 +128,22 @@ def text_embedding(cfg, path: str, prompt: str) -> torch.Tensor:
     return out.last_hidden_state[0].float()
 
 
-def build_sd(cfg, cache_dir: str | None):
-    """``(SDDenoiser, LatentCodec, resolved path)``: frozen UNet and its VAE (SD normalisation).
-    :func:`check_pipeline` is the caller's, before anything heavier than JSON is read."""
-    from diffusers import UNet2DConditionModel
-
-    from enhance.vae import build_codec
-    from genhancer.toyworld.models import resolve_tiny
-
-    path = resolve_tiny(cfg.sd.path, cache_dir)
-    kw = {"revision": cfg.sd.revision} if cfg.sd.revision else {}
-    with loading(f"the SD UNet from '{cfg.sd.path}'", "Point sd.path at a diffusers SD pipeline."):
+def build_sd(sd: SDSection, cache_dir: str | None) -> tuple[SDDenoiser, LatentCodec, str]:
+    """``(SDDenoiser, LatentCodec, resolved path)``: frozen UNet and the pipeline's VAE (with the
+    section's latent normalisation). :func:`check_pipeline` is the caller's, before anything
+    heavier than JSON is read."""
+    path = resolve_tiny(sd.path, cache_dir)
+    kw = {"revision": sd.revision} if sd.revision else {}
+    with loading(f"the SD UNet from '{sd.path}'", "Point method.sd.path at a diffusers SD pipeline."):
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
     unet.requires_grad_(False).eval()
-    unet.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.sd.unet_dtype])
-    vae_cfg = cfg.vae
-    if not vae_cfg.name_or_path:
-        import copy
-
-        vae_cfg = copy.copy(cfg.vae)
-        vae_cfg.name_or_path = path
-    codec = build_codec(vae_cfg, cache_dir)
-    return SDDenoiser(unet, build_noise_schedule(cfg), cfg.sd.target), codec, path
+    unet.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[sd.unet_dtype])
+    vae = VAEConfig(
+        name_or_path=path,
+        subfolder="vae",
+        scaling_factor=sd.scaling_factor,
+        shift_factor=sd.shift_factor,
+        latent_channels=sd.latent_channels,
+        sample_posterior=sd.sample_posterior,
+    )
+    return SDDenoiser(unet, build_noise_schedule(sd), sd.target), build_codec(vae, cache_dir), path

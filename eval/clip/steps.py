@@ -15,41 +15,34 @@ Two ways to name them, both ``--clip`` specs, models ``NAME@<step>``:
 from __future__ import annotations
 
 import glob
-import json
 from pathlib import Path
 
+from enhance.layout import EXPORT_DIR, EXPORT_META, STEPS_DIR, list_step_exports, read_export_meta
 from eval.leaderboard import ModelSpec
 from genhancer.runtime.errors import UserError
 
 STEP_KEY = "stage2_step"
 FINAL_KEY = "final_export"
-EXPORT_META = "genhancer_export.json"  # written by enhance.export
 GLOB_CHARS = ("*", "?", "[")
 RUN_PREFIX = "run:"
 
 
-def _meta(folder: Path) -> dict:
-    f = folder / EXPORT_META
-    if not f.is_file():
-        return {}
-    try:
-        return json.loads(f.read_text())
-    except ValueError as exc:
-        raise UserError(f"{f} is not valid JSON ({exc})") from None
+def _step(folder: Path) -> int | None:
+    meta = read_export_meta(folder, parent=False)
+    return None if meta is None or meta.stage2_step is None else int(meta.stage2_step)
 
 
 def export_step(folder: Path) -> int | None:
     """The stage-2 step of an export folder: its ``genhancer_export.json``, else a numeric name."""
-    step = _meta(folder).get(STEP_KEY)
+    step = _step(folder)
     if step is not None:
-        return int(step)
+        return step
     return int(folder.name) if folder.name.isdigit() else None
 
 
 def _final_step(steps_dir: Path) -> int | None:
     """The step of the run's final export, when ``steps_dir`` is ``RUN/export/steps``."""
-    meta = _meta(steps_dir.parent)
-    return int(meta[STEP_KEY]) if meta.get(STEP_KEY) is not None else None
+    return _step(steps_dir.parent)
 
 
 def _step_models(
@@ -93,15 +86,11 @@ def run_dir_models(run_dir: str | Path, name: str = "") -> list[ModelSpec]:
     """Every per-step export of an ``enhance`` run folder, plus its final export (scored once when
     a per-step export already holds the final step)."""
     run = Path(run_dir).expanduser()
-    export = run / "export"
+    export = run / EXPORT_DIR
     if not export.is_dir():
         raise UserError(f"run:{run_dir}: no export/ folder (is it an enhance run folder?)")
-    steps_dir = export / "steps"
-    folders = (
-        sorted(p for p in steps_dir.iterdir() if p.is_dir() and p.name.isdigit())
-        if steps_dir.is_dir()
-        else []
-    )
+    steps_dir = export / STEPS_DIR
+    folders = [p for _, p in list_step_exports(steps_dir)]
     final = _final_step(steps_dir)
     name = name or run.resolve().name
     found = _step_models(name, folders, final, name)

@@ -32,17 +32,54 @@ def doc(default: Any, text: str) -> Any:
     return dataclasses.field(default=default, metadata={"doc": text})
 
 
-def field_docs(cls: type, prefix: str = "") -> dict[str, str]:
-    """Dotted key -> documentation of every leaf field of a config tree."""
+def field_docs(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> documentation of every leaf field of a config tree (a class: its defaults;
+    an instance: the sections it holds, so a tagged union documents the member chosen)."""
     out: dict[str, str] = {}
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(tree):
         key = f"{prefix}.{f.name}" if prefix else f.name
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            out.update(field_docs(type(default), key))
+        if isinstance(tree, type):
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        else:
+            value = getattr(tree, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(field_docs(value if not isinstance(tree, type) else type(value), key))
         else:
             out[key] = f.metadata.get("doc", "")
     return out
+
+
+# --- tagged unions: a field that holds one of several sections, chosen by their ``name`` ---------
+
+TAG = "name"
+
+
+def tagged_members(tp: Any) -> dict[str, type] | None:
+    """``{tag: section class}`` when ``tp`` is a union of dataclasses that each carry a one-value
+    ``name: Literal["..."]`` field (a tagged union: the value's ``name`` picks the member); else None."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    members: dict[str, type] = {}
+    for arg in typing.get_args(tp):
+        if not dataclasses.is_dataclass(arg):
+            return None
+        tag_tp = typing.get_type_hints(arg).get(TAG)
+        values = typing.get_args(tag_tp) if typing.get_origin(tag_tp) is typing.Literal else ()
+        if len(values) != 1:
+            return None
+        members[values[0]] = arg
+    return members
+
+
+def _tagged_default(members: dict[str, type]) -> str:
+    return next(iter(members))
+
+
+def _pick_member(members: dict[str, type], value: Mapping, key: str) -> type:
+    tag = value.get(TAG, _tagged_default(members))
+    if tag not in members:
+        raise UserError(f"config key '{key}.{TAG}': {tag!r} is not one of {list(members)}")
+    return members[tag]
 
 
 def _type_name(tp: Any) -> str:
@@ -55,6 +92,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    members = tagged_members(tp)
+    if members is not None:
+        if not isinstance(value, Mapping):
+            raise UserError(f"config key '{key}': expected a mapping, got {value!r}")
+        return from_dict(_pick_member(members, value, key), value, prefix=key)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -213,16 +255,21 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _field_type(cls: Any, path: list[str]) -> Any:
-    """Annotation of the dotted ``path`` inside dataclass ``cls`` (None when unknown)."""
+def _field_type(cls: Any, path: list[str], data: Mapping | None = None) -> Any:
+    """Annotation of the dotted ``path`` inside dataclass ``cls`` (None when unknown); a tagged
+    union resolves to the member that ``data`` (the tree so far) names."""
     tp = cls
     for part in path:
+        members = tagged_members(tp)
+        if members is not None:
+            tp = _pick_member(members, data if isinstance(data, Mapping) else {}, "")
         if not dataclasses.is_dataclass(tp):
             return None
         hints = typing.get_type_hints(tp)
         if part not in hints:
             return None
         tp = hints[part]
+        data = data.get(part) if isinstance(data, Mapping) else None
     return tp
 
 
@@ -240,7 +287,7 @@ def apply_overrides(data: dict, overrides: Iterable[str], cls: Any = None) -> di
     out = dict(data)
     for item in overrides:
         path, value = parse_override(item)
-        if cls is not None and _takes_text(_field_type(cls, path)):
+        if cls is not None and _takes_text(_field_type(cls, path, out)):
             value = item.split("=", 1)[1].strip()
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                 value = value[1:-1]

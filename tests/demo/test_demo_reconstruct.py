@@ -58,19 +58,40 @@ def test_without_a_denoiser_the_page_says_what_to_pass(demo_cfg, two_images, tmp
     assert "--enhanced RUN_DIR" in message and "no export/denoiser" in message
 
 
+def test_an_export_in_the_first_layout_still_reconstructs(demo_run, tmp_path, two_images, tmp_model_dirs):
+    """``genhancer.json`` as the first writer wrote it (the method's settings in top-level
+    ``denoiser``/``vae``/``flow`` keys, no ``format``) loads through the layout's migration and
+    reconstructs exactly as the current layout does."""
+    den = tmp_path / "denoiser_v1"
+    shutil.copytree(demo_run / "export" / "denoiser", den)
+    meta = json.loads((den / "genhancer.json").read_text())
+    mc = meta["method_config"]
+    v1 = {"denoiser": mc["denoiser"], "vae": mc["vae"], "flow": mc["flow"], "backbone": meta["backbone"]}
+    (den / "genhancer.json").write_text(json.dumps({**v1, "method": "genhancer"}))
+    old = Reconstructor.load(den)
+    new = Reconstructor.load(demo_run / "export" / "denoiser")
+    assert old.export.meta.method_config["denoiser"] == mc["denoiser"] and old.steps == new.steps
+    encoder = load_encoder(str(tmp_model_dirs.clip), device="cpu")
+    from PIL import Image
+
+    img = Image.open(two_images[0])
+    assert np.array_equal(np.asarray(old.reconstruct(encoder, img)), np.asarray(new.reconstruct(encoder, img)))
+
+
 def test_unknown_and_mismatched_runs_are_explained(demo_run, tmp_path, tmp_model_dirs, two_images):
     den = tmp_path / "denoiser"
     shutil.copytree(demo_run / "export" / "denoiser", den)
     meta = json.loads((den / "genhancer.json").read_text())
-    with pytest.raises(Unavailable, match="unknown 'autoregressive' denoiser"):
-        (den / "genhancer.json").write_text(
-            json.dumps({**meta, "denoiser": {**meta["denoiser"], "kind": "autoregressive"}})
-        )
+    mc = meta["method_config"]
+
+    def with_kind(kind: str) -> str:
+        return json.dumps({**meta, "method_config": {**mc, "denoiser": {**mc["denoiser"], "kind": kind}}})
+
+    with pytest.raises(Unavailable, match="'autoregressive' is not one of"):
+        (den / "genhancer.json").write_text(with_kind("autoregressive"))
         Reconstructor.load(den)
     with pytest.raises(Unavailable, match="no perceiver/"):  # continuous weights, discrete meta
-        (den / "genhancer.json").write_text(
-            json.dumps({**meta, "denoiser": {**meta["denoiser"], "kind": "discrete"}})
-        )
+        (den / "genhancer.json").write_text(with_kind("discrete"))
         Reconstructor.load(den)
     (den / "genhancer.json").write_text(json.dumps(meta))
     rec = Reconstructor.load(den)
@@ -98,11 +119,11 @@ def discrete_run(tmp_path_factory, tmp_model_dirs):
     torch.manual_seed(0)
     VQModel(**tiny_vq_config(recipe)).save_pretrained(root / "vq" / "vqvae", safe_serialization=True)
     overrides = [
-        "denoiser.kind=discrete",
-        f"denoiser.tokenizer={root / 'vq'}",
-        "denoiser.num_layers=1",
-        "denoiser.perceiver_hidden=32",
-        "denoiser.perceiver_heads=2",
+        "method.denoiser.kind=discrete",
+        f"method.denoiser.tokenizer={root / 'vq'}",
+        "method.denoiser.num_layers=1",
+        "method.denoiser.perceiver_hidden=32",
+        "method.denoiser.perceiver_heads=2",
         "stage1.steps=1",
         "stage2.steps=1",
         "logging.preview_count=0",

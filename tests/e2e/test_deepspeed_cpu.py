@@ -135,7 +135,7 @@ def test_enhance_zero2(tmp_path, tmp_model_dirs):
     sets = [
         f"backbone.name_or_path={tmp_model_dirs.clip}",
         f"backbone.image_size={c.TINY_IMAGE_SIZE}",
-        f"vae.name_or_path={tmp_model_dirs.vae}",
+        f"method.vae.name_or_path={tmp_model_dirs.vae}",
         f"cache_dir={tmp_model_dirs.cache}",
         *c.TINY_DENOISER_OVERRIDES,
         "data.toyworld_size=64",

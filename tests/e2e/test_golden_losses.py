@@ -106,11 +106,11 @@ def test_golden_enhance_discrete(tmp_path, tiny_enhance_config, vq_dir):
     curve = _enhance(
         tiny_enhance_config,
         tmp_path,
-        "denoiser.kind=discrete",
-        f"denoiser.tokenizer={vq_dir}",
-        "denoiser.num_layers=2",
-        "denoiser.perceiver_hidden=32",
-        "denoiser.perceiver_heads=2",
+        "method.denoiser.kind=discrete",
+        f"method.denoiser.tokenizer={vq_dir}",
+        "method.denoiser.num_layers=2",
+        "method.denoiser.perceiver_hidden=32",
+        "method.denoiser.perceiver_heads=2",
     )
     _check("enhance_discrete", curve)
 

@@ -97,7 +97,7 @@ def test_unknown_preset(capsys, tmp_path):
         (["--preset", "tiny", "--set", "stage1.lr=abc", "--describe"], ["'stage1.lr'"]),
         (["--preset", "tiny", "--set", "stage1.lr", "--describe"], ["key=value"]),
         (
-            ["--preset", "tiny", "--set", "denoiser.axes_dims_rope=[4, 4, 4]", "--describe"],
+            ["--preset", "tiny", "--set", "method.denoiser.axes_dims_rope=[4, 4, 4]", "--describe"],
             ["axes_dims_rope"],
         ),
         (["--describe"], ["--preset", "--config"]),

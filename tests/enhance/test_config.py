@@ -42,10 +42,10 @@ def test_defaults_are_the_paper_settings():
     assert cfg == EnhanceConfig()
     assert (cfg.stage1.lr, cfg.stage2.lr) == (1e-4, 1e-5)
     assert (cfg.stage2.lora_r, cfg.stage2.lora_alpha, cfg.stage2.lora_dropout) == (16, 16, 0.1)
-    assert cfg.denoiser.num_attention_heads * cfg.denoiser.attention_head_dim == 3072
-    assert (cfg.denoiser.num_layers, cfg.denoiser.num_single_layers) == (2, 4)
-    assert (cfg.vae.scaling_factor, cfg.vae.shift_factor) == (0.3611, 0.1159)
-    assert (cfg.flow.timestep_sampler, cfg.flow.scale) == ("logit_normal", 1.0)
+    assert cfg.method.denoiser.num_attention_heads * cfg.method.denoiser.attention_head_dim == 3072
+    assert (cfg.method.denoiser.num_layers, cfg.method.denoiser.num_single_layers) == (2, 4)
+    assert (cfg.method.vae.scaling_factor, cfg.method.vae.shift_factor) == (0.3611, 0.1159)
+    assert (cfg.method.flow.timestep_sampler, cfg.method.flow.scale) == ("logit_normal", 1.0)
 
 
 def test_merge_order_defaults_preset_file_set(tmp_path):
@@ -105,7 +105,7 @@ def test_set_needs_key_equals_value(item):
     [
         ("nope=1", "'nope'"),
         ("stage1.nope=1", "'stage1.nope'"),
-        ("denoiser.axes_dim_rope=[4, 6, 6]", "'denoiser.axes_dim_rope'"),
+        ("method.denoiser.axes_dim_rope=[4, 6, 6]", "'method.denoiser.axes_dim_rope'"),
         ("stage2.lora_rank=4", "'stage2.lora_rank'"),
     ],
 )
@@ -122,8 +122,8 @@ def test_unknown_key_in_config_file_names_the_dotted_key(tmp_path):
 
 
 def test_unknown_key_in_a_preset_names_the_dotted_key(tmp_path):
-    (tmp_path / "p.yaml").write_text("flow:\n  scael: 2.0\n")
-    with pytest.raises(UserError, match=r"'flow\.scael'"):
+    (tmp_path / "p.yaml").write_text("method:\n  flow:\n    scael: 2.0\n")
+    with pytest.raises(UserError, match=r"'method\.flow\.scael'"):
         configtools.resolve(EnhanceConfig, tmp_path, "p")
 
 
@@ -186,13 +186,13 @@ def test_every_preset_resolves_validates_and_builds_on_meta(name):
     assert configtools.preset_description(PRESETS_DIR, name)  # --list-presets shows something
     if not name.startswith("tiny"):
         assert re.search(rf"-{cfg.backbone.image_size}(-|$)", name)  # the resolution the name promises
-    if cfg.denoiser.kind != "continuous":
+    if cfg.method.denoiser.kind != "continuous":
         return  # discrete presets: see test_cli.py::test_describe_discrete_preset_counts_its_parts
     counts = describe(cfg)["parameters"]  # a count for each part the preset defines
     assert isinstance(counts["denoiser"], int) and counts["denoiser"] > 0
     if not name.startswith("tiny"):  # paper presets keep the paper's denoiser (Table 7)
         assert 1.30e9 < counts["denoiser"] < 1.32e9
-        assert cfg.denoiser == EnhanceConfig().denoiser
+        assert cfg.method.denoiser == EnhanceConfig().method.denoiser
 
 
 def test_preset_base_is_one_level(tmp_path):
@@ -234,17 +234,22 @@ def test_bad_config_file(tmp_path, text, match):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (["denoiser.axes_dims_rope=[4, 6, 8]"], r"axes_dims_rope \[4, 6, 8\] must sum to .*head_dim 16"),
-        (["denoiser.axes_dims_rope=[16]"], "3 entries"),
+        (
+            ["method.denoiser.axes_dims_rope=[4, 6, 8]"],
+            r"axes_dims_rope \[4, 6, 8\] must sum to .*head_dim 16",
+        ),
+        (["method.denoiser.axes_dims_rope=[16]"], "3 entries"),
         (["stage1.global_batch_size=10", "stage1.per_device_batch_size=4"], "stage1.global_batch_size 10"),
         (["stage2.per_device_batch_size=0"], "stage2: batch sizes"),
         (["backbone.family=clip"], "'backbone.family'"),
-        (["denoiser.kind=gan"], "'denoiser.kind'"),
-        (["flow.timestep_sampler=cosine"], "'flow.timestep_sampler'"),
+        (["method.denoiser.kind=gan"], "'method.denoiser.kind'"),
+        (["method.denoiser.kind=sd"], "'method.denoiser.kind'"),
+        (["method.flow.timestep_sampler=cosine"], "'method.flow.timestep_sampler'"),
+        (["method.name=gan"], "'method.name'"),
         (["stage2.variant=both"], "'stage2.variant'"),
         (["data.source=s3"], "'data.source'"),
         (["train.mixed_precision=fp8"], "'train.mixed_precision'"),
-        (["flow.scale=0"], "flow.scale"),
+        (["method.flow.scale=0"], "flow.scale"),
         (["backbone.local_token_ratio=1.5"], "local_token_ratio"),
         (["train.stages=[]"], "train.stages"),
         (["train.stages=[3]"], "train.stages"),
@@ -319,7 +324,7 @@ def test_field_docs_cover_every_key():
     keys = set(_leaf_keys(configtools.to_dict(EnhanceConfig())))
     assert set(docs) == keys
     assert all(docs[k].strip() for k in keys), [k for k in keys if not docs[k].strip()]
-    assert "stage2.lora_r" in docs and "denoiser.axes_dims_rope" in docs
+    assert "stage2.lora_r" in docs and "method.denoiser.axes_dims_rope" in docs
 
 
 def test_diff_keys():

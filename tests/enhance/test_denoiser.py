@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from enhance.config import load_config
-from enhance.denoisers import build_genhancer
+from enhance.methods.genhancer.model import build_genhancer
 from enhance.denoisers.continuous import (
     ContinuousDenoiser,
     build_continuous_denoiser,
@@ -73,7 +73,7 @@ def test_image_position_ids():
 @pytest.fixture()
 def denoiser(tiny_cfg) -> ContinuousDenoiser:
     torch.manual_seed(0)
-    return build_continuous_denoiser(tiny_cfg.denoiser, LATENT_C).eval()
+    return build_continuous_denoiser(tiny_cfg.method.denoiser, LATENT_C).eval()
 
 
 def _inputs(cfg, batch=2, grid=8, seed=0):
@@ -81,8 +81,8 @@ def _inputs(cfg, batch=2, grid=8, seed=0):
     return (
         torch.randn(batch, LATENT_C, grid, grid, generator=gen),
         torch.rand(batch, generator=gen),
-        torch.randn(batch, cfg.denoiser.pooled_projection_dim, generator=gen),
-        torch.randn(batch, 1, cfg.denoiser.joint_attention_dim, generator=gen),
+        torch.randn(batch, cfg.method.denoiser.pooled_projection_dim, generator=gen),
+        torch.randn(batch, 1, cfg.method.denoiser.joint_attention_dim, generator=gen),
     )
 
 
@@ -93,7 +93,7 @@ def test_tiny_denoiser_is_the_configured_flux(denoiser, tiny_cfg):
     assert t.config.in_channels == 4 * LATENT_C and t.out_channels == 4 * LATENT_C
     assert t.inner_dim == 2 * 16
     assert tuple(t.config.axes_dims_rope) == (4, 6, 6) and sum(t.config.axes_dims_rope) == 16
-    assert denoiser.guidance == tiny_cfg.denoiser.guidance == 4.0
+    assert denoiser.guidance == tiny_cfg.method.denoiser.guidance == 4.0
 
 
 @pytest.mark.parametrize("grid", [8, 4, 2])
@@ -108,8 +108,8 @@ def test_forward_shape(denoiser, tiny_cfg, grid):
 def test_rotary_axes_must_sum_to_the_head_dim(tiny_cfg):
     """Rotary axes must sum to the head dim: validate() catches what FLUX would only hit at the first forward."""
     with pytest.raises(UserError, match="must sum to"):
-        load_config("tiny", overrides=["denoiser.attention_head_dim=16", "denoiser.axes_dims_rope=[4, 6, 8]"])
-    cfg = tiny_cfg.denoiser
+        load_config("tiny", overrides=["method.denoiser.attention_head_dim=16", "method.denoiser.axes_dims_rope=[4, 6, 8]"])
+    cfg = tiny_cfg.method.denoiser
     cfg.axes_dims_rope = [4, 6, 8]  # bypassing validation: the forward pass breaks
     bad = build_continuous_denoiser(cfg, LATENT_C)
     with pytest.raises(RuntimeError):
@@ -182,7 +182,7 @@ def test_paper_denoiser_size_on_meta():
     from enhance.cli import describe
 
     cfg = load_config("openai-clip-l14-224")
-    kw = flux_kwargs(cfg.denoiser, cfg.vae.latent_channels)
+    kw = flux_kwargs(cfg.method.denoiser, cfg.method.vae.latent_channels)
     assert kw["in_channels"] == 64 and kw["num_layers"] == 2 and kw["num_single_layers"] == 4
     assert kw["num_attention_heads"] * kw["attention_head_dim"] == 3072
     assert (kw["pooled_projection_dim"], kw["joint_attention_dim"]) == (768, 4096)
@@ -197,6 +197,6 @@ def test_describe_count_equals_the_built_tiny_denoiser(denoiser, tiny_cfg):
 
 
 def test_unknown_denoiser_kind_lists_the_choices(tiny_cfg):
-    tiny_cfg.denoiser.kind = "gan"
+    tiny_cfg.method.denoiser.kind = "gan"
     with pytest.raises(UserError, match="continuous"):
         build_genhancer(tiny_cfg, backbone=None)

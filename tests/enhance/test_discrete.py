@@ -35,11 +35,11 @@ def vq_dir(tmp_path_factory) -> Path:
 def discrete_config(tiny_enhance_config, vq_dir):
     def make(*overrides: str):
         return tiny_enhance_config(
-            "denoiser.kind=discrete",
-            f"denoiser.tokenizer={vq_dir}",
-            "denoiser.num_layers=2",
-            "denoiser.perceiver_hidden=32",
-            "denoiser.perceiver_heads=2",
+            "method.denoiser.kind=discrete",
+            f"method.denoiser.tokenizer={vq_dir}",
+            "method.denoiser.num_layers=2",
+            "method.denoiser.perceiver_hidden=32",
+            "method.denoiser.perceiver_heads=2",
             *overrides,
         )
 
@@ -154,7 +154,7 @@ def test_discrete_loss_falls_on_a_fixed_batch(discrete_config, tiny_pixels):
 
 @pytest.mark.parametrize(
     ("override", "numbers"),
-    [("denoiser.codebook_size=64", ("32", "64")), ("denoiser.token_grid=16", ("8x8", "16"))],
+    [("method.denoiser.codebook_size=64", ("32", "64")), ("method.denoiser.token_grid=16", ("8x8", "16"))],
 )
 def test_tokenizer_mismatch_names_both_numbers(discrete_config, override, numbers):
     from enhance.train import build_model
@@ -171,6 +171,6 @@ def test_discrete_without_tokenizer_is_a_user_error(tiny_enhance_config):
     with pytest.raises(UserError, match="denoiser.tokenizer"):
         build_model(
             tiny_enhance_config(
-                "denoiser.kind=discrete", "denoiser.perceiver_hidden=32", "denoiser.perceiver_heads=2"
+                "method.denoiser.kind=discrete", "method.denoiser.perceiver_hidden=32", "method.denoiser.perceiver_heads=2"
             )
         )

@@ -180,7 +180,7 @@ def test_enhance_trains_from_the_cache_and_resumes_exactly(tmp_path, tiny_enhanc
 
 def test_discrete_denoiser_rejects_a_latent_cache(tiny_enhance_config):
     with pytest.raises(UserError, match=r"latent_cache.path.*discrete"):
-        tiny_enhance_config("denoiser.kind=discrete", "latent_cache.path=/tmp/x")
+        tiny_enhance_config("method.denoiser.kind=discrete", "latent_cache.path=/tmp/x")
 
 
 @pytest.mark.slow

@@ -9,15 +9,17 @@ order; only the models are replaced by a tiny random ``UNet2DConditionModel`` in
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from enhance.denoisers.sd import SDDenoiser
-from enhance.methods.sd_models import DCRModel, DivaModel, TokenProjector, dcr_loss
+from enhance.methods.dcr.config import DCRSection
+from enhance.methods.dcr.model import DCRModel, dcr_loss
+from enhance.methods.diva.config import DivaSection
+from enhance.methods.diva.model import DivaModel
+from enhance.methods.sd_models import TokenProjector
 
 H = 32  # cross-attention width of the tiny UNet
 L = 7  # text length
@@ -93,11 +95,17 @@ def _dcr_inputs(bs: int = 5, seed: int = 1):
 
 
 def _dcr_model(unet, **dcr):
-    sd = SimpleNamespace(num_train_timesteps=1000)
-    cfg = {"temperature": 0.1, "negatives": "exact", "num_negatives": 3, "unet_chunk": 0, **dcr}
+    section = DCRSection(
+        **{"temperature": 0.1, "negatives": "exact", "num_negatives": 3, "unet_chunk": 0, **dcr}
+    )
     denoiser = SDDenoiser(unet, official_scheduler(), "v_prediction")
     return DCRModel(
-        None, None, denoiser, None, torch.zeros(L, H), SimpleNamespace(sd=sd), dcr_cfg=SimpleNamespace(**cfg)
+        backbone=None,
+        projector=None,
+        denoiser=denoiser,
+        codec=None,
+        text_context=torch.zeros(L, H),
+        section=section,
     )
 
 
@@ -208,16 +216,14 @@ def test_diva_loss_matches_the_official_body(seed):
     latent = torch.randn(b, 4, 8, 8, generator=g)
     torch.manual_seed(seed)
     proj = TokenProjector(d, H, mlp=False)
-    sd = SimpleNamespace(num_train_timesteps=1000)
-    diva = SimpleNamespace(tokens="random_local", num_tokens=L, text="full", avg_window=6, draws=1)
+    diva = DivaSection(tokens="random_local", num_tokens=L, text="full", avg_window=6, draws=1)
     model = DivaModel(
-        _Tokens(tokens),
-        proj,
-        SDDenoiser(unet, official_scheduler(), "epsilon"),
-        None,
-        text,
-        SimpleNamespace(sd=sd),
-        diva_cfg=diva,
+        backbone=_Tokens(tokens),
+        projector=proj,
+        denoiser=SDDenoiser(unet, official_scheduler(), "epsilon"),
+        codec=None,
+        text_context=text,
+        section=diva,
     )
     # our draw order: t, noise (SDMethodModel.draw), then the token indices (DivaModel.tokens)
     gen = torch.Generator().manual_seed(10 + seed)

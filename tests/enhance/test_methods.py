@@ -122,12 +122,16 @@ def test_unknown_method_exits_2(capsys):
 @pytest.mark.parametrize(
     "override,key",
     [
-        ("denoiser.kind=continuous", "denoiser.kind"),
-        ("denoiser.num_layers=3", "denoiser.num_layers"),
-        ("flow.scale=2.0", "flow.scale"),
+        ("method.denoiser.kind=continuous", "'method.denoiser'"),
+        ("method.denoiser.num_layers=3", "'method.denoiser'"),
+        ("method.flow.scale=2.0", "'method.flow'"),
+        ("denoiser.num_layers=3", "--set denoiser.num_layers: not a setting of method 'dcr'"),
+        ("denoiser.kind=sd", "--method diva|dcr|naive-contrastive"),
     ],
 )
 def test_method_denoiser_mismatch_exits_2(capsys, override, key):
+    """GenHancer's settings are not in a frozen-SD method's section (new keys: unknown key; old
+    top-level keys: named as another method's)."""
     assert _main("--method", "dcr", "--preset", "tiny", "--set", override, "--describe") == 2
     err = capsys.readouterr().err
     assert key in err and err.count("\n") == 1
@@ -136,18 +140,20 @@ def test_method_denoiser_mismatch_exits_2(capsys, override, key):
 def test_target_disagreeing_with_the_unet_is_refused(tiny_method_config, tiny_sd_dirs):
     from enhance.train import build_model
 
-    cfg = tiny_method_config("dcr", f"sd.path={tiny_sd_dirs['epsilon']}")
-    with pytest.raises(UserError, match="sd.target=v_prediction"):
+    cfg = tiny_method_config("dcr", f"method.sd.path={tiny_sd_dirs['epsilon']}")
+    with pytest.raises(UserError, match="method.sd.target=v_prediction"):
         build_model(cfg)
-    cfg = tiny_method_config("dcr", f"sd.path={tiny_sd_dirs['epsilon']}", "sd.allow_target_mismatch=true")
+    cfg = tiny_method_config(
+        "dcr", f"method.sd.path={tiny_sd_dirs['epsilon']}", "method.sd.allow_target_mismatch=true"
+    )
     assert build_model(cfg).denoiser.target_type == "v_prediction"
 
 
 def test_cross_attention_width_mismatch_is_refused(tiny_method_config):
     from enhance.train import build_model
 
-    with pytest.raises(UserError, match="sd.cross_attention_dim=48"):
-        build_model(tiny_method_config("dcr", "sd.cross_attention_dim=48"))
+    with pytest.raises(UserError, match="method.sd.cross_attention_dim=48"):
+        build_model(tiny_method_config("dcr", "method.sd.cross_attention_dim=48"))
 
 
 def test_unknown_prediction_type_is_refused(tmp_path, tiny_method_config, tiny_sd_dirs):
@@ -160,7 +166,7 @@ def test_unknown_prediction_type_is_refused(tmp_path, tiny_method_config, tiny_s
     conf = sd / "scheduler" / "scheduler_config.json"
     conf.write_text(json.dumps({**json.loads(conf.read_text()), "prediction_type": "sample"}))
     with pytest.raises(UserError, match="prediction_type 'sample'"):
-        build_model(tiny_method_config("dcr", f"sd.path={sd}"))
+        build_model(tiny_method_config("dcr", f"method.sd.path={sd}"))
 
 
 def test_describe_reports_dcr_b_squared_cost(capsys):
@@ -169,7 +175,8 @@ def test_describe_reports_dcr_b_squared_cost(capsys):
     cost = out["method"]["unet_cost"]["stage2"]
     assert cost["unet_calls_per_micro_batch"] == 16 * 16 + 16
     assert out["parameters"]["denoiser_frozen"] == 865_910_724  # SD-2.1 UNet
-    assert out["config"]["sd"]["target"] == "v_prediction"
+    assert out["config"]["method"]["sd"]["target"] == "v_prediction"
+    assert "denoiser" not in out["config"]["method"] and "vae" not in out["config"]
 
 
 def test_every_method_has_every_paper_backbone():
@@ -185,7 +192,7 @@ def test_every_method_has_every_paper_backbone():
         "tiny",
     }
     for method in METHODS:
-        assert backbones <= set(method_presets(method)["presets"]), method
+        assert backbones <= set(method_presets(method)), method
 
 
 def test_dcr_on_an_open_clip_tower_exports_what_open_clip_loads(tmp_path, tiny_method_config, tmp_model_dirs):

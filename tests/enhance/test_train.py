@@ -57,7 +57,7 @@ def test_stage1_loss_falls_on_repeated_data(tmp_path, tiny_enhance_config):
         "checkpoint.every=30",
         "logging.every=5",
         "logging.preview_count=0",
-        "flow.scale=0.5",
+        "method.flow.scale=0.5",
     )
     run(cfg, tmp_path)
     losses = [m["loss"] for m in _metrics(tmp_path)]
@@ -231,7 +231,7 @@ def test_one_stage_ablation_trains_everything(tmp_path, tiny_enhance_config):
     [
         ("data.source=imagefolder", "empty_images"),
         ("backbone.name_or_path=/nonexistent/tower", "/nonexistent/tower"),
-        ("vae.name_or_path=/nonexistent/vae", "/nonexistent/vae"),
+        ("method.vae.name_or_path=/nonexistent/vae", "/nonexistent/vae"),
     ],
 )
 def test_bad_paths_fail_by_name_and_write_nothing(tmp_path, tiny_enhance_config, override, named):
@@ -251,9 +251,9 @@ def test_denoiser_can_start_from_a_pretrained_flux_transformer(tmp_path, tiny_en
 
     cfg = tiny_enhance_config()
     torch.manual_seed(123)
-    pretrained = build_continuous_denoiser(cfg.denoiser, cfg.vae.latent_channels).transformer
+    pretrained = build_continuous_denoiser(cfg.method.denoiser, cfg.method.vae.latent_channels).transformer
     pretrained.save_pretrained(tmp_path / "flux" / "transformer")
-    model = build_model(tiny_enhance_config(f"denoiser.init_from={tmp_path / 'flux'}"))
+    model = build_model(tiny_enhance_config(f"method.denoiser.init_from={tmp_path / 'flux'}"))
     got = model.denoiser.transformer.state_dict()
     assert all(torch.equal(v, got[k]) for k, v in pretrained.state_dict().items())
 

@@ -1,0 +1,1 @@
+"""The dcr method: config.py (its section), method.py (the Method), model.py, recipes."""

@@ -1,0 +1,1 @@
+"""The diva method: config.py (its section), method.py (the Method), model.py, recipes."""

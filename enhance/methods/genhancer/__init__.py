@@ -1,0 +1,1 @@
+"""The genhancer method: config.py (its section), method.py (the Method), model.py, recipes."""

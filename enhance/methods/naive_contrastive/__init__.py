@@ -1,0 +1,1 @@
+"""The naive_contrastive method: config.py (its section), method.py (the Method), model.py, recipes."""
