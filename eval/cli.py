@@ -111,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             for b in benchmarks:
                 get_benchmark(b)
 
+        if args.clip:  # hf:ORG/NAME/SUB@REV and WEIGHTS::BASE: syntax and local files, before torch loads
+            from enhance.towers.spec import check_tower_spec, is_tower_spec
+
+            for name, spec in parse_named(args.clip, "--clip").items():
+                for part in (p.strip() for p in spec.split(",")):
+                    if is_tower_spec(part):
+                        check_tower_spec(part, f"--clip {name}")
         from eval.clip.steps import curve_markdown, expand_clip_spec, plot_step_curve
         from eval.leaderboard import RUNS_SEP, ModelSpec, default_models, run_group_models, run_leaderboard
         from eval.report import plot_mmvp_patterns, plot_tradeoff, render_markdown

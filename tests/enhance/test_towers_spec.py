@@ -200,3 +200,35 @@ def test_convert_cli_bad_input_is_exit_2_one_line(hub_cache, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("genhancer-convert: error: ") and err.count("\n") == 1 and message in err, err
         assert not (tmp_path / f"o{i}").exists()
+
+
+def test_bad_tower_specs_are_refused_before_torch_loads(tmp_path):
+    """Every command's tower option, and publish's --repo-id, in a fresh interpreter: exit 2, one
+    line naming the option, and no model library imported."""
+    script = f"""
+import contextlib, io, sys
+from eval.cli import main as leaderboard
+from llava_integration.cli import main as llava
+from enhance.towers.cli import main as convert
+from enhance.publish.cli import main as publish
+out = r"{tmp_path}"
+cases = [
+    (leaderboard, ["--clip", "e=hf:bad", "--output-dir", out + "/b"], "--clip e: 'hf:bad' is not a hub spec"),
+    (leaderboard, ["--clip", "e=/no/w.pth::openai/clip-vit-large-patch14", "--output-dir", out + "/b"], "state dict not found"),
+    (llava, ["--preset", "tiny", "--vision-tower", "hf:o/n/w.pth", "--output-dir", out + "/l"], "model.vision_tower: 'hf:o/n/w.pth' names a state dict"),
+    (convert, ["/no/w.pth", "--base", "o/n", "--out", out + "/c"], "SRC/--base: state dict not found"),
+    (publish, [out, "--repo-id", "a/b/c"], "--repo-id 'a/b/c' is not ORG/NAME"),
+]
+for fn, argv, message in cases:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert fn(argv) == 2, argv
+    assert message in err.getvalue() and err.getvalue().count("\\n") == 1, err.getvalue()
+heavy = sorted(m for m in ("torch", "transformers", "open_clip", "diffusers") if m in sys.modules)
+assert not heavy, heavy
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
