@@ -15,7 +15,7 @@ DS_STAMP := $(VENV)/.deepspeed
 LATEST := .venv-latest
 LOCKTOOLS := .venv-lock
 
-.PHONY: quickstart test test-slow test-latest lock lock-deepspeed deepspeed lint bench clean venv demo reproduce-small
+.PHONY: quickstart test test-slow test-latest lock lock-deepspeed deepspeed lint bench clean venv demo reproduce-small gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 2; }
@@ -94,3 +94,17 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(LATEST) $(LOCKTOOLS) runs
+
+# The GPU check (bench/gpu_check.sh): a GPU machine with its own PyTorch and no package index gets
+# what it lacks from .whl/ (bench/gpu-wheels.txt, no dependencies, for its Python: GPU_PYVER).
+GPU_WHEELS ?= .whl
+GPU_PYVER ?= 3.12
+gpu-wheels: $(STAMP)
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYVER) --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    -d $(GPU_WHEELS) -r bench/gpu-wheels.txt
+	@du -sh $(GPU_WHEELS); ls $(GPU_WHEELS)
+
+gpu-check:  # on the GPU machine; OUT=DIR for the results (default runs/gpu-check)
+	bench/gpu_check.sh --wheels $(GPU_WHEELS) $(if $(filter-out runs/quickstart,$(OUT)),--out $(OUT),)
