@@ -16,18 +16,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
 from demo.common import SIDES, Unavailable
-from demo.images import open_image, to_pil
+from demo.images import open_image, square_view, to_pil
 from enhance.export import DenoiserExport, load_denoiser_export
 from genhancer.runtime.errors import UserError
 
-if TYPE_CHECKING:  # the registry loads this module's Reconstructor; no import back at run time
-    from demo.models import ModelRegistry
+
+class _Registry(Protocol):
+    """What the view reads of :class:`demo.models.ModelRegistry` (which imports this module)."""
+
+    cfg: Any
+
+    def reconstructor(self) -> Reconstructor: ...
+
+    def encoder(self, side: str) -> Any: ...
 
 
 class Reconstructor:
@@ -111,7 +118,7 @@ class ReconstructionView:
 
 
 def reconstruction_views(
-    registry: ModelRegistry, image
+    registry: _Registry, image
 ) -> tuple[Image.Image | None, list[ReconstructionView], str]:
     """What the reconstruction button computes: (input as the tower sees it, one view per side, message)."""
     cfg = registry.cfg
@@ -122,8 +129,6 @@ def reconstruction_views(
         return None, [], str(exc)
     if cfg.reconstruction_steps:
         rec.steps = cfg.reconstruction_steps
-    from demo.images import square_view
-
     shown = square_view(img, rec.image_size)
     views = []
     for side in SIDES:

@@ -55,11 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def list_method_presets(method: str) -> None:
     """``--list-presets --method M``: the backbone presets the method has a recipe for."""
+    from enhance.config import PRESETS_DIR, method_presets
     from enhance.methods import get_method
+    from genhancer.runtime.configtools import preset_description
 
     recipes = get_method(method).recipes()
-    for name in recipes["presets"]:
-        print(f"{name:32s} {method}: {recipes['description']}")
+    for name in method_presets(method):
+        print(f"{name:32s} {method}: {recipes['description'] or preset_description(PRESETS_DIR, name)}")
 
 
 def describe(cfg) -> dict:
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         from enhance.config import PRESETS_DIR, load_config
 
         if args.list_presets:
-            if args.method and args.method != "genhancer":
+            if args.method:
                 list_method_presets(args.method)
             else:
                 print_presets(PRESETS_DIR, width=32)

@@ -401,7 +401,7 @@ def load_config(
             data.pop("method", None)
             data = configtools.deep_merge(data, recipes["common"])
             data = configtools.deep_merge(data, recipes["presets"][preset] or {})
-    elif name != "genhancer" and not config_file:
+    elif get_method(name).recipes_file is not None and not config_file:
         raise UserError(f"--method {name} needs --preset NAME (see --list-presets --method {name})")
     if (data.get("method") or {}).get("name", name) != name:
         data.pop("method")

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enhance.config import migrate_legacy
 from genhancer.runtime.errors import UserError
 
 CONFIG_FILE = "config.yaml"
@@ -34,6 +33,8 @@ STEPS_DIR = "steps"
 EXPORT_META = "genhancer_export.json"
 DENOISER_META = "genhancer.json"
 
+#: The VAE keys a format-1 frozen-SD export kept in ``vae`` (now in the method's ``sd`` section).
+_V1_SD_VAE_KEYS = ("scaling_factor", "shift_factor", "latent_channels", "sample_posterior")
 #: Format 1: written before the fields were versioned (no ``format`` key); format 2: now.
 EXPORT_FORMAT = 2
 
@@ -96,20 +97,26 @@ class DenoiserMeta:
 
     @classmethod
     def from_json(cls, data: dict) -> DenoiserMeta:
-        """Format 1 kept the method's settings in top-level ``denoiser``/``vae``/``flow``/``sd``
-        keys (the config's old shape): they move under the method section the same way old
-        config files do."""
-        if "format" not in data:
-            name = data.get("method", "genhancer")
-            legacy = {k: v for k, v in data.items() if k not in ("method", "backbone")}
-            tree = migrate_legacy({"method": {"name": name}, **legacy})
-            return cls(name, tree["method"], dict(data.get("backbone") or {}))
-        return cls(data["method"], dict(data["method_config"]), dict(data["backbone"]), int(data["format"]))
+        """Format 1 (no ``format`` key) kept the method's settings in top-level keys: GenHancer's
+        ``denoiser``/``vae``/``flow``; a frozen-SD method's ``sd`` and its VAE scaling in ``vae``.
+        That writer is gone, so its two shapes are a closed set, migrated here."""
+        if "format" in data:
+            return cls(
+                data["method"], dict(data["method_config"]), dict(data["backbone"]), int(data["format"])
+            )
+        name = str(data.get("method", "genhancer"))
+        if "sd" not in data:  # GenHancer's own denoiser
+            section = {k: data[k] for k in ("denoiser", "vae", "flow") if k in data}
+        else:
+            vae = data.get("vae") or {}
+            scaling = {k: vae[k] for k in _V1_SD_VAE_KEYS if k in vae}
+            section = {"sd": {**(data.get("sd") or {}), **scaling}}
+        return cls(name, {"name": name, **section}, dict(data.get("backbone") or {}))
 
     @property
     def denoiser_kind(self) -> str:
         """GenHancer's ``continuous`` / ``discrete``; ``sd`` for the frozen-SD methods."""
-        if self.method != "genhancer":
+        if "sd" in self.method_config:
             return "sd"
         return str((self.method_config.get("denoiser") or {}).get("kind", "continuous"))
 

@@ -358,12 +358,8 @@ def known_vision(name: str) -> tuple[str, dict, int] | None:
             "image_size": r["image_size"],
         }
         return "clip", vision, r["projection_dim"]
-    try:
-        from enhance.architectures import tower_vision
-    except ImportError:  # before the architecture table existed: the CLI's own table
-        from enhance.cli import KNOWN_VISION
+    from enhance.architectures import tower_vision
 
-        return KNOWN_VISION.get(name)
     return tower_vision(name)
 
 

@@ -233,17 +233,19 @@ TABLE_NUMBERS: dict[tuple[str, str], str] = {
 }
 
 
+#: How each paper labels the rows of our methods (the papers' own words: data, not branches).
+#: ``{kind}`` is GenHancer's denoiser kind, which its own paper reports separately.
+_DEFAULT_ROW_NAMES = {"original": "original", "genhancer": "GenHancer", "diva": "DIVA"}
+PAPER_ROW_NAMES: dict[str, dict[str, str]] = {
+    GENHANCER_PAPER: {**_DEFAULT_ROW_NAMES, "genhancer": "GenHancer ({kind})"},
+    DCR_PAPER: {**_DEFAULT_ROW_NAMES, "dcr": "DCR", "naive-contrastive": "Naive"},
+}
+
+
 def paper_method(paper: str, method: str, denoiser_kind: str = "continuous") -> str | None:
     """How ``paper`` names the row of our ``method`` (``results.json``'s ``method`` field)."""
-    if method == "original":
-        return "original"
-    if method == "genhancer":
-        return f"GenHancer ({denoiser_kind})" if paper == GENHANCER_PAPER else "GenHancer"
-    if method == "diva":
-        return "DIVA"
-    if paper == DCR_PAPER:
-        return {"dcr": "DCR", "naive-contrastive": "Naive"}.get(method)
-    return None
+    name = PAPER_ROW_NAMES.get(paper, _DEFAULT_ROW_NAMES).get(method)
+    return name.format(kind=denoiser_kind) if name is not None else None
 
 
 @dataclass(frozen=True)

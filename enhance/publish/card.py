@@ -201,7 +201,7 @@ def card_text(inputs: CardInputs) -> str:
         "## Citation\n",
         "```bibtex\n" + CITATIONS["genhancer"] + "\n```\n",
     ]
-    if inputs.method in CITATIONS and inputs.method != "genhancer":
+    if CITATIONS.get(inputs.method, CITATIONS["genhancer"]) != CITATIONS["genhancer"]:
         parts.append("```bibtex\n" + CITATIONS[inputs.method] + "\n```\n")
     return "\n".join(parts)
 
