@@ -155,6 +155,7 @@ def open_clip_clip(seed: int = 1, quick_gelu: bool = False, width: int = WIDTH):
         },
     }
     name = _register_open_clip(f"genhancer-towerkit-clip-{width}-{int(quick_gelu)}", cfg)
+    torch.manual_seed(seed)  # the library's own init draws from the global generator
     return perturb(open_clip.create_model(name), seed).eval()
 
 
@@ -197,6 +198,7 @@ def timm_siglip(seed: int = 2):
     """A timm SigLIP-style ViT (no class token, latent attention pool, no classifier), perturbed."""
     import timm
 
+    torch.manual_seed(seed)
     return perturb(timm.create_model(_register_timm(), num_classes=0), seed).eval()
 
 
@@ -229,6 +231,7 @@ def open_clip_siglip(seed: int = 3):
         },
     }
     name = _register_open_clip("genhancer-towerkit-siglip", cfg)
+    torch.manual_seed(seed)
     return perturb(open_clip.create_model(name), seed).eval()
 
 

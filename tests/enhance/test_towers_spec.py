@@ -142,6 +142,12 @@ def test_every_command_resolves_tower_specs(hub_cache, tmp_model_dirs, tmp_path)
         assert torch.equal(enc.global_token(px), direct.global_token(px))
     tower = load_tower(spec)
     assert tower.config.image_size == 32 and tower.source == spec
+    diva = "hf:BAAI/DIVA/OpenAICLIP/OpenAI-ViT-tiny.pth::hf:openai/clip-tiny"  # llava-train on a state dict
+    tower = load_tower(diva, cache_dir=str(tmp_path / "gc"))
+    _, original = kit.openai_layout(seed=5)
+    with torch.no_grad():  # the vision side LLaVA reads, times OpenAI's projection: the embedding
+        got = tower.model(pixel_values=px).pooler_output @ original.visual.proj.float()
+        assert float((got - original.encode_image(px)).abs().max()) < 1e-5
     backbone = build_backbone(BackboneConfig(family="openai-clip", name_or_path=spec, image_size=32))
     with torch.no_grad():
         assert torch.allclose(backbone(px).global_token, direct.global_token(px))

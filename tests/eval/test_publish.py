@@ -4,6 +4,7 @@ and its card parses back in ``huggingface_hub`` with the board's numbers as ``mo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +129,35 @@ def test_other_bad_input_is_exit_2_one_line(published, tmp_path, capsys):
         assert publish([*args, "--repo-id", REPO, "--dry-run", "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_without_dry_run_the_card_is_validated_and_the_folder_uploaded(
+    published, tmp_path, monkeypatch, capsys
+):
+    """The upload path with the hub replaced by a recorder (no network here): the card goes to the
+    hub's validator, the repository is created, the written folder uploaded."""
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", repo_id, kw))
+
+        def upload_folder(self, repo_id, folder_path, **kw):
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(
+        huggingface_hub.ModelCard, "validate", lambda self, repo_type=None: calls.append(("validate",))
+    )
+    out = tmp_path / "up"
+    assert publish([str(published["run"]), "--repo-id", REPO, "--out", str(out), "--private"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["uploaded"] and result["commit"].endswith("/commit/abc")
+    assert calls[0] == ("validate",)
+    assert calls[1] == ("create_repo", REPO, {"repo_type": "model", "private": True, "exist_ok": True})
+    assert calls[2][0] == "upload_folder" and {"README.md", "config.json", "open_clip_config.json"} <= set(
+        calls[2][2]
+    )
