@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 from scipy.stats import binomtest
 
-from eval.stats import Items, items_interval, mean_std, paired_items, quantile, sign_test
+from eval.stats import Items, items_interval, mean_std, paired_items, paired_t, quantile, sign_test
 
 
 def _exact_quantiles(values: list[Fraction], probs: list[Fraction], level: float = 0.95):
@@ -126,3 +126,13 @@ def test_mean_std():
     m, s = mean_std([1.0, 2.0, 3.0])
     assert m == 2.0 and math.isclose(s, 1.0)
     assert mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_paired_t_against_scipy():
+    from scipy.stats import ttest_1samp
+
+    diffs = [1.0, 2.0, 3.0, -0.5]
+    assert paired_t(diffs) == pytest.approx(ttest_1samp(diffs, 0.0).pvalue, rel=1e-12)
+    assert math.isclose(paired_t([1.0, 2.0, 3.0]), 0.07417990022744858, rel_tol=1e-6)
+    assert math.isnan(paired_t([1.0])) and math.isnan(paired_t([0.0, 0.0]))
+    assert paired_t([2.0, 2.0]) == 0.0  # a constant non-zero difference
