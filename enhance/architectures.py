@@ -21,8 +21,29 @@ def known_towers() -> list[str]:
     return [k for k in _table("towers") if not k.startswith("_")]
 
 
+TINY_TOWER = "genhancer-tiny:clip"
+
+
+def _tiny_vision() -> tuple[str, dict[str, int], int]:
+    """The tiny toy-world CLIP, from its build recipe (the one place its sizes are written)."""
+    from genhancer.toyworld.models import TINY_CLIP_RECIPE as r  # torch: only for the tiny tower
+
+    vision = {
+        "hidden_size": r["vision_hidden"],
+        "intermediate_size": 4 * r["vision_hidden"],
+        "num_hidden_layers": r["vision_layers"],
+        "num_attention_heads": r["heads"],
+        "patch_size": r["patch_size"],
+        "image_size": r["image_size"],
+    }
+    return "clip", vision, r["projection_dim"]
+
+
 def tower_dims(name: str) -> tuple[int, int] | None:
     """(global token width, local token width) of a known tower, else None."""
+    if name == TINY_TOWER:
+        _, vision, proj = _tiny_vision()
+        return proj, vision["hidden_size"]
     entry = _table("towers").get(name)
     if entry is None or name.startswith("_"):
         return None
@@ -31,6 +52,8 @@ def tower_dims(name: str) -> tuple[int, int] | None:
 
 def tower_vision(name: str) -> tuple[str, dict[str, int], int] | None:
     """(model type ``clip``/``siglip``, the vision config, projection dim) of a known tower."""
+    if name == TINY_TOWER:
+        return _tiny_vision()
     entry = _table("towers").get(name)
     if entry is None or name.startswith("_"):
         return None

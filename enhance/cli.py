@@ -75,7 +75,7 @@ def describe(cfg) -> dict:
 
     method = get_method(cfg.method.name)
     with torch.device("meta"):
-        parts = method.architecture(cfg, _dims(cfg.backbone.name_or_path, tower_dims))
+        parts = method.architecture(cfg, tower_dims(cfg.backbone.name_or_path))
     counts: dict[str, int | str] = {
         name: part if isinstance(part, str) else sum(p.numel() for p in part.parameters())
         for name, part in parts.items()
@@ -99,15 +99,6 @@ def describe(cfg) -> dict:
         },
         "docs": field_docs(cfg),
     }
-
-
-def _dims(name: str, tower_dims) -> tuple[int, int] | None:
-    """(global, local) token widths of a known tower (the tiny one from its recipe)."""
-    if name == "genhancer-tiny:clip":
-        from genhancer.toyworld.models import TINY_CLIP_RECIPE as r
-
-        return r["projection_dim"], r["vision_hidden"]
-    return tower_dims(name)
 
 
 def describe_tower(cfg) -> int | str:
@@ -153,19 +144,7 @@ def _meta_backbone(cfg):
     from enhance.backbones.hf import HFCLIPBackbone, HFSiglipBackbone
 
     name = cfg.backbone.name_or_path
-    if name == "genhancer-tiny:clip":
-        from genhancer.toyworld.models import TINY_CLIP_RECIPE as r
-
-        vision = {
-            "hidden_size": r["vision_hidden"],
-            "intermediate_size": 4 * r["vision_hidden"],
-            "num_hidden_layers": r["vision_layers"],
-            "num_attention_heads": r["heads"],
-            "patch_size": r["patch_size"],
-            "image_size": r["image_size"],
-        }
-        kind, proj = "clip", r["projection_dim"]
-    elif tower_vision(name) is not None:
+    if tower_vision(name) is not None:
         kind, vision, proj = tower_vision(name)
     else:
         return None

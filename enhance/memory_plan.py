@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from enhance.architectures import tower_vision
 from genhancer.runtime import memory
 from genhancer.runtime.memory import Activations, Part, Setup
 
@@ -346,20 +347,6 @@ def tower_params(kind: str, vision: dict, proj: int, text: dict | None) -> int:
 
 def known_vision(name: str) -> tuple[str, dict, int] | None:
     """(model type, vision config, projection dim) of a tower known offline (tiny included)."""
-    if name == "genhancer-tiny:clip":
-        from genhancer.toyworld.models import TINY_CLIP_RECIPE as r
-
-        vision = {
-            "hidden_size": r["vision_hidden"],
-            "intermediate_size": 4 * r["vision_hidden"],
-            "num_hidden_layers": r["vision_layers"],
-            "num_attention_heads": r["heads"],
-            "patch_size": r["patch_size"],
-            "image_size": r["image_size"],
-        }
-        return "clip", vision, r["projection_dim"]
-    from enhance.architectures import tower_vision
-
     return tower_vision(name)
 
 
