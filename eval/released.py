@@ -16,6 +16,7 @@ evaluation, see ``docs/released-towers.md``) or of another checkpoint can differ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from eval.clip.mmvp_vlm import PATTERN_KEYS
 from eval.config import LeaderboardConfig
@@ -51,6 +52,8 @@ def released_models(cfg: LeaderboardConfig) -> tuple[list[ModelSpec], list[str]]
             continue
         if is_tower_spec(spec):
             check_tower_spec(spec, f"released.towers.{method}")
+        elif spec.startswith(("/", "./", "../", "~")) and not Path(spec).expanduser().exists():
+            raise UserError(f"released.towers.{method}: {spec} does not exist")
         models.append(ModelSpec(method, spec, extra={"method": method, "released_backbone": rel.backbone}))
     if not models:
         raise UserError("config key 'released.towers' names no tower")
