@@ -128,6 +128,10 @@ def test_the_released_board_sets_each_tower_beside_its_papers_numbers(
             ["released.towers.dcr=/no/such.pth::openai/clip-vit-large-patch14"],
             "state dict not found: /no/such.pth",
         ),
+        (
+            ["released.towers.dcr=/no/dcr/OpenAICLIP-224"],
+            "released.towers.dcr: /no/dcr/OpenAICLIP-224 does not exist",
+        ),
     ],
 )
 def test_bad_released_configs_are_exit_2_one_line(sets, message, tmp_path, capsys):
