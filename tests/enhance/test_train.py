@@ -329,3 +329,29 @@ def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path, tiny_enhance_config
     (record,) = _metrics(tmp_path)
     assert record["nonfinite_steps"] == 1 and record["loss"] == record["loss"]  # finite, not NaN
     assert all(torch.isfinite(v).all() for v in _ckpt_weights(tmp_path).values())
+
+
+def test_a_run_folder_in_the_old_config_shape_resumes(tmp_path, tiny_enhance_config):
+    """A run whose ``config.yaml`` was written before the method sections (GenHancer's settings in
+    top-level ``denoiser``/``vae``/``flow``/``projector``, the frozen-SD methods' sections beside
+    them at their defaults) resumes, and still refuses a real change."""
+    import yaml
+
+    from genhancer.runtime import configtools
+
+    common = ("stage1.steps=2", "stage2.steps=2", "logging.preview_count=0", "checkpoint.keep_last=20")
+    run(tiny_enhance_config(*common, "train.stages=[1]"), tmp_path)
+    tree = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    section = tree.pop("method")
+    tree["method"] = {"name": "genhancer"}
+    for key in ("denoiser", "vae", "flow", "projector"):
+        tree[key] = section[key]
+    tree["sd"] = {"path": "stabilityai/stable-diffusion-2-1-base", "target": "epsilon"}
+    tree["dcr"] = {"temperature": 0.1}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tree))
+    run(tiny_enhance_config(*common, "train.stages=[2]"), tmp_path, resume=True)
+    assert (tmp_path / "checkpoints" / "stage2_step0000002").is_dir()
+    changed = tiny_enhance_config(*common, "train.stages=[2]", "stage2.steps=3", "method.flow.scale=2.0")
+    assert configtools.to_dict(changed)["method"]["flow"]["scale"] == 2.0
+    with pytest.raises(UserError, match="method.flow.scale"):
+        run(changed, tmp_path, resume=True)
