@@ -144,9 +144,8 @@ def _results_table(records: list[dict]) -> str:
     for r in rows:
         ci = r.get("ci") or {}
         interval = f"[{ci['low']:.1f}, {ci['high']:.1f}] ({ci.get('unit', '')})" if ci else "n/a"
-        lines.append(
-            f"| {r['benchmark']} | {r['metric']} | {r['value']:.2f} | {interval} | {r.get('dataset') or ''} |"
-        )
+        dataset = _dataset_name(BENCHMARKS.get(r["benchmark"], ("", r["benchmark"]))[1], r.get("dataset"))
+        lines.append(f"| {r['benchmark']} | {r['metric']} | {r['value']:.2f} | {interval} | {dataset} |")
     return "\n".join(lines) + "\n"
 
 
