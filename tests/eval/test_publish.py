@@ -162,3 +162,33 @@ def test_without_dry_run_the_card_is_validated_and_the_folder_uploaded(
     assert calls[2][0] == "upload_folder" and {"README.md", "config.json", "open_clip_config.json"} <= set(
         calls[2][2]
     )
+
+
+@pytest.mark.slow  # a real tiny `enhance` run (two steps a stage) before publishing it
+def test_a_real_enhance_run_publishes_and_loads(tmp_model_dirs, tmp_path, monkeypatch, capsys):
+    import open_clip
+    from huggingface_hub import ModelCard, constants
+    from testkit import tiny_enhance_flags
+    from transformers import CLIPModel
+
+    from enhance.cli import main as enhance
+
+    run = tmp_path / "run"
+    flags = tiny_enhance_flags(tmp_model_dirs, "stage1.steps=2", "stage2.steps=2", "logging.progress=false")
+    assert enhance([*flags, "--output-dir", str(run)]) == 0
+    out = tmp_path / "up"
+    assert publish([str(run), "--repo-id", REPO, "--out", str(out), "--dry-run"]) == 0
+    card = ModelCard.load(out / "README.md")
+    assert "genhancer" in card.data.tags and "stage-2 step | 2" in card.text
+    assert card.data.base_model is None  # a local tiny base is not a hub id
+    cache = tmp_path / "hub"
+    kit.populate_hub_cache(cache, REPO, kit.folder_files(out))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hf = CLIPModel.from_pretrained(REPO).float().eval()
+    oc = open_clip.create_model(f"hf-hub:{REPO}").float().eval()
+    px = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = hf.get_image_features(pixel_values=px)
+        want = want if isinstance(want, torch.Tensor) else want.pooler_output
+        assert float((oc.encode_image(px) - want).abs().max()) < 1e-5
