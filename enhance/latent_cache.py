@@ -43,8 +43,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from enhance.data.sources import ItemRef, Source, UnreadableImage, decode_image
+from enhance.data.sources import DEFAULT_MAX_PIXELS, ItemRef, Source, UnreadableImage, decode_image
 from enhance.data.transforms import PairTransform, random_resized_crop_box
+from enhance.model import encode_posterior
 from genhancer.runtime.checkpoint import atomic_write_text
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.seeding import derive_seed
@@ -140,8 +141,6 @@ def build_shards(
     :func:`finish_latent_cache` with them."""
     from tqdm.auto import tqdm
 
-    from enhance.data.sources import DEFAULT_MAX_PIXELS
-
     if shard_size < 1 or batch_size < 1:
         raise UserError(
             f"latent_cache.shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}"
@@ -223,7 +222,6 @@ class _ShardWriter:
     def write(self, path: Path, refs: list[ItemRef], pool: ThreadPoolExecutor) -> None:
         """Fetch (sequentially: a tar handle is not thread-safe), decode and crop (threads), encode
         (batched), then write the shard atomically."""
-        from enhance.model import encode_posterior
 
         fetched = []
         for ref in refs:

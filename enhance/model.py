@@ -14,6 +14,7 @@ from torch.profiler import record_function
 
 from enhance import flow
 from enhance.backbones import VisionBackbone
+from enhance.denoisers.discrete import masked_accuracy, masked_cross_entropy, sample_mask
 from enhance.projector import ConditionProjector, select_local_tokens
 from enhance.vae import LatentCodec
 
@@ -179,7 +180,6 @@ class DiscreteGenHancerModel(GenHancerModel):
         return self.denoiser(codes, masked, context)
 
     def training_forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        from enhance.denoisers.discrete import masked_accuracy, masked_cross_entropy, sample_mask
 
         pixel_values = batch["pixel_values"]
         with torch.autocast(device_type=pixel_values.device.type, enabled=False):
@@ -208,7 +208,6 @@ class DiscreteGenHancerModel(GenHancerModel):
         self, pixel_values: torch.Tensor, generator: torch.Generator, vae_pixels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked input, prediction) as images in [-1, 1], for the preview grid."""
-        from enhance.denoisers.discrete import sample_mask
 
         b = pixel_values.shape[0]
         g = self.codec.grid_size(pixel_values.shape[-1])

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from genhancer.runtime.errors import UserError, loading
+from genhancer.toyworld.models import resolve_tiny
 
 
 class LatentCodec(nn.Module):
@@ -38,8 +39,6 @@ class LatentCodec(nn.Module):
 def build_codec(cfg, cache_dir: str | None = None) -> LatentCodec:
     """Load the VAE named by a :class:`~enhance.config.VAEConfig` and freeze it."""
     from diffusers import AutoencoderKL
-
-    from genhancer.toyworld.models import resolve_tiny
 
     path = resolve_tiny(cfg.name_or_path, cache_dir)
     what = f"the VAE from '{cfg.name_or_path}' (subfolder '{cfg.subfolder}')"

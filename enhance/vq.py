@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from genhancer.runtime.errors import UserError, loading
+from genhancer.toyworld.models import resolve_tiny
 
 
 class VQCodec(nn.Module):
@@ -40,8 +41,6 @@ class VQCodec(nn.Module):
 def build_vq(cfg, image_size: int, cache_dir: str | None = None) -> VQCodec:
     """Load the tokenizer named by ``denoiser.tokenizer`` and check it against the config."""
     from diffusers import VQModel
-
-    from genhancer.toyworld.models import resolve_tiny
 
     name = cfg.tokenizer
     if not name:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from enhance.backbones.base import BackboneOutput, VisionBackbone
+from enhance.backbones.hf import load_hf_backbone
+from enhance.backbones.openclip import load_open_clip_backbone
+from enhance.towers.resolve import resolve_tower
 from genhancer.runtime.errors import UserError
+from genhancer.toyworld.models import resolve_tiny
 
 
 def _load_hf(cfg, cache_dir) -> VisionBackbone:
-    from enhance.backbones.hf import load_hf_backbone
-    from enhance.towers.resolve import resolve_tower
-    from genhancer.toyworld.models import resolve_tiny
 
     # hf:REPO/SUB@REV and WEIGHTS::BASE specs become a local folder (enhance.towers)
     path = resolve_tiny(resolve_tower(cfg.name_or_path, cache_dir, "backbone.name_or_path"), cache_dir)
@@ -21,7 +22,6 @@ def _load_hf(cfg, cache_dir) -> VisionBackbone:
 
 
 def _load_open_clip(cfg, cache_dir) -> VisionBackbone:
-    from enhance.backbones.openclip import load_open_clip_backbone
 
     return load_open_clip_backbone(cfg.name_or_path, cfg.pretrained, cfg.image_size)
 

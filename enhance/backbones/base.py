@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from genhancer.runtime.errors import UserError
+
 
 @dataclass
 class BackboneOutput:
@@ -63,7 +65,6 @@ class VisionBackbone(nn.Module):
     def joint_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The global token followed by the patch tokens in the same space: [B, 1+N, joint_dim]
         (DIVA's multi-token condition)."""
-        from genhancer.runtime.errors import UserError
 
         raise UserError(
             f"method diva needs the tower's tokens in the joint space; not available for {self.family}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -73,7 +74,6 @@ class HFDualEncoder(VisionBackbone):
 def _prefix_keys(model_dir: Path, prefix: str) -> None:
     """Store tower weights as ``vision_model.*``: the layout transformers 4.x (and so the original
     LLaVA code, pinned to 4.37) expects; transformers 5 reads it too."""
-    import json
 
     from safetensors.torch import load_file, save_file
 

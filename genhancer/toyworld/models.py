@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import string
 import tempfile
@@ -26,6 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from genhancer.runtime.errors import UserError
+from genhancer.toyworld.world import ToyWorld, vocabulary
 
 TINY_PREFIX = "genhancer-tiny:"
 _RECIPE_VERSION = 1
@@ -143,7 +147,6 @@ def resolve_tiny(name_or_path: str, cache_dir: str | Path | None = None) -> str:
     if what in ("sd", "sd-v"):
         recipe = {**TINY_SD_RECIPE, "prediction_type": "epsilon" if what == "sd" else "v_prediction"}
         return str(build_cached(cache, f"tiny-{what}", recipe, lambda out: build_tiny_sd(out, recipe)))
-    from genhancer.runtime.errors import UserError
 
     raise UserError(f"unknown tiny model '{name_or_path}'; choose {TINY_PREFIX}clip, vae, vq, sd or sd-v")
 
@@ -196,8 +199,6 @@ def tiny_clip_for(recipe: dict):
     vocabulary) of a recipe's sizes, seeded by ``recipe["seed"]``: what every tiny CLIP starts from."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from genhancer.toyworld.world import vocabulary
-
     r = recipe
     torch.manual_seed(r["seed"])
     words = [*vocabulary(), "a", "photo", "of"]
@@ -234,7 +235,6 @@ def tiny_clip_for(recipe: dict):
 
 def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
     """Build, contrastively pretrain on toy-world captions, and save a tiny CLIP + processor."""
-    from genhancer.toyworld.world import ToyWorld
 
     r = recipe
     size = r["image_size"]
@@ -244,7 +244,6 @@ def build_tiny_clip(out_dir: Path, recipe: dict = TINY_CLIP_RECIPE) -> None:
     world = ToyWorld(seed=r["seed"], image_size=size)
     samples = [world.sample(i) for i in range(r["num_images"])]
     pixels = processor.image_processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
-    import random
 
     rng = random.Random(r["seed"])
     texts = [("a photo of " if rng.random() < r["photo_prefix_prob"] else "") + s.caption for s in samples]
@@ -298,8 +297,6 @@ def _autoencoder_blocks(recipe: dict) -> dict:
 
 def _toy_images(seed: int, image_size: int, n: int) -> torch.Tensor:
     import numpy as np
-
-    from genhancer.toyworld.world import ToyWorld
 
     world = ToyWorld(seed=seed, image_size=image_size)
     arr = np.stack([np.asarray(world.sample(i).image, dtype=np.float32) for i in range(n)])
@@ -400,12 +397,9 @@ def tiny_sd_unet_config(recipe: dict, cross_attention_dim: int) -> dict:
 def build_tiny_sd(out_dir: Path, recipe: dict) -> None:
     """Write a tiny SD pipeline folder: the tiny CLIP's text side, a 4-channel VAE, a UNet trained
     text-to-image on toy captions with ``recipe["prediction_type"]``, and its DDPM scheduler."""
-    import random
 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
-
-    from genhancer.toyworld.world import ToyWorld
 
     r = recipe
     clip_dir = Path(resolve_tiny(TINY_PREFIX + "clip", out_dir.parent))

@@ -293,7 +293,9 @@ def test_export_loads_with_auto_classes_and_clip_vision_model(
 
     den = out / "denoiser"
     meta = json.loads((den / "genhancer.json").read_text())
-    assert meta["denoiser"]["axes_dims_rope"] == [4, 6, 6] and meta["vae"]["latent_channels"] == 16
+    mc = meta["method_config"]
+    assert meta["format"] == 2 and meta["method"] == "genhancer"
+    assert mc["denoiser"]["axes_dims_rope"] == [4, 6, 6] and mc["vae"]["latent_channels"] == 16
     proj = ConditionProjector.from_pretrained(den / "projector")
     for (k, a), b in zip(model.projector.state_dict().items(), proj.state_dict().values()):
         assert torch.equal(a, b), k

@@ -1,4 +1,4 @@
-"""Every row of the README's bad-input table: exit code 2, one line naming the problem, nothing
+"""Every row of the bad-input table (docs/guarantees.md): exit code 2, one line naming the problem, nothing
 written, and no model library imported before the error (each row in a fresh interpreter)."""
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ print(json.dumps({{"code": code, "err": err.getvalue(), "heavy": heavy, "s": tim
 
 
 def bad_input_rows() -> list[tuple[str, str]]:
-    """``(command line, expected text)`` of the README's "Bad input" table."""
-    text = (REPO / "README.md").read_text()
+    """``(command line, expected text)`` of the "Bad input" table in docs/guarantees.md."""
+    text = (REPO / "docs" / "guarantees.md").read_text()
     section = text.split("\n## Bad input\n", 1)[1].split("\n## ", 1)[0]
     rows = []
     for line in section.splitlines():
