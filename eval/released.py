@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from enhance.towers.spec import check_tower_spec, is_tower_spec
 from eval.clip.mmvp_vlm import PATTERN_KEYS
 from eval.config import LeaderboardConfig
 from eval.leaderboard import ModelSpec
@@ -32,8 +33,6 @@ PRINT_TOLERANCE = 0.05
 
 def released_models(cfg: LeaderboardConfig) -> tuple[list[ModelSpec], list[str]]:
     """The board's models (one per method, named by it) and notes for towers left out."""
-    from enhance.towers.spec import check_tower_spec, is_tower_spec
-
     rel = cfg.released
     if rel.backbone not in BACKBONES:
         raise UserError(

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from genhancer.runtime.cli import make_parser, report
-from genhancer.runtime.errors import UserError
+from genhancer.runtime.errors import UserError, first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result["commit"] = upload(folder, args.repo_id, args.private)
             except Exception as exc:  # the hub's errors (auth, network, validation) as one line
-                from genhancer.runtime.errors import first_line
-
                 raise UserError(f"upload to {args.repo_id} failed: {first_line(exc)}") from None
             result["uploaded"] = True
         print(json.dumps(result, indent=2))

@@ -129,7 +129,7 @@ def write_folder(
             shutil.copy2(f, tmp / f.name)
         has_open_clip = True
     elif parts["model_type"] == "clip":  # a transformers CLIP run: written for open_clip too
-        from enhance.towers.to_open_clip import write_open_clip
+        from enhance.towers.to_open_clip import write_open_clip  # torch: kept out of bad-input checks
 
         write_open_clip(parts["hf"], tmp, "genhancer-" + repo_id.split("/")[1])
         has_open_clip = True

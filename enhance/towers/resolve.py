@@ -12,40 +12,33 @@ import hashlib
 import json
 from pathlib import Path
 
+from enhance.towers.convert import CONVERTER_VERSION, convert
+from enhance.towers.hub import hub_file, hub_folder
 from enhance.towers.spec import HUB_PREFIX, check_tower_spec, parse_hub
 from genhancer.runtime.errors import UserError
+from genhancer.toyworld.models import default_cache_dir, resolve_tiny
 
 
 def _cache_root(cache_dir: str | Path | None) -> Path:
-    from genhancer.toyworld.models import default_cache_dir
-
     return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 
 def resolve_base(base: str, cache_dir: str | Path | None = None, option: str = "tower") -> str:
     """A base tower: an ``hf:`` folder, a tiny name, a local folder or an HF id."""
     if base.startswith(HUB_PREFIX):
-        from enhance.towers.hub import hub_folder
-
         return str(hub_folder(parse_hub(base, option), option))
-    from genhancer.toyworld.models import resolve_tiny
-
     return resolve_tiny(base, cache_dir)
 
 
 def weights_file(weights: str, option: str = "tower") -> Path:
     """The local path of a state dict given as a file or an ``hf:`` file spec."""
     if weights.startswith(HUB_PREFIX):
-        from enhance.towers.hub import hub_file
-
         return hub_file(parse_hub(weights, option), option)
     return Path(weights).expanduser().resolve()
 
 
 def converted_dir(weights: Path, base: str, cache_dir: str | Path | None = None) -> Path:
     """Where the conversion of ``weights`` onto ``base`` is cached."""
-    from enhance.towers.convert import CONVERTER_VERSION
-
     st = weights.stat()
     key = json.dumps(
         [str(weights.resolve()), st.st_size, st.st_mtime_ns, base, CONVERTER_VERSION], sort_keys=True
@@ -60,15 +53,11 @@ def resolve_tower(spec: str, cache_dir: str | Path | None = None, option: str = 
     if parsed.kind == "plain":
         return spec
     if parsed.kind == "hub":
-        from enhance.towers.hub import hub_folder
-
         return str(hub_folder(parsed.hub, option))
     base = resolve_base(parsed.base, cache_dir, option)
     weights = weights_file(parsed.weights, option)
     out = converted_dir(weights, base, cache_dir)
     if not (out / "config.json").is_file():
-        from enhance.towers.convert import convert
-
         try:
             convert(weights, base, out, source_label=parsed.weights)
         except UserError as exc:
