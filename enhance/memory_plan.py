@@ -156,7 +156,7 @@ def flux_slice(
     return _measure(build, run, tags, precision, trainable)
 
 
-def tower_layer_slice(kind: str, vision: dict, lora: Any, precision: str):
+def tower_layer_slice(kind: str, vision: dict, lora: Any, precision: str, full: bool = False):
     """Measured bytes of one encoder layer of the tower at real width with stage 2's LoRA (base
     frozen, adapters training, the gradient flowing on to the layers below)."""
     from peft import LoraConfig, inject_adapter_in_model
@@ -178,6 +178,8 @@ def tower_layer_slice(kind: str, vision: dict, lora: Any, precision: str):
     def build():
         with torch.device("meta"):
             model = Wrapped()
+        if full:  # stage2.tower_tuning=full: every weight trains, no adapters
+            return model
         targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
         cfg = LoraConfig(
             r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, target_modules=targets
@@ -193,11 +195,16 @@ def tower_layer_slice(kind: str, vision: dict, lora: Any, precision: str):
     def tags(model):
         return {"tower_layer": model.layer}
 
-    return _measure(build, run, tags, precision, lambda name: "lora_" in name), seq
+    trainable = (lambda name: True) if full else (lambda name: "lora_" in name)
+    return _measure(build, run, tags, precision, trainable), seq
 
 
 def plan_stages(
-    cfg: Any, parts: dict[str, Any], vision: tuple[str, dict] | None, setup: Setup
+    cfg: Any,
+    parts: dict[str, Any],
+    vision: tuple[str, dict] | None,
+    setup: Setup,
+    described_method: dict | None = None,
 ) -> dict[str, Any]:
     """The plan of each stage the run trains, at the configured micro-batch, plus the paper's
     Table 7 figure beside stage 2's row at micro-batch 2."""
@@ -205,10 +212,10 @@ def plan_stages(
     d = getattr(method, "denoiser", None) or getattr(cfg, "denoiser", None)
     vae = getattr(method, "vae", None) or getattr(cfg, "vae", None)
     precision = cfg.train.mixed_precision
+    if getattr(method, "sd", None) is not None and d is None:
+        return plan_sd_stages(cfg, parts, vision, setup, described_method or {})
     if d is None or getattr(d, "kind", "continuous") != "continuous":
-        return {
-            "note": "memory plan: GenHancer's continuous denoiser only (this method's UNet activations are not measured)"
-        }
+        return {"note": "memory plan: not made for the discrete denoiser (its Perceiver is not measured)"}
     denoiser_params = parts.get("denoiser")
     projector_params = parts.get("projector")
     if not isinstance(denoiser_params, int) or not isinstance(projector_params, int):
@@ -366,5 +373,132 @@ def memory_section(cfg: Any, described: dict, args: Any) -> dict:
                 for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
             }
         counts["tower_total"] = tower_params(kind, v, proj, text)
-    plan = plan_stages(cfg, counts, (vision[0], vision[1]) if vision else None, setup)
+    plan = plan_stages(
+        cfg, counts, (vision[0], vision[1]) if vision else None, setup, described.get("method")
+    )
     return {"memory_plan": plan}
+
+
+#: Frozen parts of an SD pipeline besides the UNet (diffusers configs of SD 2.x): the VAE and the
+#: OpenCLIP ViT-H text encoder, counted as loaded.
+SD_VAE_PARAMS = 83_653_863
+SD_TEXT_PARAMS = 340_387_840
+
+
+def unet_slice(unet_config: dict, side: int, context_tokens: int, precision: str, storage: str) -> dict:
+    """Measured bytes of the whole frozen SD UNet (the gradient flows to its condition) at
+    ``side`` x ``side`` latents; tag ``other`` holds everything."""
+    from diffusers import UNet2DConditionModel
+
+    dtype = getattr(torch, storage)
+
+    def build():
+        with torch.device("meta"):
+            return UNet2DConditionModel(**unet_config).to(dtype)
+
+    def run(model, b):
+        x = torch.randn(b, model.config.in_channels, side, side, dtype=dtype)
+        ctx = torch.randn(b, context_tokens, model.config.cross_attention_dim, requires_grad=True)
+        out = model(x, torch.full((b,), 500), encoder_hidden_states=ctx.to(dtype), return_dict=False)[0]
+        return out.float().pow(2).mean()
+
+    prec = precision if storage == "float32" else "no"  # bf16 weights: no autocast copies
+    return _measure(build, run, lambda m: {}, prec, False)
+
+
+def plan_sd_stages(
+    cfg: Any, parts: dict[str, Any], vision: tuple[str, dict] | None, setup: Setup, described: dict
+) -> dict[str, Any]:
+    """DIVA / DCR / naive: the frozen UNet measured whole (per call), times the UNet calls a
+    micro-batch makes per image (DCR: B + 1 with exact negatives), plus the tower's layers when the
+    stage trains it (LoRA or full)."""
+    from enhance.architectures import sd_unet_config
+
+    sd = cfg.method.sd
+    unet_cfg, down, context = sd_unet_config(sd.path), 8, 77
+    pipeline_rest = SD_VAE_PARAMS + SD_TEXT_PARAMS
+    if sd.path.startswith("genhancer-tiny:sd"):
+        pipeline_rest = 0  # the tiny VAE and text side: a few hundred thousand weights
+        from genhancer.toyworld.models import TINY_CLIP_RECIPE, TINY_SD_RECIPE, tiny_sd_unet_config
+
+        unet_cfg = tiny_sd_unet_config(TINY_SD_RECIPE, TINY_CLIP_RECIPE["text_hidden"])
+        down = 2 ** (len(TINY_SD_RECIPE["vae_block_out_channels"]) - 1)
+        context = TINY_CLIP_RECIPE["max_text_len"]
+    unet_params = parts.get("denoiser_frozen")
+    projector = parts.get("projector")
+    if unet_cfg is not None and not isinstance(unet_params, int):
+        from diffusers import UNet2DConditionModel
+
+        with torch.device("meta"):
+            unet_params = sum(p.numel() for p in UNet2DConditionModel(**unet_cfg).parameters())
+    if unet_cfg is None or not isinstance(projector, int):
+        return {"note": "memory plan needs a known SD UNet and backbone (see enhance/model_configs)"}
+    precision = cfg.train.mixed_precision
+    side = cfg.backbone.image_size // down
+    torch_version = torch.__version__.split("+")[0]
+    key = {"slice": "sd-unet", "torch": torch_version, "unet": unet_cfg, "side": side, "context": context,
+           "precision": precision, "storage": sd.unet_dtype}  # fmt: skip
+    unet = memory.cached_measurement(
+        key, lambda: unet_slice(unet_cfg, side, context, precision, sd.unet_dtype)
+    )
+    unet = unet.get("other", {"per_sample": 0.0, "fixed": 0.0})
+    tuning = getattr(cfg.stage2, "tower_tuning", "lora")
+    tower = None
+    if vision is not None:
+        kind, v = vision
+        s2 = cfg.stage2
+        tkey = {"slice": "tower", "torch": torch_version, "kind": kind, "vision": v, "precision": precision,
+                "r": s2.lora_r, "alpha": s2.lora_alpha, "dropout": s2.lora_dropout}  # fmt: skip
+        if tuning == "full":
+            tkey["full"] = True
+        tower = memory.cached_measurement(
+            tkey, lambda: tower_layer_slice(kind, v, s2, precision, full=tuning == "full")[0]
+        )
+    tower_total = parts.get("tower_total")
+    lora = parts.get("lora", 0) if isinstance(parts.get("lora"), int) else 0
+    bias = parts.get("tower_bias", 0) if isinstance(parts.get("tower_bias"), int) else 0
+    full_tower = parts.get("tower", 0) if isinstance(parts.get("tower"), int) else 0
+    costs = described.get("unet_cost", {})
+    out: dict[str, Any] = {"setup": setup.label(), "gradient_checkpointing": cfg.perf.gradient_checkpointing}
+    for stage in cfg.train.stages:
+        st = getattr(cfg, f"stage{stage}")
+        calls_per_image = float(costs.get(f"stage{stage}", {}).get("vs_one_call_per_image", 1.0))
+        tower_trains = stage == 2
+        projector_trains = stage == 1 or cfg.method.name != "dcr"
+        trainable_tower = (full_tower if tuning == "full" else lora + bias) if tower_trains else 0
+        plan_parts = [
+            Part("unet", unet_params, 0, sd.unet_dtype),
+            Part("sd_vae_and_text_encoder", pipeline_rest, 0),
+            Part("projector", projector, projector if projector_trains else 0),
+        ]
+        if isinstance(tower_total, int):
+            plan_parts.append(Part("tower", tower_total + (0 if tuning == "full" else lora), trainable_tower))
+        by_part = {"unet_calls": unet["per_sample"] * calls_per_image}
+        fixed = unet["fixed"]
+        source = (
+            f"measured: the whole frozen UNet at {side}x{side} latents, x {calls_per_image:g} calls per image"
+        )
+        if tower_trains and tower is not None and vision is not None:
+            layers = vision[1]["num_hidden_layers"]
+            by_part["tower_layers"] = tower["tower_layer"]["per_sample"] * layers
+            fixed += tower["tower_layer"]["fixed"] * layers
+            source += f"; 1 tower layer ({tuning}) x {layers}"
+        acts = Activations(per_sample=sum(by_part.values()), fixed=fixed, source=source, parts=by_part)
+        stage_setup = Setup(**{**memory.setup_dict(setup), "optimizer": st.optimizer})
+        row = memory.plan(plan_parts, acts, st.per_device_batch_size, stage_setup)
+        if cfg.method.name == "dcr" and getattr(cfg.method, "negatives", "exact") == "exact":
+            # B^2 + B UNet calls: the per-image cost grows with B, so search the largest B directly
+            def total(
+                b: int, tower_ps=by_part.get("tower_layers", 0.0), fx=fixed, pp=plan_parts, su=stage_setup
+            ):
+                a = Activations(tower_ps + unet["per_sample"] * (b + 1), fx)
+                return memory.plan(pp, a, b, su)["total_gib"]
+
+            row["activations_note"] = "DCR exact negatives: UNet activations grow as B^2 + B per micro-batch"
+            if setup.gpu_memory_gib is not None:
+                b = 0
+                while b < 4096 and total(b + 1) <= setup.gpu_memory_gib:
+                    b += 1
+                row["max_micro_batch"] = b
+        out[f"stage{stage}"] = row
+    return out

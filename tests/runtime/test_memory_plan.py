@@ -137,3 +137,21 @@ def test_llava_describe_prints_a_memory_plan_with_zero3(tmp_path, monkeypatch):
     ft1, ft8 = one["finetune"], eight["finetune"]
     assert ft1["trainable"] == "full" and ft1["activations_per_sample_gib"] > 0
     assert ft8["optimizer_gib"] < ft1["optimizer_gib"] / 4  # 12 B / 8 GPUs vs 8 B on one
+
+
+@pytest.mark.parametrize("method", ["diva", "dcr", "naive-contrastive"])
+def test_frozen_sd_methods_plan_the_unet_and_the_tower(method, tmp_path, monkeypatch):
+    from enhance.cli import main
+
+    monkeypatch.setenv("GENHANCER_MEMORY_CACHE", str(tmp_path))
+    out = _describe(main, ["--method", method, "--preset", "tiny", "--describe", "--gpu-memory", "4"])
+    stages = {k: v for k, v in out["memory_plan"].items() if k.startswith("stage")}
+    assert stages and all(v["activations_per_sample_by_part_gib"]["unet_calls"] > 0 for v in stages.values())
+    # the tower keeps activations only in the stage that trains it
+    assert "tower_layers" in stages["stage2"]["activations_per_sample_by_part_gib"]
+    if method == "dcr":  # B^2 + B UNet calls per micro-batch: per image B + 1
+        row = stages["stage2"]
+        assert (
+            "B^2 + B" in row["activations_note"]
+            and f"x {row['micro_batch'] + 1} calls" in row["activations_source"]
+        )
