@@ -62,9 +62,16 @@ def test_bad_input_is_refused_before_any_model_library_loads(command, expected, 
     run.mkdir()
     (run / "config.yaml").write_text("{}\n")
     new = tmp_path / "new"
+    empty = tmp_path / "empty"
+    empty.mkdir()
     prog, *argv = shlex.split(command)
     argv = [
-        str(run) if a == "RUN" else str(new) if a == "DIR" else a.replace("DIR/", f"{new}/") for a in argv
+        str(run)
+        if a == "RUN"
+        else str(new)
+        if a == "DIR"
+        else a.replace("EMPTY_DIR", str(empty)).replace("DIR/", f"{new}/")
+        for a in argv
     ]
     proc = subprocess.run(
         [sys.executable, "-c", _RUNNER, MODULES[prog], json.dumps(argv)],
