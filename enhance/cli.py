@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 
+from enhance.towers.spec import check_tower_spec, is_tower_spec
 from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.memory import add_memory_flags
@@ -212,8 +213,10 @@ def path_keys(cfg) -> dict[str, str]:
 
 
 def preflight(cfg, args: argparse.Namespace, run_folder: bool = True) -> None:
-    """What can be refused before torch loads: local paths that do not exist, the run folder,
-    ``--threads``."""
+    """What can be refused before torch loads: a malformed tower spec, local paths that do not
+    exist, the run folder, ``--threads``."""
+    if is_tower_spec(cfg.backbone.name_or_path):
+        check_tower_spec(cfg.backbone.name_or_path, "backbone.name_or_path")
     keys = path_keys(cfg)
     require_local_paths(cfg, keys, keys)
     check_data(cfg.data.source, cfg.data.path, cfg.data.image_column)

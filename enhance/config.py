@@ -348,7 +348,7 @@ def _legacy_override(item: str, method: str) -> str:
     if new is None:
         raise UserError(
             f"--set {key.strip()}: not a setting of method '{method}' (method settings live under method.*; "
-            f"see enhance --describe --method {method})"
+            f"see enhance --method {method} --preset NAME --describe)"
         )
     return f"{new}={value}"
 
