@@ -24,8 +24,8 @@ from enhance.model import (
 from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
 from genhancer.runtime.driver import RunFolder, StageDriver, StageSetup
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.optim import grad_accum_steps, lr_schedule
 from genhancer.runtime.seeding import derive_seed
-from genhancer.runtime.trainer import cosine_lambda, grad_accum_steps, lr_lambda
 
 log = logging.getLogger("enhance")
 
@@ -271,9 +271,7 @@ class EnhanceStages(StageDriver):
             optim=scfg,
             steps=scfg.steps,
             grad_accum=grad_accum,
-            lr_fn=cosine_lambda(scfg.warmup_steps, scfg.steps)
-            if scfg.lr_schedule == "cosine"
-            else lr_lambda(scfg.warmup_steps),
+            lr_fn=lr_schedule(scfg.lr_schedule, scfg.steps, warmup_steps=scfg.warmup_steps),
             batches=build_stream_factory(
                 cfg,
                 model,

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
+from genhancer.runtime.deepspeed_compat import is_deepspeed
 from genhancer.runtime.driver import RunFolder, StageDriver, StageSetup
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.lora_state import merge_lora_state
+from genhancer.runtime.optim import grad_accum_steps, lr_schedule
 from genhancer.runtime.seeding import derive_seed
-from genhancer.runtime.trainer import cosine_lambda, grad_accum_steps, is_deepspeed
 from llava_integration.config import RESUME_ALLOWED_CHANGES, STAGES, LlavaTrainConfig, StageConfig
 
 log = logging.getLogger("llava_integration")
@@ -205,7 +206,7 @@ class LlavaStages(StageDriver):
             optim=st,
             steps=steps,
             grad_accum=grad_accum,
-            lr_fn=cosine_lambda(math.ceil(st.warmup_ratio * steps), steps),
+            lr_fn=lr_schedule("cosine", steps, warmup_ratio=st.warmup_ratio),
             batches=batches,
             checkpoint_weights=lambda: trainable_state(task),
             load_weights=lambda w: load_trainable_state(task, w),

@@ -10,7 +10,11 @@ Layout of ``DIR/checkpoints/<name>/``::
 
 A checkpoint is written into ``.<name>.tmp`` and renamed into place once ``state.json`` exists,
 so a crash mid-write leaves only a temp folder that :func:`list_checkpoints` ignores (and the
-next save removes). Nothing is pickled, so loading never executes code.
+next save removes). Nothing is pickled, so loading never executes code. Under DeepSpeed the
+folder also holds ``engine/`` (each rank's shard of the engine state, from ``save_state``).
+
+:func:`save_training_state` and :func:`restore_training_state` write and read one from a running
+stage (collective across ranks, the ZeRO-3 gather included); the rest is the file format.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from genhancer.runtime.deepspeed_compat import is_deepspeed
 from genhancer.runtime.errors import UserError
 
 STATE_FILE = "state.json"
@@ -252,3 +258,97 @@ def prune(root: Path, keep_last: int, protect: set[str] = frozenset()) -> list[P
     for tmp in root.glob(".*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)
     return doomed
+
+
+# --- a training checkpoint: collective save and restore --------------------------------------
+
+
+def checkpoint_name(stage: str, step: int) -> str:
+    return f"{stage}_step{step:07d}"
+
+
+def save_training_state(
+    accelerator,
+    model,
+    optimizer,
+    meta: CheckpointMeta,
+    root: Path,
+    weights: Callable[[], dict[str, torch.Tensor]],
+    keep_last: int,
+    protect: set[str],
+) -> Path | None:
+    """Write ``meta``'s checkpoint (every rank calls this): a temp folder made by the main process,
+    the payload, ``state.json`` last, the rename, then pruning to ``keep_last`` (never a name in
+    ``protect``; a final checkpoint joins it). Under DeepSpeed every rank writes its engine shard
+    (``accelerator.save_state`` is collective), and a stage's final checkpoint also holds the whole
+    trainable weights, gathered from the ZeRO-3 partitions, so a later stage or a resume past this
+    one loads them without an engine. Returns the checkpoint's path on the main process."""
+    name = checkpoint_name(meta.stage, meta.step)
+    tmp = temp_dir_for(root, name)
+    if accelerator.is_main_process:
+        begin(root, name)
+    accelerator.wait_for_everyone()
+    if is_deepspeed(accelerator):
+        accelerator.save_state(str(tmp / "engine"))
+        if meta.final:
+            import deepspeed
+
+            # ZeRO-3 partitions the parameters: gather them (collective; a no-op under ZeRO-1/2).
+            with deepspeed.zero.GatheredParameters([p for p in model.parameters() if hasattr(p, "ds_id")]):
+                if accelerator.is_main_process:
+                    write_payload(tmp, weights(), None, rank=0)
+    elif accelerator.is_main_process:
+        write_payload(tmp, weights(), optimizer.state_dict(), rank=0)
+    if not accelerator.is_main_process and not is_deepspeed(accelerator):
+        write_payload(tmp, None, None, rank=accelerator.process_index)
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process:
+        path = commit(root, name, meta.to_json())
+        if meta.final:
+            protect.add(name)
+        prune(root, keep_last, protect=protect)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def restore_training_state(
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    path: Path,
+    apply_weights: Callable[[dict[str, torch.Tensor]], None],
+    elastic: bool = False,
+) -> CheckpointMeta:
+    """Load a checkpoint written by :func:`save_training_state` into the prepared objects and return
+    its metadata. A checkpoint written by another number of processes loads when the stage's stream
+    is elastic (the data position maps, see :func:`~genhancer.runtime.resume.stream_start`; the
+    optimizer state is whole on every rank) and the engine is not DeepSpeed (whose optimizer state
+    is partitioned per process)."""
+    meta = read_meta(path)
+    world = accelerator.num_processes
+    if meta.world_size != world:
+        if not (elastic and meta.elastic):
+            raise UserError(
+                f"checkpoint {path} was written by {meta.world_size} processes, this run has {world}; "
+                "this stage's data stream resumes only on the same number of processes"
+            )
+        if is_deepspeed(accelerator):
+            raise UserError(
+                f"checkpoint {path} was written by {meta.world_size} processes, this run has {world}; "
+                "DeepSpeed partitions the optimizer state per process: resume on "
+                f"{meta.world_size} processes"
+            )
+    if is_deepspeed(accelerator):
+        accelerator.load_state(str(path / "engine"))
+    else:
+        apply_weights(load_weights(path))
+        opt_state = load_optimizer(path)
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict(meta.scheduler)
+    rng = load_rng(path, accelerator.process_index)
+    if rng is not None:
+        restore_rng(rng)
+    return meta

@@ -1,4 +1,5 @@
-"""Work-arounds for DeepSpeed behaviour that breaks our models, applied only under DeepSpeed.
+"""Work-arounds for DeepSpeed behaviour that breaks our models, applied only under DeepSpeed, and
+the questions the runtime asks about the engine (:func:`is_deepspeed`, :func:`offloads_optimizer`).
 
 DeepSpeed (checked: 0.19.8) broadcasts every parameter from rank 0 at engine start as
 ``p.data.view(torch.uint8)``; torch refuses that dtype view for a 0-dim tensor on any device, and
@@ -40,3 +41,16 @@ def allow_scalar_parameter_broadcast() -> None:
     setattr(broadcast_model, _PATCHED, True)
     DeepSpeedEngine._broadcast_model = broadcast_model
     log.debug("DeepSpeed: 0-dim parameters are broadcast as 1-element tensors")
+
+
+def is_deepspeed(accelerator) -> bool:
+    """The engine is DeepSpeed: it steps, clips and checkpoints itself (see trainer.Loop, checkpoint)."""
+    return accelerator.distributed_type.value == "DEEPSPEED"
+
+
+def offloads_optimizer(accelerator) -> bool:
+    """DeepSpeed keeps the optimizer state in CPU memory (``offload_optimizer_device: cpu``)."""
+    if not is_deepspeed(accelerator):
+        return False
+    zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+    return zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)

@@ -21,9 +21,10 @@ import torch
 from genhancer.runtime import checkpoint as ckpt
 from genhancer.runtime import configtools
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.metrics import MetricsWriter
 from genhancer.runtime.preempt import Preempted, PreemptionWatch, clear_marker, write_marker
 from genhancer.runtime.resume import Action, StageRef, plan_stage, prerequisite_met
-from genhancer.runtime.trainer import Loop, LoopSpec, MetricsWriter, start_stage
+from genhancer.runtime.trainer import Loop, LoopSpec, start_stage
 
 log = logging.getLogger("genhancer")
 

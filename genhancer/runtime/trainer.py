@@ -9,9 +9,7 @@ so a resumed run restores a step instead of replaying history.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +19,12 @@ from typing import Any, Protocol
 import torch
 
 from genhancer.runtime import checkpoint as ckpt
+from genhancer.runtime import optim
+from genhancer.runtime.deepspeed_compat import is_deepspeed
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.hooks import LoopHook, hooks_for
+from genhancer.runtime.metrics import LogWindow, MetricsWriter
+from genhancer.runtime.nonfinite import NONFINITE_POLICIES
 from genhancer.runtime.preempt import Preempted, PreemptionWatch
 from genhancer.runtime.resume import stream_start
 from genhancer.runtime.sections import NonFinite
@@ -30,34 +33,6 @@ from genhancer.runtime.seeding import derive_seed
 
 class LoopTask(Protocol):
     def training_forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
-
-
-def lr_lambda(warmup_steps: int) -> Callable[[int], float]:
-    """Constant LR after an optional linear warmup: a pure function of the step."""
-
-    def f(step: int) -> float:
-        if warmup_steps <= 0:
-            return 1.0
-        return min(1.0, (step + 1) / warmup_steps)
-
-    return f
-
-
-def cosine_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """Linear warmup, then cosine decay to 0 at ``total_steps`` (LLaVA); a pure function of the step."""
-
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
-def is_deepspeed(accelerator) -> bool:
-    """The engine is DeepSpeed: it steps, clips and checkpoints itself (see Loop, save, restore)."""
-    return accelerator.distributed_type.value == "DEEPSPEED"
 
 
 def batch_size(batch: dict) -> int:
@@ -125,151 +100,7 @@ class LoopState:
     world: int = 0  # processes that wrote ``positions`` (0: this run's)
 
 
-class MetricsWriter:
-    """``metrics.jsonl`` (one JSON object per logged step) and optional TensorBoard, main process only."""
-
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = False):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError as exc:
-                raise UserError(
-                    "logging.tensorboard=true needs `pip install genhancer[tensorboard]`"
-                ) from exc
-
-    def rewind(self, keep: Callable[[dict], bool]) -> None:
-        """On resume, drop records the checkpoint does not cover (a crash between logging a step and
-        committing its checkpoint would otherwise log it twice) and any half-written last line."""
-        if not self.enabled or not self.path.is_file():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if keep(record):
-                kept.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(x + "\n" for x in kept))
-        os.replace(tmp, self.path)
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, int | float) and k != "step":
-                    self.tb.add_scalar(f"{record.get('stage', 'train')}/{k}", v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def checkpoint_name(spec: LoopSpec, step: int) -> str:
-    return f"{spec.name}_step{step:07d}"
-
-
-# --- non-finite policies ----------------------------------------------------------------------
-
-
-class NonFinitePolicy:
-    """What a non-finite gradient norm does (``train.nonfinite``). A new mode is a subclass, listed
-    in :data:`NONFINITE_POLICIES` and in ``sections.NonFinite``; the loop itself does not change."""
-
-    def __init__(self, accelerator, spec: LoopSpec):
-        self.accelerator = accelerator
-        self.spec = spec
-        self.nonfinite_steps = 0  # updates dropped (the ``nonfinite_steps`` metric)
-
-    def check_engine(self, deepspeed: bool) -> None:
-        """Refuse an engine the policy cannot work with (before any step)."""
-
-    def keep_update(self, grad_norm: torch.Tensor, step: int) -> bool:
-        """After clipping optimizer step ``step`` (1-based): apply the update, or drop it."""
-        return True
-
-    def check(self, step: int) -> None:
-        """Before anything of step ``step`` is logged or saved: raise to stop the run."""
-
-
-class StopPolicy(NonFinitePolicy):
-    """Stop with a clear error, saving nothing after the last good step, with no host sync per step:
-    the first bad step is remembered on the device and read only at log/checkpoint steps. The
-    weights may go bad in memory meanwhile, but they are never written."""
-
-    def __init__(self, accelerator, spec: LoopSpec):
-        super().__init__(accelerator, spec)
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=accelerator.device)
-
-    def keep_update(self, grad_norm: torch.Tensor, step: int) -> bool:
-        bad = ~torch.isfinite(torch.as_tensor(grad_norm, device=self.first_bad.device)).reshape(())
-        self.first_bad = torch.where(
-            bad & (self.first_bad < 0), torch.full_like(self.first_bad, step), self.first_bad
-        )
-        return True
-
-    def check(self, step: int) -> None:
-        step_bad = int(self.accelerator.reduce(self.first_bad.clone(), reduction="max").item())
-        if step_bad > 0:
-            raise UserError(
-                f"{self.spec.name}: non-finite loss or gradient at step {step_bad}; stopped at step "
-                f"{step} before anything after step {step_bad - 1} was logged or saved. Lower "
-                "the LR, or set train.nonfinite=skip to skip such batches"
-            )
-
-
-class SkipPolicy(NonFinitePolicy):
-    """Drop the update and count it; the data position keeps moving. One host sync per step."""
-
-    def check_engine(self, deepspeed: bool) -> None:
-        if deepspeed:
-            raise UserError(
-                "train.nonfinite=skip cannot drop an update under DeepSpeed (the engine steps inside "
-                "backward); use train.nonfinite=stop"
-            )
-
-    def keep_update(self, grad_norm: torch.Tensor, step: int) -> bool:
-        if bool(torch.isfinite(grad_norm)):  # the sync, by choice
-            return True
-        self.nonfinite_steps += 1
-        return False
-
-
-NONFINITE_POLICIES: dict[str, type[NonFinitePolicy]] = {"stop": StopPolicy, "skip": SkipPolicy}
-
-
 # --- the loop ---------------------------------------------------------------------------------
-
-
-class LogWindow:
-    """Sums since the last logged step, kept on the device (no host sync until the log)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.loss_sum = torch.zeros((), device=device)
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum.zero_()
-        self.loss_count = 0
-        self.images = 0
-        self.extra_sums: dict[str, torch.Tensor] = {}
-        self.t0 = time.perf_counter()
-
-    def add_extras(self, out: dict[str, torch.Tensor]) -> None:
-        """Extra scalars a task reports beside the loss (e.g. masked_acc)."""
-        for key, value in out.items():
-            if key not in ("loss", "loss_terms"):
-                self.extra_sums[key] = self.extra_sums.get(key, 0.0) + value.detach().float()
 
 
 class Loop:
@@ -298,6 +129,7 @@ class Loop:
         protect: set[str] | None = None,
         on_step: Callable[[int], None] | None = None,
         preempt: PreemptionWatch | None = None,
+        hooks: list[LoopHook] | None = None,
     ):
         self.accelerator, self.model, self.optimizer, self.scheduler = (
             accelerator,
@@ -336,7 +168,7 @@ class Loop:
         self.policy.check_engine(self.deepspeed)
         self.window = LogWindow(self.device)
         self.grad_norm = torch.zeros((), device=self.device)
-        self.conflict: dict[str, float] = {}  # gradient_conflict of the step being logged
+        self.hooks = hooks if hooks is not None else hooks_for(spec)  # diagnostics (see hooks.py)
         self.pbar = None
 
     def run(self) -> LoopState:
@@ -369,7 +201,7 @@ class Loop:
             if stop:
                 if self.pbar is not None:
                     self.pbar.close()
-                name = checkpoint_name(spec, state.step)
+                name = ckpt.checkpoint_name(spec.name, state.step)
                 raise Preempted(spec.name, state.step, name, self.preempt.signal_name)
         if self.pbar is not None:
             self.pbar.close()
@@ -435,8 +267,8 @@ class Loop:
             if got is None:
                 continue
             batch, weight, n_samples = got
-            if micro == 0 and weight and self.spec.grad_conflict and self._logs_next_step():
-                self.conflict = self.gradient_conflict(batch, micro)
+            for hook in self.hooks:
+                hook.on_micro_batch(self, batch, micro, weight)
             out = self.forward_backward(batch, weight, micro)
             if not weight:
                 continue
@@ -446,49 +278,10 @@ class Loop:
             self.window.images += n_samples
         return step_loss, count
 
-    def _logs_next_step(self) -> bool:
+    def logs_next_step(self) -> bool:
+        """The step being accumulated will be logged."""
         step = self.state.step + 1
         return step % self.spec.log_every == 0 or step == self.spec.steps
-
-    def gradient_conflict(self, batch: dict, micro: int) -> dict[str, float]:
-        """Cosine between the gradients of each pair of the task's ``loss_terms`` on the trainable
-        weights, on this rank's first micro-batch of a logged step. A separate forward with the same
-        seed, under forked RNG and through the unwrapped module (no DDP hooks), so the step itself
-        trains exactly as without the diagnostic. Not under DeepSpeed (partitioned weights)."""
-        if self.deepspeed:
-            return {}
-        seed = self.micro_seed(micro)
-        module = self.accelerator.unwrap_model(self.model)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            gen = torch.Generator(device=self.device).manual_seed(seed)
-            with self.accelerator.autocast():
-                out = module(batch, gen)
-            terms = out.get("loss_terms") or {}
-            names = sorted(terms)
-            grads = {}
-            for i, name in enumerate(names):
-                if not terms[name].requires_grad:  # a term that reaches no trainable weight
-                    g = [None] * len(self.trainable)
-                else:
-                    g = torch.autograd.grad(
-                        terms[name], self.trainable, retain_graph=i < len(names) - 1, allow_unused=True
-                    )
-                grads[name] = torch.cat(
-                    [
-                        (x if x is not None else torch.zeros_like(p)).reshape(-1).float()
-                        for x, p in zip(g, self.trainable)
-                    ]
-                )
-        record = {}
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                cos = torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0, eps=1e-12)
-                record[f"grad_cos_{a}_{b}"] = float(cos)
-        for name in names:
-            record[f"grad_norm_{name}"] = float(grads[name].norm())
-        return record
 
     def optimizer_step(self, step_loss: torch.Tensor, count: int) -> None:
         """Clip, ask the non-finite policy, then step (or drop the update)."""
@@ -539,9 +332,9 @@ class Loop:
             "skipped_images": skipped,
             "nonfinite_steps": self.policy.nonfinite_steps,
             **spec.extra_state,
-            **self.conflict,
         }
-        self.conflict = {}
+        for hook in self.hooks:
+            record.update(hook.record())
         for key, value in sorted(w.extra_sums.items()):
             summed = accelerator.reduce(value.clone(), reduction="sum")
             record[key] = (summed / total[1].clamp_min(1)).item()
@@ -562,57 +355,7 @@ class Loop:
         positions = accelerator.gather(torch.tensor([self.last_position], device=device)).tolist()
         state.positions = [int(p) for p in positions]
         state.skipped = int(accelerator.reduce(torch.tensor(self.last_skipped, device=device), "sum").item())
-        save(
-            accelerator,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            self.spec,
-            state,
-            self.ckpt_root,
-            self.checkpoint_weights,
-            final,
-            self.protect,
-        )
-        if self.on_checkpoint is not None and accelerator.is_main_process:
-            self.on_checkpoint(state.step)
-
-
-def save(
-    accelerator,
-    model,
-    optimizer,
-    scheduler,
-    spec: LoopSpec,
-    state: LoopState,
-    root: Path,
-    checkpoint_weights,
-    final: bool,
-    protect: set[str],
-) -> Path | None:
-    """Atomic checkpoint: temp folder on the main process, payload, state.json last, rename."""
-    name = checkpoint_name(spec, state.step)
-    tmp = ckpt.temp_dir_for(root, name)
-    if accelerator.is_main_process:
-        ckpt.begin(root, name)
-    accelerator.wait_for_everyone()
-    if is_deepspeed(accelerator):
-        accelerator.save_state(str(tmp / "engine"))  # collective: every rank writes its shard
-        # The weights alone too: a later stage, or a resume past this one, loads them without an engine.
-        if final:
-            import deepspeed
-
-            # ZeRO-3 partitions the parameters: gather them (collective; a no-op under ZeRO-1/2).
-            with deepspeed.zero.GatheredParameters([p for p in model.parameters() if hasattr(p, "ds_id")]):
-                if accelerator.is_main_process:
-                    ckpt.write_payload(tmp, checkpoint_weights(), None, rank=0)
-    elif accelerator.is_main_process:
-        ckpt.write_payload(tmp, checkpoint_weights(), optimizer.state_dict(), rank=0)
-    if not accelerator.is_main_process and not is_deepspeed(accelerator):
-        ckpt.write_payload(tmp, None, None, rank=accelerator.process_index)
-    accelerator.wait_for_everyone()
-    path = None
-    if accelerator.is_main_process:
+        spec = self.spec
         meta = ckpt.CheckpointMeta(
             stage=spec.name,
             stage_index=spec.index,
@@ -622,35 +365,22 @@ def save(
             skipped=state.skipped,
             world_size=accelerator.num_processes,
             elastic=spec.elastic,
-            scheduler=scheduler.state_dict(),
+            scheduler=self.scheduler.state_dict(),
             config_hash=spec.config_hash,
             extra=dict(spec.extra_state),
         )
-        path = ckpt.commit(root, name, meta.to_json())
-        if final:
-            protect.add(name)
-        ckpt.prune(root, spec.keep_last, protect=protect)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def offloads_optimizer(accelerator) -> bool:
-    """DeepSpeed keeps the optimizer state in CPU memory (``offload_optimizer_device: cpu``)."""
-    if not is_deepspeed(accelerator):
-        return False
-    zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
-    return zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
-
-
-def grad_accum_steps(name: str, global_batch: int, per_device: int, world: int) -> int:
-    """Micro-batches per optimizer step, or a clear error when the global batch does not split."""
-    per_step = per_device * world
-    if global_batch % per_step:
-        raise UserError(
-            f"{name}.global_batch_size {global_batch} is not a multiple of per-device batch "
-            f"{per_device} x {world} processes"
+        ckpt.save_training_state(
+            accelerator,
+            self.model,
+            self.optimizer,
+            meta,
+            self.ckpt_root,
+            self.checkpoint_weights,
+            spec.keep_last,
+            self.protect,
         )
-    return global_batch // per_step
+        if self.on_checkpoint is not None and accelerator.is_main_process:
+            self.on_checkpoint(state.step)
 
 
 def start_stage(
@@ -663,85 +393,16 @@ def start_stage(
     load_weights: Callable[[dict[str, torch.Tensor]], None] | None = None,
     elastic: bool = False,
 ):
-    """AdamW (fused on CUDA), or SGD with momentum when ``stage_cfg.optimizer`` says so, + LambdaLR
-    over ``params``, prepared by ``accelerator``, and the loop state: fresh, or restored from
-    ``resume_from`` (on another number of processes too when the stage's stream is ``elastic``).
-    Returns ``(prepared, optimizer, scheduler, start)``. ``stage_cfg`` supplies ``lr``, ``betas``
-    (or ``momentum``) and ``weight_decay``."""
-    if getattr(stage_cfg, "optimizer", "adamw") == "sgd":  # DIVA's official optimiser
-        optimizer = torch.optim.SGD(
-            params, lr=stage_cfg.lr, momentum=stage_cfg.momentum, weight_decay=stage_cfg.weight_decay
-        )
-    else:
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=stage_cfg.lr,
-            betas=tuple(stage_cfg.betas),
-            weight_decay=stage_cfg.weight_decay,
-            fused=accelerator.device.type == "cuda" and not offloads_optimizer(accelerator),
-        )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_fn)
-    if is_deepspeed(accelerator):
-        from genhancer.runtime.deepspeed_compat import allow_scalar_parameter_broadcast
-
-        allow_scalar_parameter_broadcast()  # CLIP's 0-dim logit_scale (see the module)
-        # No dataloader goes through prepare (each rank streams its own data), so DeepSpeed cannot
-        # infer its batch sizes: give them per stage. The loop accumulates (stageN.global_batch_size)
-        # and tells the engine where a step ends, so the engine's own accumulation is 1.
-        ds = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds["gradient_accumulation_steps"] = 1
-        ds["train_micro_batch_size_per_gpu"] = stage_cfg.per_device_batch_size
-        ds["train_batch_size"] = stage_cfg.per_device_batch_size * accelerator.num_processes
-        ds["gradient_clipping"] = stage_cfg.grad_clip  # the engine clips; clip_grad_norm_ reads the norm
-        if offloads_optimizer(accelerator):
-            # ZeRO-Offload steps our AdamW on the CPU copies of the partitions (DeepSpeed refuses a
-            # client optimizer there unless told; its own CPU Adam needs a compiled extension)
-            ds["zero_force_ds_cpu_optimizer"] = False
-    prepared, optimizer = accelerator.prepare(module, optimizer)
+    """The stage's optimizer and schedule prepared with ``module`` (:func:`genhancer.runtime.optim.prepare`)
+    and the loop state: fresh, or restored from ``resume_from`` (on another number of processes too
+    when the stage's stream is ``elastic``). Returns ``(prepared, optimizer, scheduler, start)``."""
+    prepared, optimizer, scheduler = optim.prepare(accelerator, module, params, stage_cfg, lr_fn)
     start = LoopState(positions=[0] * accelerator.num_processes)
     if resume_from is not None:
-        start = restore(accelerator, prepared, optimizer, scheduler, resume_from, load_weights, elastic)
+        meta = ckpt.restore_training_state(
+            accelerator, prepared, optimizer, scheduler, resume_from, load_weights, elastic
+        )
+        start = LoopState(
+            step=meta.step, positions=list(meta.positions), skipped=meta.skipped, world=meta.world_size
+        )
     return prepared, optimizer, scheduler, start
-
-
-def restore(
-    accelerator,
-    model,
-    optimizer,
-    scheduler,
-    path: Path,
-    load_weights: Callable[[dict[str, torch.Tensor]], None],
-    elastic: bool = False,
-) -> LoopState:
-    """Load a checkpoint written by :func:`save` into the prepared objects. A checkpoint written by
-    another number of processes loads when the stage's stream is elastic (the data position maps,
-    see :func:`~genhancer.runtime.resume.stream_start`; the optimizer state is whole on every rank)
-    and the engine is not DeepSpeed (whose optimizer state is partitioned per process)."""
-    meta = ckpt.read_meta(path)
-    world = accelerator.num_processes
-    if meta.world_size != world:
-        if not (elastic and meta.elastic):
-            raise UserError(
-                f"checkpoint {path} was written by {meta.world_size} processes, this run has {world}; "
-                "this stage's data stream resumes only on the same number of processes"
-            )
-        if is_deepspeed(accelerator):
-            raise UserError(
-                f"checkpoint {path} was written by {meta.world_size} processes, this run has {world}; "
-                "DeepSpeed partitions the optimizer state per process: resume on "
-                f"{meta.world_size} processes"
-            )
-    if is_deepspeed(accelerator):
-        accelerator.load_state(str(path / "engine"))
-    else:
-        load_weights(ckpt.load_weights(path))
-        opt_state = ckpt.load_optimizer(path)
-        if opt_state is not None:
-            optimizer.load_state_dict(opt_state)
-    scheduler.load_state_dict(meta.scheduler)
-    rng = ckpt.load_rng(path, accelerator.process_index)
-    if rng is not None:
-        ckpt.restore_rng(rng)
-    return LoopState(
-        step=meta.step, positions=list(meta.positions), skipped=meta.skipped, world=meta.world_size
-    )

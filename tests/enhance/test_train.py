@@ -134,9 +134,9 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, tiny_enhance_con
     run(tiny_enhance_config(*overrides), straight)
 
     # Crash right after the stage-2 checkpoint at step 1 has been committed.
-    import genhancer.runtime.trainer as trainer
+    import genhancer.runtime.checkpoint as checkpoint
 
-    real_save = trainer.save
+    real_save = checkpoint.save_training_state
 
     def crashing_save(*args, **kwargs):
         path = real_save(*args, **kwargs)
@@ -145,10 +145,10 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, tiny_enhance_con
         return path
 
     interrupted = tmp_path / "interrupted"
-    monkeypatch.setattr(trainer, "save", crashing_save)
+    monkeypatch.setattr(checkpoint, "save_training_state", crashing_save)
     with pytest.raises(_Crash):
         run(tiny_enhance_config(*overrides), interrupted)
-    monkeypatch.setattr(trainer, "save", real_save)
+    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
     assert not (interrupted / "export").exists()
     run(tiny_enhance_config(*overrides), interrupted, resume=True)
 

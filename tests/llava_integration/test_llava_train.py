@@ -221,7 +221,7 @@ def test_lora_finetune_saves_a_merged_plain_model(tiny_dirs, tmp_path):
 
 
 def test_cosine_schedule_with_warmup():
-    from genhancer.runtime.trainer import cosine_lambda
+    from genhancer.runtime.optim import cosine_lambda
 
     f = cosine_lambda(3, 100)
     assert [f(0), f(1), f(2)] == pytest.approx([1 / 3, 2 / 3, 1.0])

@@ -205,12 +205,11 @@ class _Crash(Exception):
 
 
 def test_resume_from_the_end_of_stage1_gives_identical_stage2(tmp_path, tiny_enhance_config, monkeypatch):
-    import genhancer.runtime.trainer as trainer
     from enhance.train import run
 
     overrides = ("stage1.steps=2", "stage2.steps=2", "checkpoint.keep_last=20", "logging.preview_count=0")
     run(tiny_enhance_config(*overrides), tmp_path / "straight")
-    real_save = trainer.save
+    real_save = ckpt.save_training_state
 
     def crashing_save(*args, **kwargs):
         path = real_save(*args, **kwargs)
@@ -218,10 +217,10 @@ def test_resume_from_the_end_of_stage1_gives_identical_stage2(tmp_path, tiny_enh
             raise _Crash  # what a SIGKILL anywhere before stage2_step0000001 is committed leaves
         return path
 
-    monkeypatch.setattr(trainer, "save", crashing_save)
+    monkeypatch.setattr(ckpt, "save_training_state", crashing_save)
     with pytest.raises(_Crash):
         run(tiny_enhance_config(*overrides), tmp_path / "killed")
-    monkeypatch.setattr(trainer, "save", real_save)
+    monkeypatch.setattr(ckpt, "save_training_state", real_save)
     run(tiny_enhance_config(*overrides), tmp_path / "killed", resume=True)
     a = ckpt.load_weights(tmp_path / "straight" / "checkpoints" / "stage2_step0000002")
     b = ckpt.load_weights(tmp_path / "killed" / "checkpoints" / "stage2_step0000002")

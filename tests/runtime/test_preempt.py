@@ -70,7 +70,8 @@ class _Task(nn.Module):
 def _loop(tmp_path, signal_at_step: int | None, steps: int = 6):
     from accelerate import Accelerator
 
-    from genhancer.runtime.trainer import Loop, LoopSpec, MetricsWriter, start_stage
+    from genhancer.runtime.metrics import MetricsWriter
+    from genhancer.runtime.trainer import Loop, LoopSpec, start_stage
 
     torch.manual_seed(0)
     task = _Task()

@@ -97,7 +97,8 @@ def _accel():
 
 
 def test_stop_policy_needs_no_sync_per_step_and_names_the_first_bad_step():
-    from genhancer.runtime.trainer import LoopSpec, StopPolicy
+    from genhancer.runtime.nonfinite import StopPolicy
+    from genhancer.runtime.trainer import LoopSpec
 
     spec = LoopSpec("stage1", 1, 5, 1, 1.0, 0, 1, 1, 1, "h")
     policy = StopPolicy(_accel(), spec)
@@ -110,7 +111,8 @@ def test_stop_policy_needs_no_sync_per_step_and_names_the_first_bad_step():
 
 
 def test_skip_policy_drops_and_counts_and_refuses_deepspeed():
-    from genhancer.runtime.trainer import LoopSpec, SkipPolicy
+    from genhancer.runtime.nonfinite import SkipPolicy
+    from genhancer.runtime.trainer import LoopSpec
 
     policy = SkipPolicy(_accel(), LoopSpec("s", 1, 5, 1, 1.0, 0, 1, 1, 1, "h", nonfinite="skip"))
     assert policy.keep_update(torch.tensor(1.0), 1)
@@ -146,7 +148,8 @@ def test_literal_enums_reject_a_value_of_another_type():
 
 
 def test_llava_train_hands_its_nonfinite_policy_to_the_loop():
-    from genhancer.runtime.trainer import NONFINITE_POLICIES, LoopSpec, SkipPolicy
+    from genhancer.runtime.nonfinite import NONFINITE_POLICIES, SkipPolicy
+    from genhancer.runtime.trainer import LoopSpec
     from llava_integration.config import load_config
 
     cfg = load_config("tiny", overrides=["train.nonfinite=skip"])
