@@ -1,9 +1,14 @@
-"""The one training loop (accumulate, clip, step, log, checkpoint, preview).
+"""The one training loop (accumulate, clip, step, log, checkpoint, stop on a scheduler's signal).
 
 Stages plug in through :class:`LoopTask`: a module with ``training_forward(batch, generator)``
 and the weights a checkpoint must hold. Randomness is a pure function of
-``(seed, stage, step, micro-step, rank)`` and the data stream resumes from a stored position,
-so a resumed run restores a step instead of replaying history.
+``(seed, stage, step, micro-step, rank)`` (of the global micro-batch instead, when the stream has
+the elastic layout) and the data stream resumes from a stored position, so a resumed run restores
+a step instead of replaying history. The loop's components live beside it: the optimiser and LR
+schedule (:mod:`~genhancer.runtime.optim`), metrics (:mod:`~genhancer.runtime.metrics`), the
+non-finite policies (:mod:`~genhancer.runtime.nonfinite`), diagnostics as hooks
+(:mod:`~genhancer.runtime.hooks`), checkpoint save/restore (:mod:`~genhancer.runtime.checkpoint`)
+and preemption (:mod:`~genhancer.runtime.preempt`).
 """
 
 from __future__ import annotations
