@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genhancer.runtime.errors import UserError
+
 GIB = 2**30
 #: CUDA context, cuBLAS/cuDNN workspaces and allocator slack not seen by the accounting above.
 DEFAULT_OVERHEAD_GIB = 1.5
@@ -238,6 +240,11 @@ def setup_from(args: Any, world_default: int = 1) -> Setup:
     flags give; unset flags fall back to what ``accelerate launch`` exports (world size, ZeRO
     stage, offload device)."""
     env = os.environ
+    gpu_memory, num_gpus = getattr(args, "gpu_memory", None), getattr(args, "num_gpus", None)
+    if gpu_memory is not None and gpu_memory <= 0:
+        raise UserError(f"--gpu-memory must be > 0 (GiB), got {gpu_memory:g}")
+    if num_gpus is not None and num_gpus < 1:
+        raise UserError(f"--num-gpus must be >= 1, got {num_gpus}")
     zero = getattr(args, "zero_stage", None)
     if zero is None:
         zero = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0") or 0)

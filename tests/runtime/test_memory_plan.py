@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from genhancer.runtime import memory
+from genhancer.runtime.errors import UserError
 from genhancer.runtime.memory import GIB, Activations, Part, Setup, model_states, plan, saved_bytes
 
 
@@ -94,6 +95,10 @@ def test_setup_reads_the_launcher_environment(monkeypatch):
     assert (s.world_size, s.zero_stage, s.offload_optimizer, s.gpu_memory_gib) == (8, 3, True, 24.0)
     args = argparse.Namespace(zero_stage=2, num_gpus=2, offload=None, gpu_memory=None)
     assert memory.setup_from(args).zero_stage == 2 and memory.setup_from(args).world_size == 2
+    with pytest.raises(UserError, match="--gpu-memory must be > 0"):
+        memory.setup_from(argparse.Namespace(zero_stage=None, num_gpus=None, offload=None, gpu_memory=0.0))
+    with pytest.raises(UserError, match="--num-gpus must be >= 1"):
+        memory.setup_from(argparse.Namespace(zero_stage=None, num_gpus=0, offload=None, gpu_memory=None))
 
 
 def _describe(main, argv) -> dict:
