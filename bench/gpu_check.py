@@ -3,12 +3,13 @@
 In order, each step timed, its output kept, and skipped once the budget is spent:
 
 1. the environment (torch, CUDA device, memory);
-2. the tiny chain on the device as a smoke test: ``enhance --preset tiny`` for every method,
-   ``llava-train --preset tiny`` on GenHancer's export, ``leaderboard --preset tiny`` on both;
-3. ``bench/train_step.py`` for GenHancer stage 1 and stage 2 at micro-batch 2 and the largest that
-   fits (doubling until out of memory): the paper-sized oai224 configuration on CUDA, the tiny
-   preset on the CPU;
-4. the memory plan (``enhance --describe``) against the measured peak of those steps.
+2. the memory plan (``enhance --describe`` for the card's memory), then ``bench/train_step.py`` for
+   GenHancer stage 1 and stage 2 at micro-batch 2 and at the largest the plan says fits (half of it
+   if that runs out of memory), each in its own process: the paper-sized oai224 configuration on
+   CUDA, the tiny preset on the CPU; planned against measured peak for each;
+3. last, so a short lease measures first, the tiny chain on the device as a smoke test:
+   ``enhance --preset tiny`` for every method, ``llava-train --preset tiny`` on GenHancer's
+   export, ``leaderboard --preset tiny`` on both.
 
 Everything lands in one folder: ``gpu_check.json`` (every number), ``gpu_check.md`` (the tables),
 ``gpu_check.log`` (each command's output)::
@@ -162,67 +163,65 @@ def _sets(items) -> list[str]:
     return [x for item in items for x in ("--set", item)]
 
 
-def train_steps(check: Check, device: str, max_batch: int | None) -> None:
+def train_steps(check: Check, device: str, plan: dict | None, max_batch: int | None) -> None:
+    """Each stage at micro-batch 2 and at the largest the plan says fits (capped by ``max_batch``);
+    when that one runs out of memory, half of it. Separate processes, so an OOM loses nothing else."""
     size = ["--size", "oai224", "--vae-dtype", "auto"] if device == "cuda" else ["--preset", "tiny"]
     steps = ["--steps", "5", "--warmup", "2"] if device == "cuda" else ["--steps", "2", "--warmup", "1"]
-    cap = ["--max-batch", str(max_batch)] if max_batch else []
     for stage in (1, 2):
-        check.run(
-            f"train_step genhancer stage {stage}",
-            [
+        planned = ((plan or {}).get("memory_plan") or {}).get(f"stage{stage}") or {}
+        largest = planned.get("max_micro_batch") or 4
+        if max_batch:
+            largest = min(largest, max_batch)
+        for batch in dict.fromkeys([2, max(largest, 2)]):
+            argv = [
                 sys.executable,
                 "bench/train_step.py",
                 *size,
                 "--stage",
                 str(stage),
-                "--batches",
-                "2,max",
-                *steps,
-                *cap,
-                "--json",
-            ],  # fmt: skip
-        )
+                "--batch",
+                str(batch),
+            ]
+            step = check.run(f"train_step genhancer stage {stage} batch {batch}", [*argv, *steps, "--json"])
+            if batch != 2 and step.get("rc") not in (0, None) and "OutOfMemory" in step.get("error", ""):
+                half = max(batch // 2, 2)
+                argv[-1] = str(half)
+                check.run(f"train_step genhancer stage {stage} batch {half}", [*argv, *steps, "--json"])
 
 
-def memory_plan(check: Check, device: str, gpu_gib: float) -> None:
+def memory_plan(check: Check, device: str, gpu_gib: float) -> dict:
     preset = "openai-clip-l14-224" if device == "cuda" else "tiny"
     sets = [] if device == "cuda" else ["--set", "train.mixed_precision=no"]
-    check.cli("memory plan (enhance --describe)", "enhance", "--preset", preset, "--describe",
-              "--gpu-memory", str(gpu_gib), *sets)  # fmt: skip
+    return check.cli("memory plan (enhance --describe)", "enhance", "--preset", preset, "--describe",
+                     "--gpu-memory", str(gpu_gib), *sets)  # fmt: skip
 
 
-def compare(steps: list[dict], device: str) -> list[dict]:
+def compare(steps: list[dict], plan: dict | None) -> list[dict]:
     """Planned (without the CUDA context term) against torch's measured peak, per stage and batch."""
-    plan = next((s.get("result") for s in steps if s["step"].startswith("memory plan")), None)
-    rows = []
-    if not plan or "memory_plan" not in plan:
-        return rows
     from genhancer.runtime.memory import GIB
 
-    for stage in (1, 2):
-        step = next((s for s in steps if s["step"] == f"train_step genhancer stage {stage}"), None)
-        planned = plan["memory_plan"].get(f"stage{stage}")
-        if not step or not step.get("result") or not planned:
+    rows = []
+    for step in steps:
+        name, r = step["step"], step.get("result")
+        if not name.startswith("train_step genhancer stage") or not r:
             continue
-        per_sample = planned["activations_per_sample_gib"]
-        fixed = planned["total_gib"] - planned["overhead_gib"] - per_sample * planned["micro_batch"]
-        for r in step["result"].get("sweep", []):
-            measured = r.get("peak_memory_gb")
-            plan_gib = fixed + per_sample * r["batch"]
-            rows.append(
-                {
-                    "stage": stage,
-                    "batch": r["batch"],
-                    "largest_that_fits": bool(r.get("largest_batch_that_fits")),
-                    "planned_gib": round(plan_gib, 2),
-                    "measured_peak_gib": round(measured * 1e9 / GIB, 2) if measured is not None else None,
-                    "measured_over_planned": round(measured * 1e9 / GIB / plan_gib, 3) if measured else None,
-                    "plan_max_micro_batch": planned.get("max_micro_batch"),
-                    "images_per_s": round(r["images_per_s"], 2),
-                    "step_s": round(r["step_s"], 4),
-                    "mfu": round(r["mfu"], 3) if r.get("mfu") is not None else None,
-                }
-            )
+        stage = int(name.split("stage ")[1].split()[0])
+        planned = ((plan or {}).get("memory_plan") or {}).get(f"stage{stage}")
+        row = {"stage": stage, "batch": r["batch"], "images_per_s": round(r["images_per_s"], 2),
+               "step_s": round(r["step_s"], 4), "mfu": round(r["mfu"], 3) if r.get("mfu") else None}  # fmt: skip
+        measured = r.get("peak_memory_gb")
+        row["measured_peak_gib"] = round(measured * 1e9 / GIB, 2) if measured is not None else None
+        if planned:
+            per_sample = planned["activations_per_sample_gib"]
+            fixed = planned["total_gib"] - planned["overhead_gib"] - per_sample * planned["micro_batch"]
+            row["planned_gib"] = round(fixed + per_sample * r["batch"], 2)
+            row["plan_max_micro_batch"] = planned.get("max_micro_batch")
+            if measured is not None:
+                row["measured_over_planned"] = round(row["measured_peak_gib"] / row["planned_gib"], 3)
+        if "vs_paper_table7" in r:
+            row["ours_s_per_100_iters"] = round(r["vs_paper_table7"]["ours_s_per_100"], 2)
+        rows.append(row)
     return rows
 
 
@@ -243,14 +242,14 @@ def markdown(report: dict) -> str:
     if report["train_and_memory"]:
         lines += [
             "",
-            "| stage | batch | images/s | step s | MFU | planned GiB (no context) | measured peak GiB | measured / planned | plan's max batch |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| stage | batch | images/s | step s | MFU | planned GiB (no context) | measured peak GiB | measured / planned | plan's max batch | s / 100 it (paper Table 7: 20.55) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in report["train_and_memory"]:
-            batch = f"{r['batch']}" + (" (largest that fits)" if r["largest_that_fits"] else "")
             lines.append(
-                f"| {r['stage']} | {batch} | {r['images_per_s']} | {r['step_s']} | {r['mfu']} | {r['planned_gib']} | "
-                f"{r['measured_peak_gib']} | {r['measured_over_planned']} | {r['plan_max_micro_batch']} |"
+                f"| {r['stage']} | {r['batch']} | {r['images_per_s']} | {r['step_s']} | {r['mfu']} | {r.get('planned_gib')} | "
+                f"{r['measured_peak_gib']} | {r.get('measured_over_planned')} | {r.get('plan_max_micro_batch')} | "
+                f"{r.get('ours_s_per_100_iters', '')} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -273,15 +272,17 @@ def main(argv: list[str] | None = None) -> int:
             "gpu_check: --device cuda but torch sees no GPU (use --device cpu to rehearse)", file=sys.stderr
         )
         return 2
+    # measurements first (a short lease may end before the smoke test); each step is skipped once
+    # the budget is spent
+    plan = memory_plan(check, args.device, env.get("gpu_memory_gib", 16.0)).get("result")
+    train_steps(check, args.device, plan, args.max_batch)
     tiny_chain(check, work, [m for m in args.methods.split(",") if m])
-    train_steps(check, args.device, args.max_batch)
-    memory_plan(check, args.device, env.get("gpu_memory_gib", 16.0))
     report = {
         "environment": env,
         "budget_s": args.budget_s,
         "seconds": round(time.monotonic() - check.start, 1),
         "steps": check.steps,
-        "train_and_memory": compare(check.steps, args.device),
+        "train_and_memory": compare(check.steps, plan),
     }
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "gpu_check.md").write_text(markdown(report))

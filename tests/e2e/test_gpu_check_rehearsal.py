@@ -69,7 +69,7 @@ def test_gpu_check_rehearsal_on_cpu(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=1800,
+        timeout=2700,
     )
     report = json.loads((out / "gpu_check.json").read_text())
     failed = [s for s in report["steps"] if s["status"] != "ok"]
@@ -78,18 +78,19 @@ def test_gpu_check_rehearsal_on_cpu(tmp_path):
     assert (tmp_path / "site" / "gpucheck_probe" / "__init__.py").is_file()
     names = [s["step"] for s in report["steps"]]
     assert names == [
+        "memory plan (enhance --describe)",
+        "train_step genhancer stage 1 batch 2",
+        "train_step genhancer stage 1 batch 4",  # the plan's largest batch, capped by --max-batch
+        "train_step genhancer stage 2 batch 2",
+        "train_step genhancer stage 2 batch 4",
         "tiny enhance --method genhancer",
         "tiny llava-train",
         "tiny leaderboard",
-        "train_step genhancer stage 1",
-        "train_step genhancer stage 2",
-        "memory plan (enhance --describe)",
     ]
     rows = report["train_and_memory"]
-    # batch 2 and the largest batch found (capped at 4 here) for both stages, each with a plan
     assert {(r["stage"], r["batch"]) for r in rows} == {(1, 2), (1, 4), (2, 2), (2, 4)}
-    assert all(r["planned_gib"] > 0 and r["images_per_s"] > 0 for r in rows)
+    assert all(r["planned_gib"] > 0 and r["images_per_s"] > 0 and r["plan_max_micro_batch"] > 4 for r in rows)
     board = json.loads((out / "work" / "board" / "results.json").read_text())
     assert {r["model"] for r in board} >= {"enhanced"}
     md = (out / "gpu_check.md").read_text()
-    assert "| train_step genhancer stage 2 | ok |" in md and "measured peak GiB" in md
+    assert "| train_step genhancer stage 2 batch 4 | ok |" in md and "measured peak GiB" in md
