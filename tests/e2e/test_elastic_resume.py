@@ -119,3 +119,68 @@ def test_two_to_one_and_one_to_two(tmp_path, tmp_model_dirs):
     worst_up = _close_curves(up, one)
     assert _positions(up, "stage1_step0000004") == [32, 32]
     print(f"elastic resume, largest relative loss difference: 2->1 {worst_down:.2e}, 1->2 {worst_up:.2e}")
+
+
+def test_llava_two_to_one(tmp_path):
+    """``llava-train`` (finetune, LoRA with dropout: draws keyed by the global micro-batch) without
+    modality groups, checkpointed on 2 processes, resumed on 1."""
+    from testkit import load_test_module, tiny_llava_sets
+
+    parts = load_test_module("llava_integration/conftest.py", "_genhancer_tests_llava_conftest")
+    tower, llm = parts.make_tower(tmp_path / "tower"), parts.make_llm(tmp_path / "llm")
+    sets = tiny_llava_sets(
+        llm,
+        16,
+        2,
+        "data.group_by_modality_length=false",
+        "pretrain.steps=2",
+        "pretrain.global_batch_size=4",
+        "finetune.steps=4",
+        "finetune.global_batch_size=4",  # 2 ranks x 2, or 1 rank x 2 x accumulation 2
+        "finetune.trainable=lora",
+        "finetune.lora_r=4",
+        "finetune.lora_alpha=8",
+        "checkpoint.every=2",
+        "checkpoint.keep_last=10",
+        "logging.every=1",
+    )
+    flags = ["--preset", "tiny", "--vision-tower", str(tower), *[x for s in sets for x in ("--set", s)]]
+
+    def run(out: Path, procs: int, resume: bool = False) -> None:
+        launch = [sys.executable, "-m"]
+        if procs > 1:
+            launch += [
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(procs),
+                "--master_port",
+                free_port(),
+                "-m",
+            ]
+        cmd = [
+            *launch,
+            "llava_integration",
+            *flags,
+            "--output-dir",
+            str(out),
+            *(["--resume"] if resume else []),
+        ]
+        subprocess.run(cmd, check=True, timeout=600, env=subprocess_env())
+
+    two = tmp_path / "two"
+    run(two, 2)
+    down = tmp_path / "down"
+    shutil.copytree(two, down)
+    shutil.rmtree(down / "checkpoints" / "finetune_step0000004")  # a job stopped after step 2
+    shutil.rmtree(down / "final")
+    (down / "report.json").unlink()
+    assert _positions(down, "finetune_step0000002") == [4, 4]
+    run(down, 1, resume=True)
+    assert _positions(down, "finetune_step0000004") == [16]
+    a, b = _metrics(down), _metrics(two)
+    assert [(r["stage"], r["step"]) for r in a] == [(r["stage"], r["step"]) for r in b]
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= REL * abs(y["loss"]), (x, y)
+    wa, wb = load_file(down / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
+    for k in wb:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6, msg=k)
