@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from enhance.architectures import tower_vision
+from enhance.methods import get_method
 from genhancer.runtime import memory
 from genhancer.runtime.memory import Activations, Part, Setup
 
@@ -464,7 +465,7 @@ def plan_sd_stages(
         st = getattr(cfg, f"stage{stage}")
         calls_per_image = float(costs.get(f"stage{stage}", {}).get("vs_one_call_per_image", 1.0))
         tower_trains = stage == 2
-        projector_trains = stage == 1 or cfg.method.name != "dcr"
+        projector_trains = "projector" in get_method(cfg.method.name).trains(stage, cfg)
         trainable_tower = (full_tower if tuning == "full" else lora + bias) if tower_trains else 0
         plan_parts = [
             Part("unet", unet_params, 0, sd.unet_dtype),
@@ -486,7 +487,7 @@ def plan_sd_stages(
         acts = Activations(per_sample=sum(by_part.values()), fixed=fixed, source=source, parts=by_part)
         stage_setup = Setup(**{**memory.setup_dict(setup), "optimizer": st.optimizer})
         row = memory.plan(plan_parts, acts, st.per_device_batch_size, stage_setup)
-        if cfg.method.name == "dcr" and getattr(cfg.method, "negatives", "exact") == "exact":
+        if getattr(cfg.method, "negatives", None) == "exact":  # DCR's exact negatives
             # B^2 + B UNet calls: the per-image cost grows with B, so search the largest B directly
             def total(
                 b: int, tower_ps=by_part.get("tower_layers", 0.0), fx=fixed, pp=plan_parts, su=stage_setup
