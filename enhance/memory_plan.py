@@ -287,7 +287,9 @@ def plan_stages(
         acts = _activations(flux[denoiser_trains], d, tower if stage == 2 else None, vision, gc)
         st = getattr(cfg, f"stage{stage}")
         stage_setup = Setup(**{**memory.setup_dict(setup), "optimizer": st.optimizer})
-        return memory.plan(plan_parts, acts, batch, stage_setup)
+        row = memory.plan(plan_parts, acts, batch, stage_setup)
+        row["other_setups"] = memory.alternatives(plan_parts, acts, batch, stage_setup)
+        return row
 
     out: dict[str, Any] = {"setup": setup.label(), "gradient_checkpointing": gc}
     variant = cfg.stage2.variant
@@ -487,6 +489,7 @@ def plan_sd_stages(
         acts = Activations(per_sample=sum(by_part.values()), fixed=fixed, source=source, parts=by_part)
         stage_setup = Setup(**{**memory.setup_dict(setup), "optimizer": st.optimizer})
         row = memory.plan(plan_parts, acts, st.per_device_batch_size, stage_setup)
+        row["other_setups"] = memory.alternatives(plan_parts, acts, st.per_device_batch_size, stage_setup)
         if getattr(cfg.method, "negatives", None) == "exact":  # DCR's exact negatives
             # B^2 + B UNet calls: the per-image cost grows with B, so search the largest B directly
             def total(

@@ -167,6 +167,7 @@ def memory_section(cfg: Any, described: dict, args: Any) -> dict:
             Part("language_model", lm + lora, lm if mode == "full" else lora, storage),
         ]
         row = memory.plan(parts, acts, st.per_device_batch_size, Setup(**memory.setup_dict(setup)))
+        row["other_setups"] = memory.alternatives(parts, acts, st.per_device_batch_size, setup)
         row["trainable"] = st.trainable
         out[name] = row
     return {"memory_plan": out}

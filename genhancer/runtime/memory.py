@@ -236,51 +236,56 @@ def cached_measurement(key: dict[str, Any], measure: Callable[[], dict[str, Any]
 
 
 def setup_from(args: Any, world_default: int = 1) -> Setup:
-    """The :class:`Setup` a command's ``--gpu-memory``/``--num-gpus``/``--zero-stage``/``--offload``
-    flags give; unset flags fall back to what ``accelerate launch`` exports (world size, ZeRO
-    stage, offload device)."""
+    """The :class:`Setup` in effect: ``--gpu-memory`` from the command line; processes, ZeRO stage
+    and offload from what ``accelerate launch`` exports (``WORLD_SIZE``,
+    ``ACCELERATE_DEEPSPEED_ZERO_STAGE``, ``ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE``), which
+    a user may also set by hand to plan another cluster."""
     env = os.environ
-    gpu_memory, num_gpus = getattr(args, "gpu_memory", None), getattr(args, "num_gpus", None)
+    gpu_memory = getattr(args, "gpu_memory", None)
     if gpu_memory is not None and gpu_memory <= 0:
         raise UserError(f"--gpu-memory must be > 0 (GiB), got {gpu_memory:g}")
-    if num_gpus is not None and num_gpus < 1:
-        raise UserError(f"--num-gpus must be >= 1, got {num_gpus}")
-    zero = getattr(args, "zero_stage", None)
-    if zero is None:
-        zero = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0") or 0)
-    world = getattr(args, "num_gpus", None) or int(env.get("WORLD_SIZE", world_default) or world_default)
-    offload = getattr(args, "offload", None)
-    if offload is None:
-        offload = env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none") not in ("", "none")
+    try:
+        zero = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 0)
+        world = max(int(env.get("WORLD_SIZE") or world_default), 1)
+    except ValueError as exc:
+        raise UserError(f"WORLD_SIZE / ACCELERATE_DEEPSPEED_ZERO_STAGE must be integers: {exc}") from None
+    offload = env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none") not in ("", "none")
     return Setup(
         world_size=world,
         zero_stage=zero,
-        offload_optimizer=bool(offload),
-        offload_params=bool(offload) and zero >= 3,
-        gpu_memory_gib=getattr(args, "gpu_memory", None),
+        offload_optimizer=offload,
+        offload_params=offload and zero >= 3,
+        gpu_memory_gib=gpu_memory,
     )
 
 
 def add_memory_flags(parser: Any) -> None:
-    """The ``--describe`` memory-plan flags both training commands take."""
-    g = parser.add_argument_group("memory plan (--describe)")
-    g.add_argument(
+    """``--gpu-memory``, the one memory-plan flag both training commands take: the card the plan's
+    largest micro-batch is for. Processes, ZeRO stage and offload come from the launcher."""
+    parser.add_argument(
         "--gpu-memory",
         type=float,
         default=None,
         metavar="GIB",
-        help="card size: largest micro-batch that fits",
+        help="with --describe: the card's memory, for the largest micro-batch that fits",
     )
-    g.add_argument("--num-gpus", type=int, default=None, help="processes (default: WORLD_SIZE or 1)")
-    g.add_argument(
-        "--zero-stage", type=int, choices=[0, 1, 2, 3], default=None, help="DeepSpeed ZeRO stage (0: none)"
-    )
-    g.add_argument(
-        "--offload",
-        action="store_true",
-        default=None,
-        help="DeepSpeed CPU offload (optimizer; params at ZeRO-3)",
-    )
+
+
+def alternatives(
+    parts: list[Part], acts: Activations, micro_batch: int, setup: Setup
+) -> list[dict[str, Any]]:
+    """The same stage under the usual other setups (one GPU; ZeRO-2, ZeRO-3 and ZeRO-3 with CPU
+    offload on the launcher's GPU count, or 8): total GiB at ``micro_batch`` and the largest that
+    fits, so a plan for another cluster needs no relaunch."""
+    world = setup.world_size if setup.world_size > 1 else 8
+    rows = []
+    for zero, offload, n in ((0, False, 1), (2, False, world), (3, False, world), (3, True, world)):
+        alt = Setup(**{**asdict(setup), "world_size": n, "zero_stage": zero})
+        alt.offload_optimizer = alt.offload_params = offload
+        row = plan(parts, acts, micro_batch, alt)
+        keep = ("setup", "weights_gib", "optimizer_gib", "total_gib", "fits", "max_micro_batch")
+        rows.append({k: row[k] for k in keep if k in row})
+    return rows
 
 
 def setup_dict(setup: Setup) -> dict[str, Any]:

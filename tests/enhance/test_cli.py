@@ -27,6 +27,7 @@ EXPECTED_FLAGS = {
     "--describe",
     "--list-presets",
     "--threads",  # a property of the process (genhancer.runtime.threads), not of the run
+    "--gpu-memory",  # --describe's card size for the memory plan, not a property of the run
 }
 
 

@@ -90,15 +90,20 @@ def test_setup_reads_the_launcher_environment(monkeypatch):
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
-    args = argparse.Namespace(zero_stage=None, num_gpus=None, offload=None, gpu_memory=24.0)
-    s = memory.setup_from(args)
-    assert (s.world_size, s.zero_stage, s.offload_optimizer, s.gpu_memory_gib) == (8, 3, True, 24.0)
-    args = argparse.Namespace(zero_stage=2, num_gpus=2, offload=None, gpu_memory=None)
-    assert memory.setup_from(args).zero_stage == 2 and memory.setup_from(args).world_size == 2
+    s = memory.setup_from(argparse.Namespace(gpu_memory=24.0))
+    assert (s.world_size, s.zero_stage, s.offload_optimizer, s.offload_params, s.gpu_memory_gib) == (
+        8,
+        3,
+        True,
+        True,
+        24.0,
+    )
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    s = memory.setup_from(argparse.Namespace(gpu_memory=None))
+    assert (s.zero_stage, s.offload_optimizer, s.gpu_memory_gib) == (2, False, None)
     with pytest.raises(UserError, match="--gpu-memory must be > 0"):
-        memory.setup_from(argparse.Namespace(zero_stage=None, num_gpus=None, offload=None, gpu_memory=0.0))
-    with pytest.raises(UserError, match="--num-gpus must be >= 1"):
-        memory.setup_from(argparse.Namespace(zero_stage=None, num_gpus=0, offload=None, gpu_memory=None))
+        memory.setup_from(argparse.Namespace(gpu_memory=0.0))
 
 
 def _describe(main, argv) -> dict:
@@ -135,13 +140,21 @@ def test_llava_describe_prints_a_memory_plan_with_zero3(tmp_path, monkeypatch):
 
     monkeypatch.setenv("GENHANCER_MEMORY_CACHE", str(tmp_path))
     one = _describe(main, ["--preset", "tiny", "--describe"])["memory_plan"]
-    eight = _describe(main, ["--preset", "tiny", "--describe", "--zero-stage", "3", "--num-gpus", "8"])[
-        "memory_plan"
-    ]
+    # the setup in effect comes from what accelerate launch exports (or the user sets by hand)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    eight = _describe(main, ["--preset", "tiny", "--describe"])["memory_plan"]
     assert eight["setup"].startswith("8 GPU(s), ZeRO-3")
     ft1, ft8 = one["finetune"], eight["finetune"]
     assert ft1["trainable"] == "full" and ft1["activations_per_sample_gib"] > 0
     assert ft8["optimizer_gib"] < ft1["optimizer_gib"] / 4  # 12 B / 8 GPUs vs 8 B on one
+    # every row also lists the usual other setups: the one-GPU one is the plan itself, ZeRO-3 on
+    # 8 GPUs splits the states (less), offload takes the optimiser states off the GPU (less again)
+    alt = {r["setup"]: r for r in ft1["other_setups"]}
+    assert alt["1 GPU(s), no ZeRO, fp32"]["total_gib"] == ft1["total_gib"] and len(alt) == 4
+    zero3, offload = alt["8 GPU(s), ZeRO-3, fp32"], alt["8 GPU(s), ZeRO-3, fp32, offload optimizer+params"]
+    assert offload["total_gib"] <= zero3["total_gib"] <= ft1["total_gib"]
+    assert offload["optimizer_gib"] == offload["weights_gib"] == 0.0
 
 
 @pytest.mark.parametrize("method", ["diva", "dcr", "naive-contrastive"])
