@@ -21,10 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from enhance.architectures import tower_vision
+from enhance.architectures import sd_unet_config, tower_vision
+from enhance.denoisers.continuous import flux_kwargs
 from enhance.methods import get_method
 from genhancer.runtime import memory
 from genhancer.runtime.memory import Activations, Part, Setup
+from genhancer.toyworld.models import TINY_CLIP_RECIPE, TINY_SD_RECIPE, tiny_sd_unet_config
 
 #: Text towers of the paper backbones (their config.json), for the frozen-weight count.
 TEXT_TOWERS = {
@@ -123,8 +125,6 @@ def flux_slice(
     """Measured bytes of the FLUX denoiser at the configured width: tags ``double``, ``single``
     (one block each) and ``other`` (embedders, output norm and projection)."""
     from diffusers import FluxTransformer2DModel
-
-    from enhance.denoisers.continuous import flux_kwargs
 
     side = image_size // 16  # VAE /8, packed 2x2
     kwargs = flux_kwargs(d, latent_channels) | {"num_layers": 1, "num_single_layers": 1}
@@ -415,15 +415,11 @@ def plan_sd_stages(
     """DIVA / DCR / naive: the frozen UNet measured whole (per call), times the UNet calls a
     micro-batch makes per image (DCR: B + 1 with exact negatives), plus the tower's layers when the
     stage trains it (LoRA or full)."""
-    from enhance.architectures import sd_unet_config
-
     sd = cfg.method.sd
     unet_cfg, down, context = sd_unet_config(sd.path), 8, 77
     pipeline_rest = SD_VAE_PARAMS + SD_TEXT_PARAMS
     if sd.path.startswith("genhancer-tiny:sd"):
         pipeline_rest = 0  # the tiny VAE and text side: a few hundred thousand weights
-        from genhancer.toyworld.models import TINY_CLIP_RECIPE, TINY_SD_RECIPE, tiny_sd_unet_config
-
         unet_cfg = tiny_sd_unet_config(TINY_SD_RECIPE, TINY_CLIP_RECIPE["text_hidden"])
         down = 2 ** (len(TINY_SD_RECIPE["vae_block_out_channels"]) - 1)
         context = TINY_CLIP_RECIPE["max_text_len"]

@@ -20,6 +20,8 @@ from torch import nn
 
 from genhancer.runtime import memory
 from genhancer.runtime.memory import Activations, Part, Setup
+from llava_integration.shapes import KNOWN_LLMS
+from llava_integration.tiny import TINY_LLM_RECIPE, build_tokenizer
 
 MEASURE_TOKENS = 256
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -115,8 +117,6 @@ def lora_params(llm: dict, r: int) -> int:
 
 def memory_section(cfg: Any, described: dict, args: Any) -> dict:
     """``{"memory_plan": ...}`` for ``llava-train --describe``: each stage's per-GPU plan."""
-    from llava_integration.shapes import KNOWN_LLMS
-
     setup = memory.setup_from(args)
     setup.mixed_precision = cfg.train.mixed_precision
     counts = described.get("parameters", {})
@@ -175,9 +175,7 @@ def memory_section(cfg: Any, described: dict, args: Any) -> dict:
 
 def _tiny_llm(cfg: Any) -> dict:
     """The tiny LM's shape (its recipe and tokenizer), so the tiny preset prints a plan too."""
-    from llava_integration.tiny import TINY_LLM_RECIPE as r
-    from llava_integration.tiny import build_tokenizer
-
+    r = TINY_LLM_RECIPE
     return {
         "hidden_size": r["hidden"],
         "intermediate_size": r["intermediate"],
