@@ -29,6 +29,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from enhance.layout import read_export_meta
 from eval.benchmarks import BenchmarkContext, get_benchmark
@@ -43,7 +44,34 @@ RECORD_VERSION = 2
 RUNS_SEP = ","
 
 
-def migrate_record(r: dict) -> dict:
+class Record(TypedDict, total=False):
+    """One number of ``results.json`` (benchmark extras ride along as further keys). The one
+    migration path from older versions is :func:`migrate_record`, applied on every read."""
+
+    model: str
+    benchmark: str
+    metric: str
+    value: float
+    dataset: str
+    revision: str
+    seed: int | None
+    model_spec: str
+    model_kind: str
+    method: str
+    model_revision: str
+    limit: int | None
+    cache_key: str
+    genhancer_version: str
+    record_version: int
+    time: str
+    items: dict | None
+    ci: list[float] | None
+    paired: dict
+    runs: dict
+    migrated_from: int
+
+
+def migrate_record(r: dict) -> Record:
     """A record read back in the current version: older records gain the fields they lack (no
     items: their interval and paired tests read n/a), and say which version they came from."""
     version = int(r.get("record_version") or 1)
@@ -195,7 +223,35 @@ def _load_model(m: ModelSpec, cfg: LeaderboardConfig):
     )
 
 
-def run_leaderboard(
+@dataclass
+class LeaderboardPlan:
+    """What a board will do, decided before any model loads: the benchmarks (their data prepared),
+    each model's fingerprint and method, each (model, benchmark)'s cache key, and which of them
+    must be computed (the rest are reused from ``results.json``)."""
+
+    cfg: LeaderboardConfig
+    models: list[ModelSpec]
+    benches: list
+    ctx: BenchmarkContext
+    store: ResultsStore
+    fingerprints: dict[tuple[str, str], str]
+    methods: dict[str, str]
+    keys: dict[tuple[str, str], str]
+    todo: list[tuple[str, str]]
+    prepared: dict[str, object]
+    output_dir: Path
+    limit: int | None
+
+    def describe(self) -> dict:
+        """The plan as data (``leaderboard --dry-run`` style): computed vs reused pairs."""
+        pairs = [(m.name, b.name) for m in self.models for b in self.benches if b.model_kind == m.kind]
+        return {
+            "compute": [list(p) for p in pairs if p in self.todo],
+            "reuse": [list(p) for p in pairs if p not in self.todo],
+        }
+
+
+def plan_leaderboard(
     cfg: LeaderboardConfig,
     models: list[ModelSpec],
     output_dir: str | Path,
@@ -204,12 +260,9 @@ def run_leaderboard(
     force: bool = False,
     limit: int | None = None,
     api_key: str = "",
-) -> RunSummary:
-    """Evaluate ``models`` on ``benchmarks`` (default: ``cfg.benchmarks``), updating ``results.json``.
-
-    Order: validate model specs and prepare every benchmark's data first (bad input fails
-    before any model loads), then per model, per benchmark: reuse or compute, and save.
-    """
+) -> LeaderboardPlan:
+    """Validate model specs and benchmark names, prepare every benchmark's data that will run
+    (bad input fails before any model loads) and decide what to compute and what to reuse."""
     output_dir = Path(output_dir)
     kinds = {m.kind for m in models}
     if benchmarks is not None:
@@ -237,30 +290,14 @@ def run_leaderboard(
         for m in models
         if m.kind == "clip"
     }
-
-    fixture = cfg.fixtures.enabled and data_root is None and not cfg.data_root
-    if fixture:
-        from eval.clip.fixtures import FixtureRecipe, ensure_toy_fixtures
-
-        f = cfg.fixtures
-        root: Path | None = output_dir / "fixtures"
-        if any(b.model_kind == "clip" for b in benches):  # MLLM fixtures are made by their prepare
-            ensure_toy_fixtures(
-                root,
-                FixtureRecipe(
-                    f.seed,
-                    f.image_size,
-                    f.pairs_per_pattern,
-                    f.class_images,
-                    f.retrieval_images,
-                    f.cluster_images,
-                ),
-            )
-    else:
-        given = data_root or cfg.data_root
-        root = Path(given).expanduser() if given else None
-    ctx = BenchmarkContext(cfg, root, limit, fixture, output_dir=output_dir, api_key=api_key)
-
+    ctx = BenchmarkContext(
+        cfg,
+        _data_root(cfg, benches, output_dir, data_root),
+        limit,
+        _uses_fixtures(cfg, data_root),
+        output_dir=output_dir,
+        api_key=api_key,
+    )
     store = ResultsStore(output_dir / RESULTS_NAME)
     backfill = [
         r
@@ -273,8 +310,6 @@ def run_leaderboard(
         r["method"] = methods[r["model"]]
     if backfill:
         store.save()
-    summary = RunSummary(records=store.records)
-    prepared: dict[str, object] = {}
     keys: dict[tuple[str, str], str] = {}
     pairs = [(m, b) for m in models for b in benches if b.model_kind == m.kind]
     for m, b in pairs:
@@ -282,55 +317,112 @@ def run_leaderboard(
         if m.kind == "clip":  # dual encoders are scored in float32 (eval.clip.encoders.EVAL_DTYPE)
             inputs = {**inputs, "eval_dtype": "float32"}
         keys[m.name, b.name] = cache_key(fingerprints[m.kind, m.name], b.name, inputs, limit)
-    todo = [(m, b) for m, b in pairs if force or not store.is_cached(m.name, b.name, keys[m.name, b.name])]
-    for b in benches:  # prepare only what will run, but all of it before any model loads
-        if any(tb.name == b.name for _, tb in todo):
-            prepared[b.name] = b.prepare(ctx)
+    todo = [
+        (m.name, b.name)
+        for m, b in pairs
+        if force or not store.is_cached(m.name, b.name, keys[m.name, b.name])
+    ]
+    # prepare only what will run, but all of it before any model loads
+    prepared = {b.name: b.prepare(ctx) for b in benches if any(tb == b.name for _, tb in todo)}
+    return LeaderboardPlan(
+        cfg, models, benches, ctx, store, fingerprints, methods, keys, todo, prepared, output_dir, limit
+    )
 
-    for m in models:
+
+def _uses_fixtures(cfg: LeaderboardConfig, data_root: str | Path | None) -> bool:
+    return cfg.fixtures.enabled and data_root is None and not cfg.data_root
+
+
+def _data_root(cfg: LeaderboardConfig, benches: list, output_dir: Path, data_root) -> Path | None:
+    """The benchmark data folder: the toy fixtures (written here) when no data root is given."""
+    if _uses_fixtures(cfg, data_root):
+        from eval.clip.fixtures import FixtureRecipe, ensure_toy_fixtures
+
+        f = cfg.fixtures
+        root = output_dir / "fixtures"
+        if any(b.model_kind == "clip" for b in benches):  # MLLM fixtures are made by their prepare
+            ensure_toy_fixtures(
+                root,
+                FixtureRecipe(
+                    f.seed,
+                    f.image_size,
+                    f.pairs_per_pattern,
+                    f.class_images,
+                    f.retrieval_images,
+                    f.cluster_images,
+                ),
+            )
+        return root
+    given = data_root or cfg.data_root
+    return Path(given).expanduser() if given else None
+
+
+def execute_plan(plan: LeaderboardPlan) -> RunSummary:
+    """Per model, per benchmark: compute what the plan says (one model load per model), save
+    after each, then aggregate runs of one configuration and annotate uncertainty."""
+    store, ctx = plan.store, plan.ctx
+    summary = RunSummary(records=store.records)
+    for m in plan.models:
         encoder = None
-        for b in benches:
+        for b in plan.benches:
             if b.model_kind != m.kind:
                 continue
-            key = keys[m.name, b.name]
-            if (m, b) not in todo:
+            key = plan.keys[m.name, b.name]
+            if (m.name, b.name) not in plan.todo:
                 summary.reused.append((m.name, b.name))
                 continue
             if encoder is None:
-                encoder = _load_model(m, cfg)
-            ctx.audit_dir = output_dir / "mllm" / m.name / b.name / key
-            now = time.strftime("%Y-%m-%dT%H:%M:%S")
+                encoder = _load_model(m, plan.cfg)
+            ctx.audit_dir = plan.output_dir / "mllm" / m.name / b.name / key
             records = [
-                {
-                    "model": m.name,
-                    "benchmark": b.name,
-                    **{k: r.get(k) for k in RECORD_KEYS[2:]},
-                    **{k: v for k, v in r.items() if k not in RECORD_KEYS},  # benchmark extras
-                    "model_spec": m.spec,
-                    "model_kind": m.kind,
-                    **({"method": methods[m.name]} if m.kind == "clip" else {}),
-                    "model_revision": getattr(encoder, "revision", fingerprints[m.kind, m.name]),
-                    "limit": limit,
-                    "cache_key": key,
-                    "genhancer_version": _version(),
-                    "record_version": RECORD_VERSION,
-                    "time": now,
-                    **{
-                        k: getattr(encoder, k) for k in ("weights_dtype", "eval_dtype") if hasattr(encoder, k)
-                    },
-                    **m.extra,
-                }
-                for r in b.run(encoder, prepared[b.name], ctx)
+                _record(r, m, b.name, key, encoder, plan) for r in b.run(encoder, plan.prepared[b.name], ctx)
             ]
             store.replace(m.name, b.name, records)
             store.save()
             summary.computed.append((m.name, b.name))
         del encoder
     store.records = aggregate_runs(store.records)
-    annotate_uncertainty(store.records, cfg.uncertainty)
+    annotate_uncertainty(store.records, plan.cfg.uncertainty)
     store.save()
     summary.records = store.records
     return summary
+
+
+def _record(r: dict, m: ModelSpec, benchmark: str, key: str, encoder, plan: LeaderboardPlan) -> Record:
+    """A benchmark's raw result as a :class:`Record` of this board."""
+    return {
+        "model": m.name,
+        "benchmark": benchmark,
+        **{k: r.get(k) for k in RECORD_KEYS[2:]},
+        **{k: v for k, v in r.items() if k not in RECORD_KEYS},  # benchmark extras
+        "model_spec": m.spec,
+        "model_kind": m.kind,
+        **({"method": plan.methods[m.name]} if m.kind == "clip" else {}),
+        "model_revision": getattr(encoder, "revision", plan.fingerprints[m.kind, m.name]),
+        "limit": plan.limit,
+        "cache_key": key,
+        "genhancer_version": _version(),
+        "record_version": RECORD_VERSION,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **{k: getattr(encoder, k) for k in ("weights_dtype", "eval_dtype") if hasattr(encoder, k)},
+        **m.extra,
+    }
+
+
+def run_leaderboard(
+    cfg: LeaderboardConfig,
+    models: list[ModelSpec],
+    output_dir: str | Path,
+    benchmarks: list[str] | None = None,
+    data_root: str | Path | None = None,
+    force: bool = False,
+    limit: int | None = None,
+    api_key: str = "",
+) -> RunSummary:
+    """Evaluate ``models`` on ``benchmarks`` (default: ``cfg.benchmarks``), updating ``results.json``:
+    :func:`plan_leaderboard`, then :func:`execute_plan`."""
+    plan = plan_leaderboard(cfg, models, output_dir, benchmarks, data_root, force, limit, api_key)
+    return execute_plan(plan)
 
 
 # --- uncertainty and runs of one configuration ----------------------------------------------------

@@ -149,3 +149,27 @@ def test_intervals_are_reused_while_their_settings_match(monkeypatch):
     assert [r["ci"] for r in recs] == before and recs[1]["paired"]["a"]["better"] == 1
     with pytest.raises(AssertionError, match="recomputed"):
         annotate_uncertainty(recs, UncertaintyConfig(seed=1))
+
+
+def test_the_plan_decides_before_any_model_loads(mmvp_board, tmp_model_dirs, monkeypatch):
+    """``plan_leaderboard`` prepares data and decides compute vs reuse without loading a model;
+    on a board that already holds both towers' numbers it computes nothing."""
+    from eval import leaderboard
+    from eval.config import load_config
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded while planning")
+
+    monkeypatch.setattr(leaderboard, "_load_model", no_load)
+    cfg = load_config(
+        "tiny", None, ["progress=false", "fixtures.image_size=32", "fixtures.pairs_per_pattern=3"]
+    )
+    models = [
+        leaderboard.ModelSpec("clip", str(tmp_model_dirs.clip)),
+        leaderboard.ModelSpec("siglip", str(tmp_model_dirs.siglip)),
+    ]
+    plan = leaderboard.plan_leaderboard(cfg, models, mmvp_board, ["mmvp_vlm"])
+    assert plan.describe() == {"compute": [], "reuse": [["clip", "mmvp_vlm"], ["siglip", "mmvp_vlm"]]}
+    forced = leaderboard.plan_leaderboard(cfg, models, mmvp_board, ["mmvp_vlm"], force=True)
+    assert forced.describe()["compute"] == [["clip", "mmvp_vlm"], ["siglip", "mmvp_vlm"]]
+    assert leaderboard.execute_plan(plan).computed == []  # reuses: still no model load
