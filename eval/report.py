@@ -344,6 +344,7 @@ def render_clustering(rows: list[dict]) -> list[str]:
     ]
     if notes:
         lines += ["Not the paper's data: " + "; ".join(notes) + ".", ""]
+    lines += ["Intervals and paired tests: n/a (NMI, ACC and ARI are not means over units).", ""]
     datasets_used = _ordered(f"{r['dataset']} @ {r['revision']}" for r in rows if r.get("revision"))
     lines += ["Data: " + "; ".join(f"`{d}`" for d in datasets_used), ""]
     lines += render_published_clustering()
