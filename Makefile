@@ -15,7 +15,7 @@ DS_STAMP := $(VENV)/.deepspeed
 LATEST := .venv-latest
 LOCKTOOLS := .venv-lock
 
-.PHONY: quickstart test test-slow test-latest lock lock-deepspeed deepspeed lint bench clean venv demo reproduce-small gpu-wheels gpu-check
+.PHONY: quickstart test test-slow test-latest lock lock-deepspeed deepspeed lint bench clean venv demo reproduce-small reproduce-first gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 2; }
@@ -85,9 +85,14 @@ bench: $(STAMP)  # CPU part (tiny preset); GPU commands: BENCHMARKS.md
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/latent_cache.py --preset tiny --steps 120
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/mllm_speed.py
 
-# "Does it work?" in the README: the pre-registered head to head, 3 seeds (about 1.5-2 h on 2 cores; DCR is most of it).
+# The small-scale study (docs/study.md): the testbed's sensitivity (how much of the stage-1 loss the condition
+# explains), then the positive control and the head to head on it, 3 seeds (hours on 2 cores; DCR is most of it).
 reproduce-small: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.reproduce --methods enhanced diva dcr naive-contrastive --output-dir runs/reproduce-small
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.study --preset testbed --part all --methods supervised-rare enhanced dcr dcr-own-lr naive-contrastive diva --output-dir runs/reproduce-small
+
+# The first protocol's head to head (2026-12-03, docs/reproduce-methods): the default world, 200 + 100 steps.
+reproduce-first: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.study --preset small --methods enhanced diva dcr naive-contrastive --output-dir runs/reproduce-first
 
 demo: $(STAMP)
 	$(BIN)/genhancer-demo --preset tiny

@@ -89,3 +89,19 @@ def test_method_sets_apply_to_all_methods_or_to_the_one_they_name(tmp_path: Path
     diva = method_overrides(cfg, tmp_path, 0, "diva", str(tmp_path))
     assert "sd.unet_dtype=float32" in dcr and "diva.num_tokens=16" not in dcr
     assert "diva.num_tokens=16" in diva and "sd.unet_dtype=float32" in diva
+
+
+def test_a_testbed_world_is_written_once_as_an_image_folder(tmp_path: Path):
+    from eval.study.protocol import enhancement_data
+
+    default = load_study_config("smoke")
+    assert enhancement_data(default, 1, str(tmp_path)) == ["data.toyworld_seed=2001", "data.toyworld_size=32"]
+    cfg = load_study_config("smoke", overrides=["world.backgrounds=[white]", "world.object_scale=1.5"])
+    sets = _sets(enhancement_data(cfg, 1, str(tmp_path)))
+    folder = Path(sets["data.path"])
+    assert sets["data.source"] == "imagefolder" and len(list(folder.glob("*.jpg"))) == 32
+    rows = [line for line in (folder / "metadata.jsonl").read_text().splitlines() if line]
+    assert len(rows) == 32
+    before = (folder / "metadata.jsonl").stat().st_mtime_ns
+    assert _sets(enhancement_data(cfg, 1, str(tmp_path)))["data.path"] == str(folder)
+    assert (folder / "metadata.jsonl").stat().st_mtime_ns == before  # reused, not rewritten
