@@ -36,7 +36,6 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 BackboneFamily = Literal["openai-clip", "metaclip", "siglip", "open_clip"]
 TowerTuning = Literal["lora", "full"]
 OptimizerName = Literal["adamw", "sgd"]
-LrSchedule = Literal["constant", "cosine"]
 Stage2Variant = Literal["stage2_all", "stage2_only"]
 LoraTargets = Literal["all-linear", "encoder"]
 LoraBias = Literal["none", "lora_only", "all"]
@@ -112,12 +111,8 @@ class StageConfig(OptimSection):
     weight_decay: float = doc(0.01, "AdamW weight decay")
     global_batch_size: int = doc(256, "images per optimizer step over all processes")
     per_device_batch_size: int = doc(16, "images per forward pass; accumulation fills the global batch")
-    warmup_steps: int = doc(0, "linear warmup steps (paper: none, constant LR)")
     optimizer: OptimizerName = doc("adamw", "adamw | sgd (DIVA's official optimiser, with momentum)")
     momentum: float = doc(0.9, "SGD momentum (optimizer=sgd)")
-    lr_schedule: LrSchedule = doc(
-        "constant", "constant (after warmup) | cosine decay to 0 at the stage's end"
-    )
 
 
 @dataclass
@@ -258,6 +253,7 @@ class EnhanceConfig:
         for name in ("stage1", "stage2"):
             st: StageConfig = getattr(self, name)
             st.check_batches(name)
+            st.check_schedule(name)
             if st.steps < 0 or st.lr < 0:
                 raise UserError(f"{name}: steps and lr must be >= 0")
         if not self.train.stages or any(s not in (1, 2) for s in self.train.stages):

@@ -7,12 +7,21 @@ exports), export. ``enhance.cli`` is the command-line front end.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
 
+from enhance import latent_cache as lc
+from enhance.backbones import build_backbone
 from enhance.config import RESUME_ALLOWED_CHANGES, EnhanceConfig
+from enhance.data.loading import ImageStream, build_dataloader, build_source
+from enhance.data.sources import IndexSource
+from enhance.data.transforms import make_transform
+from enhance.diagnostics import plot_grad_conflict
+from enhance.export import export_model, export_step
+from enhance.latent_cache import CachedCropTransform
 from enhance.methods import get_method
 from enhance.model import (
     GenHancerModel,
@@ -21,7 +30,9 @@ from enhance.model import (
     enable_gradient_checkpointing,
     set_vae_dtype,
 )
+from enhance.preview import save_preview
 from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
+from enhance.vae import build_codec
 from genhancer.runtime.driver import RunFolder, StageDriver, StageSetup
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.optim import grad_accum_steps, lr_schedule
@@ -37,7 +48,6 @@ STAGE_NAMES = {1: "stage1", 2: "stage2"}
 
 def build_model(cfg: EnhanceConfig) -> GenHancerModel:
     """Tower, target codec, random-init projector and denoiser (seeded by train.seed)."""
-    from enhance.backbones import build_backbone
 
     cache_dir = cfg.cache_dir or None
     method = get_method(cfg.method.name)
@@ -53,7 +63,6 @@ def check_data_path(cfg: EnhanceConfig) -> None:
 
 def build_data_source(cfg: EnhanceConfig, image_size: int):
     """The configured image source, validated (a path without images fails here, by name)."""
-    from enhance.data.loading import build_source
 
     d = cfg.data
     return build_source(
@@ -93,7 +102,6 @@ def elastic_stream(cfg: EnhanceConfig, source) -> bool:
     """The elastic layout (a checkpoint resumes on another number of processes) for sources
     read by index; webdataset shards stay split across ranks (each rank reads its own shards), and
     a replicated stream gives every rank the same order."""
-    from enhance.data.sources import IndexSource
 
     return isinstance(source, IndexSource) and not cfg.data.replicate_across_ranks
 
@@ -114,16 +122,12 @@ def build_stream_factory(
 
     With ``data.replicate_across_ranks`` every rank reads the one-rank stream (same images, same
     order) and only the crops are drawn per rank (noise and timesteps already are, see genhancer.runtime.trainer.Loop)."""
-    from enhance.data.loading import ImageStream, build_dataloader
-    from enhance.data.transforms import make_transform
 
     b = model.backbone
     transform = make_transform(
         b.image_size, b.image_mean, b.image_std, scale=tuple(cfg.data.crop_scale), train=True
     )
     if cache is not None:
-        from enhance.latent_cache import CachedCropTransform
-
         transform = CachedCropTransform(transform, cache)
     seed = derive_seed("data", cfg.train.seed, stage)
     replicate = cfg.data.replicate_across_ranks
@@ -148,8 +152,6 @@ def preview_batch(cfg: EnhanceConfig, model: GenHancerModel, source) -> dict | N
     """A fixed, centre-cropped batch of the first images, for the preview grids."""
     if cfg.logging.preview_count <= 0:
         return None
-    from enhance.data.loading import ImageStream, build_dataloader
-    from enhance.data.transforms import make_transform
 
     b = model.backbone
     transform = make_transform(b.image_size, b.image_mean, b.image_std, train=False)
@@ -163,7 +165,6 @@ def prepare_latent_cache(cfg: EnhanceConfig, codec, image_size: int, source, acc
     shards, then the main process writes the manifest."""
     if not cfg.latent_cache.path:
         return None
-    from enhance import latent_cache as lc
 
     c, path = cfg.latent_cache, Path(cfg.latent_cache.path)
     spec = lc.cache_spec(cfg, image_size)
@@ -192,9 +193,6 @@ def prepare_latent_cache(cfg: EnhanceConfig, codec, image_size: int, source, acc
 def build_latent_cache_only(cfg: EnhanceConfig) -> dict:
     """``enhance --build-latent-cache``: encode the configured data into ``latent_cache.path``."""
     from accelerate import Accelerator
-
-    from enhance import latent_cache as lc
-    from enhance.vae import build_codec
 
     if not cfg.latent_cache.path:
         raise UserError("--build-latent-cache needs --set latent_cache.path=DIR")
@@ -236,8 +234,6 @@ class EnhanceStages(StageDriver):
         self.model, self.source, self.cache, self.preview = model, source, cache, preview
 
     def setup_stage(self, name: str) -> StageSetup:
-        from enhance.export import export_step
-        from enhance.preview import save_preview
 
         cfg, model, accelerator = self.cfg, self.model, self.accelerator
         stage = int(name.removeprefix("stage"))
@@ -271,7 +267,7 @@ class EnhanceStages(StageDriver):
             optim=scfg,
             steps=scfg.steps,
             grad_accum=grad_accum,
-            lr_fn=lr_schedule(scfg.lr_schedule, scfg.steps, warmup_steps=scfg.warmup_steps),
+            lr_fn=lr_schedule(scfg.lr_schedule, scfg.steps, scfg.warmup_steps, scfg.warmup_ratio),
             batches=build_stream_factory(
                 cfg,
                 model,
@@ -296,8 +292,6 @@ class EnhanceStages(StageDriver):
 def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dict:
     """Train the configured stages, then export. Returns {"export": {...}, "final_loss": ...}."""
     from accelerate import Accelerator
-
-    from enhance.export import export_model
 
     check_data_path(cfg)
 
@@ -351,15 +345,12 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
         exported = export_model(model, cfg, run_dir / "export", stage2_step)
         final_loss = _last_loss(run_dir / "metrics.jsonl")
         if cfg.logging.grad_conflict:
-            from enhance.diagnostics import plot_grad_conflict
-
             plot_grad_conflict(run_dir / "metrics.jsonl", run_dir / "grad_conflict.png")
     accelerator.wait_for_everyone()
     return {"export": exported, "final_loss": final_loss}
 
 
 def _last_loss(path: Path) -> float | None:
-    import json
 
     if not path.is_file():
         return None

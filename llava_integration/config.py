@@ -17,6 +17,7 @@ from genhancer.runtime.errors import UserError
 from genhancer.runtime.sections import (
     CheckpointSection,
     LoggingSection,
+    LrSchedule,
     OptimSection,
     TrainSection,
     check_common,
@@ -101,7 +102,8 @@ class StageConfig(OptimSection):
     trainable: Trainable = doc("projector", "projector | full (LM + projector) | lora (LM LoRA + projector)")
     lr: float = doc(1e-3, "peak learning rate (LoRA weights when trainable=lora)")
     projector_lr: float = doc(0.0, "projector LR when it differs from lr (LoRA recipe: 2e-5); 0: lr")
-    warmup_ratio: float = doc(0.03, "linear warmup as a fraction of the steps, then cosine decay to 0")
+    lr_schedule: LrSchedule = doc("cosine", "constant (after warmup) | cosine decay to 0 (LLaVA-1.5)")
+    warmup_ratio: float = doc(0.03, "linear warmup as a fraction of the steps (LLaVA-1.5: 3 %)")
     epochs: float = doc(1.0, "passes over the data (sets steps when steps is 0)")
     steps: int = doc(0, "optimizer steps; 0: derived from epochs and the dataset size")
     global_batch_size: int = doc(256, "samples per optimizer step over all processes")
@@ -175,8 +177,7 @@ class LlavaTrainConfig:
             st.check_batches(name)
             if st.steps < 0 or st.lr < 0 or st.epochs < 0 or st.projector_lr < 0:
                 raise UserError(f"{name}: steps, epochs and learning rates must be >= 0")
-            if not 0.0 <= st.warmup_ratio < 1.0:
-                raise UserError(f"{name}.warmup_ratio must lie in [0, 1)")
+            st.check_schedule(name)
         check_common(self.checkpoint, self.logging)
 
 

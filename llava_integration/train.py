@@ -206,7 +206,7 @@ class LlavaStages(StageDriver):
             optim=st,
             steps=steps,
             grad_accum=grad_accum,
-            lr_fn=lr_schedule("cosine", steps, warmup_ratio=st.warmup_ratio),
+            lr_fn=lr_schedule(st.lr_schedule, steps, st.warmup_steps, st.warmup_ratio),
             batches=batches,
             checkpoint_weights=lambda: trainable_state(task),
             load_weights=lambda w: load_trainable_state(task, w),

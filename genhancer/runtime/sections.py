@@ -21,6 +21,9 @@ MixedPrecision = Literal["no", "bf16", "fp16"]
 NONFINITE_MODES: tuple[str, ...] = get_args(NonFinite)
 
 
+LrSchedule = Literal["constant", "cosine"]
+
+
 @dataclass
 class OptimSection:
     """One stage's optimiser and batch settings (AdamW, global batch split into micro-batches)."""
@@ -31,6 +34,18 @@ class OptimSection:
     global_batch_size: int = doc(256, "samples per optimizer step over all processes")
     per_device_batch_size: int = doc(16, "samples per forward; accumulation fills the global batch")
     grad_clip: float = doc(1.0, "max grad norm (0 disables)")
+    lr_schedule: LrSchedule = doc(
+        "constant", "constant (after warmup) | cosine decay to 0 at the stage's end"
+    )
+    warmup_steps: int = doc(0, "linear warmup in optimizer steps (give this or warmup_ratio)")
+    warmup_ratio: float = doc(0.0, "linear warmup as a fraction of the stage's steps (or warmup_steps)")
+
+    def check_schedule(self, name: str) -> None:
+        """One warmup, in steps or as a ratio (the builder is :func:`genhancer.runtime.optim.lr_schedule`)."""
+        if self.warmup_steps < 0 or not 0.0 <= self.warmup_ratio < 1.0:
+            raise UserError(f"{name}: warmup_steps must be >= 0 and warmup_ratio in [0, 1)")
+        if self.warmup_steps and self.warmup_ratio:
+            raise UserError(f"{name}: give warmup_steps or warmup_ratio, not both")
 
     def check_batches(self, name: str) -> None:
         """Batch sizes that split evenly (the world size is checked once the processes exist)."""
