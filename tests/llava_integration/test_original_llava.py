@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_llm, make_tower
 from golden_rows import FINETUNE, PLAIN
 from original_llava import (
     SideEnvError,
@@ -31,6 +30,7 @@ from original_llava import (
     write_sentencepiece_model,
     write_slow_tokenizer,
 )
+from testkit import load_test_module
 
 from enhance.backbones.hf import _prefix_keys
 from llava_integration.config import ModelConfig
@@ -44,6 +44,9 @@ STAGES = {  # LLaVA-1.5's scripts: pretrain --version plain (square), finetune -
     "pretrain": ("plain", "plain", "square", PLAIN),
     "finetune": ("v1", "vicuna_v1", "pad", FINETUNE),
 }
+
+_parts = load_test_module("llava_integration/conftest.py", "_genhancer_tests_llava_conftest")
+make_llm, make_tower = _parts.make_llm, _parts.make_tower
 
 
 def test_rebuilt_sentencepiece_model_encodes_like_the_vendored_tokenizer_json(tmp_path):
