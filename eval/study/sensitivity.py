@@ -409,6 +409,37 @@ def _sd_parts(cfg, cache_dir: str):
     return unet, vae, sched, text, float(vae.config.scaling_factor)
 
 
+def _flow_setup(cfg, seed: int, cache_dir: str):
+    """GenHancer's denoiser: the VAE and flow settings of ``enhance --preset tiny`` + the study's sets."""
+    probe_cfg = enhance_config(cfg, original_tower(cfg, seed, cache_dir), cache_dir)
+    codec = build_codec(probe_cfg.method.vae, cache_dir)
+    latent_kw = {"sample": codec.sample_posterior, "shift": codec.shift_factor, "scale": codec.scaling_factor}
+    enc, ecfg = encode_seed(cfg, seed, cache_dir, codec.vae, f"genhancer:{probe_cfg.method.vae.name_or_path}")
+    channels = codec.latent_channels
+
+    def make(cond_dim: int):
+        return FlowTask(ecfg, cond_dim, channels, seed)
+
+    return make, latent_kw, enc, None, None
+
+
+def _sd_setup(cfg, seed: int, cache_dir: str):
+    """The frozen SD: its UNet, VAE, scheduler and text encoder (``sensitivity.sd_path``)."""
+    unet, vae, sched, text, scale = _sd_parts(cfg, cache_dir)
+    latent_kw = {"sample": cfg.sensitivity.sd_sample_posterior, "shift": 0.0, "scale": scale}
+    enc, _ = encode_seed(cfg, seed, cache_dir, vae, f"sd:{cfg.sensitivity.sd_path}")
+    empty = text([""])[0]
+
+    def make(cond_dim: int):
+        return SDTask(unet, sched, cfg.sensitivity.sd_target, empty, cond_dim, seed)
+
+    return make, latent_kw, enc, text, empty
+
+
+#: ``sensitivity.denoisers`` -> its setup.
+SETUPS = {"genhancer": _flow_setup, "sd": _sd_setup}
+
+
 def measure(cfg, denoiser: str, seed: int, out_dir: Path, cache_dir: str) -> dict:
     """Every condition of ``cfg.sensitivity`` for one denoiser and seed; one JSON per condition
     under ``out_dir/<denoiser>/seed<k>/`` (a rerun reuses them)."""
@@ -420,31 +451,7 @@ def measure(cfg, denoiser: str, seed: int, out_dir: Path, cache_dir: str) -> dic
         if (folder / f"{c}.json").is_file()
     }
     if len(done) < len(conditions):
-        if denoiser == "genhancer":
-            probe_cfg = enhance_config(cfg, original_tower(cfg, seed, cache_dir), cache_dir)
-            codec = build_codec(probe_cfg.method.vae, cache_dir)
-            latent_kw = {
-                "sample": codec.sample_posterior,
-                "shift": codec.shift_factor,
-                "scale": codec.scaling_factor,
-            }
-            enc, ecfg = encode_seed(
-                cfg, seed, cache_dir, codec.vae, f"genhancer:{probe_cfg.method.vae.name_or_path}"
-            )
-            channels = codec.latent_channels
-
-            def make(cond_dim: int):
-                return FlowTask(ecfg, cond_dim, channels, seed)
-
-        else:
-            unet, vae, sched, text, scale = _sd_parts(cfg, cache_dir)
-            latent_kw = {"sample": cfg.sensitivity.sd_sample_posterior, "shift": 0.0, "scale": scale}
-            enc, _ = encode_seed(cfg, seed, cache_dir, vae, f"sd:{cfg.sensitivity.sd_path}")
-            empty = text([""])[0]
-
-            def make(cond_dim: int):
-                return SDTask(unet, sched, cfg.sensitivity.sd_target, empty, cond_dim, seed)
-
+        make, latent_kw, enc, text, empty = SETUPS[denoiser](cfg, seed, cache_dir)
         draws = None
         for c in conditions:
             if c in done:
