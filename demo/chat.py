@@ -20,6 +20,7 @@ from demo.common import SIDES
 from demo.images import open_image
 from demo.models import ModelRegistry
 from genhancer.runtime.errors import UserError, first_line
+from llava_integration.templates import IMAGE_TOKEN, Turn, tokenize
 
 _DONE, _PIECE, _ERROR = "done", "piece", "error"
 #: A side's conversation so far: (question, answer) pairs, oldest first.
@@ -34,7 +35,6 @@ def encode_conversation(runner, image, history: History, question: str) -> list[
     """Prompt ids for ``question`` after ``history`` in the runner's template (``vicuna_v1``): the
     image (if any) opens the first user turn, each earlier answer closes its turn with the end
     token, and the prompt ends with the assistant's generation prompt."""
-    from llava_integration.templates import IMAGE_TOKEN, Turn, tokenize
 
     turns: list = []
     for q, a in [*history, (question, None)]:

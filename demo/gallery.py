@@ -11,6 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval.clip.fixtures import write_toy_mmvp_vlm
+from eval.clip.mmvp_vlm import load_mmvp_vlm
 from genhancer.runtime.errors import UserError
 
 #: Pairs per pattern in the generated toy set (the gallery never shows more than a few).
@@ -55,7 +57,6 @@ def load_gallery(
 ) -> Gallery:
     """Examples from ``data_root/mmvp_vlm`` when it holds the benchmark, else a generated toy set
     (written once to ``toy_dir``, or to a fixed folder in the system temp dir)."""
-    from eval.clip.mmvp_vlm import load_mmvp_vlm
 
     note = ""
     if data_root:
@@ -68,7 +69,6 @@ def load_gallery(
                 note = f" ({exc})"
         else:
             note = f" (no MMVP-VLM under {root})"
-    from eval.clip.fixtures import write_toy_mmvp_vlm
 
     # one folder per recipe, reused across starts; Questions.csv is written last, so it marks a
     # complete set

@@ -16,8 +16,11 @@ from typing import Any
 
 from demo.common import FINAL, SIDES, TITLES, Unavailable
 from demo.config import DemoConfig
+from demo.reconstruct import Reconstructor
 from enhance.layout import DENOISER_META, find_denoiser_dir, find_run_dir, step_exports
+from eval.clip.encoders import load_encoder
 from genhancer.runtime.errors import UserError, first_line
+from llava_integration.inference import LlavaRunner
 
 __all__ = ["FINAL", "SIDES", "TITLES", "ModelRegistry", "Unavailable", "best_device", "find_denoiser_dir"]
 
@@ -225,18 +228,15 @@ class ModelRegistry:
 
 
 def _load_encoder(spec: str, device: str, cache_dir: str | None):
-    from eval.clip.encoders import load_encoder
 
     return load_encoder(spec, device=device, cache_dir=cache_dir, batch_size=8)
 
 
 def _load_reconstructor(denoiser_dir: Path, device: str, cache_dir: str | None):
-    from demo.reconstruct import Reconstructor
 
     return Reconstructor.load(denoiser_dir, device=device, cache_dir=cache_dir)
 
 
 def _load_llava(path: str, device: str):
-    from llava_integration.inference import LlavaRunner
 
     return LlavaRunner.load(Path(path).expanduser(), device=device)

@@ -14,6 +14,7 @@ from pathlib import Path
 from genhancer.runtime import configtools
 from genhancer.runtime.configtools import doc
 from genhancer.runtime.errors import UserError
+from genhancer.toyworld.world import ATTRIBUTES
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 #: The dated snapshot behind the alias ``gpt-4`` that HallusionBench's official judge
@@ -235,7 +236,6 @@ class LeaderboardConfig:
             raise UserError("pairs_per_pattern must be >= 1")
         if self.probe.train_size < 2 or self.probe.test_size < 1:
             raise UserError("probe.train_size must be >= 2 and probe.test_size >= 1")
-        from genhancer.toyworld.world import ATTRIBUTES
 
         bad = [a for a in self.probe.attributes if a not in ATTRIBUTES]
         if bad:

@@ -22,6 +22,7 @@ from genhancer.runtime.sections import (
     TrainSection,
     check_common,
 )
+from llava_integration.templates import TEMPLATES
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -160,8 +161,6 @@ class LlavaTrainConfig:
 
     def validate(self) -> None:
         """Check the whole tree at start-up, including the stage that runs last."""
-
-        from llava_integration.templates import TEMPLATES
 
         if self.data.max_length < 8:
             raise UserError("data.max_length must be >= 8")

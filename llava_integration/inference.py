@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from genhancer.runtime.errors import UserError
 from llava_integration.model import num_image_tokens
 from llava_integration.templates import IGNORE_INDEX, IMAGE_TOKEN, TEMPLATES, Template, Turn, tokenize
 
@@ -37,8 +38,6 @@ class LlavaRunner:
         cls, model_dir: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> LlavaRunner:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-        from genhancer.runtime.errors import UserError
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():

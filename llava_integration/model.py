@@ -8,15 +8,23 @@ Pieces are moved into a meta-device skeleton rather than copied, so a 7B LM is n
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from enhance.towers.resolve import resolve_tower
 from enhance.towers.spec import is_tower_spec
+from genhancer.runtime.checkpoint import atomic_write_text
 from genhancer.runtime.errors import UserError
+from genhancer.toyworld.models import resolve_tiny
 from llava_integration.config import ModelConfig
+from llava_integration.shapes import llm_config, tower_config
 from llava_integration.templates import IMAGE_TOKEN, TEMPLATES, chat_template_jinja
+from llava_integration.tiny import resolve_tiny_llm
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROJECTOR_FILE = "projector.safetensors"
@@ -42,9 +50,6 @@ class Tower:
 
 
 def _resolve(name: str, cache_dir: str | None, option: str = "model.vision_tower") -> str:
-    from enhance.towers.resolve import resolve_tower
-    from genhancer.toyworld.models import resolve_tiny
-    from llava_integration.tiny import resolve_tiny_llm
 
     if is_tower_spec(name):  # hf:REPO/SUB@REV or WEIGHTS::BASE (enhance.towers)
         return resolve_tower(name, cache_dir, option)
@@ -173,8 +178,6 @@ def load_llm(cfg: ModelConfig, cache_dir: str | None, dtype: torch.dtype):
     """(language model, tokenizer); the tokenizer already holds ``<image>`` and a pad token."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llava_integration.shapes import llm_config
-
     path = _resolve(cfg.llm, cache_dir)
     hub = _hub_kwargs(cfg)
     try:
@@ -252,8 +255,6 @@ def build_meta(cfg: ModelConfig, added_tokens: int = 2):
     """The model on the meta device from known shapes (downloads nothing): for --describe and tests."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-    from llava_integration.shapes import llm_config, tower_config
-
     text = llm_config(cfg.llm)
     vision = tower_config(cfg.vision_tower)
     if text is None or vision is None:
@@ -292,7 +293,6 @@ def save(model, processor, out_dir: str | Path, state_dict: dict | None = None) 
     """Write ``from_pretrained``-loadable model + processor into ``out_dir`` (temp dir, then rename).
 
     ``state_dict`` replaces the module's own weights (ZeRO-3 runs pass the gathered ones)."""
-    import shutil
 
     out = Path(out_dir)
     tmp = out.parent / f".{out.name}.tmp"
@@ -310,12 +310,8 @@ def save_projector(model, out_dir: str | Path, tower_source: str, state_dict: di
     """The pretrain stage's product: projector weights plus the shapes a finetune must match.
 
     ``state_dict`` (the whole model's, gathered under ZeRO-3) replaces the module's own weights."""
-    import json
-    import os
 
     from safetensors.torch import save_file
-
-    from genhancer.runtime.checkpoint import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -341,7 +337,6 @@ def save_projector(model, out_dir: str | Path, tower_source: str, state_dict: di
 
 def load_projector(model, path: str | Path) -> None:
     """Load a pretrain stage's projector, refusing one trained for other widths."""
-    import json
 
     from safetensors.torch import load_file
 

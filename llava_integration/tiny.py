@@ -9,9 +9,16 @@ knowledge, so the projector-only pretraining stage has a language model worth al
 
 from __future__ import annotations
 
+import hashlib
+import random
 from pathlib import Path
 
 import torch
+
+from genhancer.toyworld.models import build_cached, default_cache_dir
+from genhancer.toyworld.world import ToyWorld, caption
+from llava_integration.templates import TEMPLATES, Turn, render
+from llava_integration.toydata import corpus, text_only_sample
 
 TINY_LLM = "genhancer-tiny:llm"
 
@@ -38,8 +45,6 @@ def build_tokenizer(extra_texts: list[str] | None = None):
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
-
-    from llava_integration.toydata import corpus
 
     pre = pre_tokenizers.Whitespace()
     words: set[str] = set()
@@ -82,11 +87,6 @@ def llm_config(tokenizer, recipe: dict = TINY_LLM_RECIPE):
 
 def _lm_texts(n: int, seed: int) -> list[str]:
     """Toy captions (plain form) and text-only vicuna chats: what "pretrained" means here."""
-    import random
-
-    from genhancer.toyworld.world import ToyWorld, caption
-    from llava_integration.templates import TEMPLATES, Turn, render
-    from llava_integration.toydata import text_only_sample
 
     world = ToyWorld(seed=seed + 1, image_size=16)
     rng = random.Random(seed)
@@ -131,10 +131,6 @@ def resolve_tiny_llm(name_or_path: str, cache_dir: str | Path | None = None) -> 
     """Map ``genhancer-tiny:llm`` to its cached dir (built once, then cached); others pass through."""
     if name_or_path != TINY_LLM:
         return name_or_path
-    import hashlib
-
-    from genhancer.toyworld.models import build_cached, default_cache_dir
-    from llava_integration.toydata import corpus
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     # the vocabulary comes from the toy corpus: a changed corpus must not reuse a stale tokenizer

@@ -27,7 +27,9 @@ from genhancer.toyworld.world import (
     POSITIONS,
     SHAPES,
     ToyWorld,
+    vocabulary,
 )
+from llava_integration.templates import TEMPLATES
 
 SHORT = "Answer the question using a single word or phrase."
 CAPTION_PROMPTS = (
@@ -155,8 +157,6 @@ def text_only_sample(rng: random.Random) -> list[tuple[str, str]]:
 
 def corpus() -> list[str]:
     """Every string the toy data can contain (the tiny tokenizer's vocabulary is built from it)."""
-    from genhancer.toyworld.world import vocabulary
-    from llava_integration.templates import TEMPLATES
 
     texts = [SHORT, *CAPTION_PROMPTS, " ".join(vocabulary()), "'", ","]
     attrs = {"count": 1, "color": "red", "position": "left", "shape": "circle"}

@@ -9,6 +9,7 @@ driver (:class:`LlavaStages`: data and trainable weights per stage, the ZeRO-3 g
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -22,7 +23,23 @@ from genhancer.runtime.errors import UserError
 from genhancer.runtime.lora_state import merge_lora_state
 from genhancer.runtime.optim import grad_accum_steps, lr_schedule
 from genhancer.runtime.seeding import derive_seed
+from llava_integration import model as llava_model
 from llava_integration.config import RESUME_ALLOWED_CHANGES, STAGES, LlavaTrainConfig, StageConfig
+from llava_integration.data import LlavaStream, RowReport, load_records
+from llava_integration.inference import LlavaRunner
+from llava_integration.model import PROJECTOR_META
+from llava_integration.stages import (
+    LlavaTask,
+    cast_floating,
+    configure_stage,
+    has_lora,
+    keep_trainable_fp32,
+    load_trainable_state,
+    merge_lora,
+    trainable_state,
+)
+from llava_integration.templates import check_tokenizer, get_template
+from llava_integration.toydata import toy_accuracy, write_toy_llava
 
 log = logging.getLogger("llava_integration")
 
@@ -42,7 +59,6 @@ def stage_paths(cfg: LlavaTrainConfig, st: StageConfig, name: str, run_dir: Path
 
 
 def prepare_toy_data(cfg: LlavaTrainConfig, run_dir: Path, image_size: int) -> None:
-    from llava_integration.toydata import write_toy_llava
 
     d = cfg.data
     write_toy_llava(
@@ -95,7 +111,6 @@ def enable_tf32() -> None:
 
 def stage_image_processor(image_processor, st: StageConfig):
     """The processor a stage reads images with: ``image_aspect_ratio`` pad or crop (see StageConfig)."""
-    import copy
 
     out = copy.deepcopy(image_processor)
     out.do_pad = st.image_aspect_ratio == "pad"
@@ -104,7 +119,6 @@ def stage_image_processor(image_processor, st: StageConfig):
 
 def pretrain_saved(run_dir: Path) -> bool:
     """DIR/pretrain is complete (``save_projector`` writes its meta file last)."""
-    from llava_integration.model import PROJECTOR_META
 
     return (run_dir / "pretrain" / PROJECTOR_META).is_file()
 
@@ -130,16 +144,6 @@ class LlavaStages(StageDriver):
 
     def setup_stage(self, name: str) -> StageSetup:
         from torch.utils.data import DataLoader
-
-        from llava_integration import model as llava_model
-        from llava_integration.data import LlavaStream, RowReport, load_records
-        from llava_integration.stages import (
-            configure_stage,
-            keep_trainable_fp32,
-            load_trainable_state,
-            trainable_state,
-        )
-        from llava_integration.templates import check_tokenizer, get_template
 
         cfg, llava, task, accelerator = self.cfg, self.llava, self.task, self.accelerator
         tokenizer = self.processor.tokenizer
@@ -217,7 +221,6 @@ class LlavaStages(StageDriver):
         )
 
     def stage_finished(self, name: str) -> None:
-        from llava_integration import model as llava_model
 
         run_dir = self.folder.path
         if name == "pretrain" and self.accelerator.is_main_process and not pretrain_saved(run_dir):
@@ -225,7 +228,6 @@ class LlavaStages(StageDriver):
             llava_model.save_projector(self.llava, run_dir / "pretrain", self.cfg.model.vision_tower)
 
     def end_stage(self, name: str, prepared: torch.nn.Module) -> None:
-        from llava_integration import model as llava_model
 
         accelerator, cfg = self.accelerator, self.cfg
         if self.zero3:  # parameters are partitioned across ranks: gather them (collective) before saving
@@ -254,7 +256,6 @@ def merged_final_state(llava, gathered: dict) -> dict:
     """Under DeepSpeed: LoRA merged into the gathered weights (the module's own may be ZeRO-3
     partitions, which peft cannot merge in place), and the adapters unloaded from the module, so
     ``DIR/final`` is a plain ``LlavaForConditionalGeneration`` either way."""
-    from llava_integration.stages import has_lora
 
     if not has_lora(llava):
         return gathered
@@ -275,9 +276,6 @@ def merged_final_state(llava, gathered: dict) -> dict:
 def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> dict:
     """Train the configured stages and save ``DIR/final``. Returns paths and the toy report."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    from llava_integration import model as llava_model
-    from llava_integration.stages import LlavaTask, cast_floating, merge_lora
 
     # --- compute
     use_cuda = torch.cuda.is_available()
@@ -352,9 +350,6 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
         final = llava_model.save(llava, processor, run_dir / "final", state_dict=gathered)
         out["final"] = str(final)
         if cfg.data.source == "toyworld" and cfg.train.eval_toy and not zero3:
-            from llava_integration.inference import LlavaRunner
-            from llava_integration.toydata import toy_accuracy
-
             runner = LlavaRunner(llava, processor, device=accelerator.device)
             report["toy_eval"] = toy_accuracy(runner, run_dir / "data" / "eval.json", run_dir / "data")
             out["toy_eval"] = report["toy_eval"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,8 +32,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from enhance.backbones.hf import HFCLIPBackbone, HFSiglipBackbone
+from enhance.backbones.openclip import OpenCLIPBackbone, register_model_config
+from enhance.towers.resolve import resolve_tower
 from enhance.towers.spec import is_tower_spec
 from genhancer.runtime.errors import UserError
+from genhancer.toyworld.models import TINY_CLIP_RECIPE, resolve_tiny
 
 #: Every dual encoder is scored in this dtype, whatever dtype its weights were saved in: the
 #: official MMVP-VLM evaluation casts towers with ``model.eval().float()``, and a bf16 tower scored
@@ -163,7 +168,6 @@ _SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "
 def stored_dtype(folder: Path) -> str | None:
     """The floating dtype most values in ``folder``'s ``*.safetensors`` files are stored in, read
     from their headers only (a loader may already have converted the weights), or None."""
-    import struct
 
     counts: dict[str, int] = {}
     for f in sorted(Path(folder).glob("*.safetensors")):
@@ -190,7 +194,6 @@ class HFDualEncoder(DualEncoder):
     """HF ``CLIPModel`` / ``SiglipModel`` with its processor."""
 
     def __init__(self, spec: str, model, processor, revision: str, device, batch_size=64, progress=False):
-        from enhance.backbones.hf import HFCLIPBackbone, HFSiglipBackbone
 
         self.kind = "siglip" if model.config.model_type == "siglip" else "clip"
         size = model.config.vision_config.image_size
@@ -234,8 +237,6 @@ class OpenCLIPDualEncoder(DualEncoder):
 
     def __init__(self, spec, model, model_name, revision, device, batch_size=64, progress=False):
         import open_clip
-
-        from enhance.backbones.openclip import OpenCLIPBackbone
 
         size = model.visual.image_size
         size = int(size[0] if isinstance(size, tuple | list) else size)
@@ -289,8 +290,6 @@ def resolve_spec(spec: str, cache_dir: str | None = None) -> tuple[str, str]:
     ``kind`` is ``hf`` (local dir or hub id), ``open_clip_dir``, ``open_clip`` or ``tiny``.
     """
     if is_tower_spec(spec):  # hf:REPO/SUB@REV or WEIGHTS::BASE: a local folder (converted once)
-        from enhance.towers.resolve import resolve_tower
-
         return resolve_spec(resolve_tower(spec, cache_dir, "--clip"), cache_dir)
     if spec.startswith(TINY_PREFIX):
         if spec != TINY_PREFIX + "clip":
@@ -328,8 +327,6 @@ def model_fingerprint(spec: str, cache_dir: str | None = None) -> str:
     if kind in ("hf", "open_clip_dir") and Path(where).is_dir():
         return f"{Path(where).resolve()}@{files_fingerprint(Path(where))}"
     if kind == "tiny":
-        from genhancer.toyworld.models import TINY_CLIP_RECIPE
-
         blob = json.dumps(TINY_CLIP_RECIPE, sort_keys=True).encode()
         return f"{spec}@{hashlib.sha256(blob).hexdigest()[:12]}"
     return where
@@ -398,8 +395,6 @@ def _load_open_clip_dir(spec: str, where: str, **kw) -> OpenCLIPDualEncoder:
 def _load_open_clip(spec: str, where: str, **kw) -> OpenCLIPDualEncoder:
     import open_clip
 
-    from enhance.backbones.openclip import register_model_config
-
     if where.startswith("hf-hub:"):
         name, pretrained = where, None
     else:
@@ -427,8 +422,6 @@ def load_encoder(
     kind, where = resolve_spec(spec, cache_dir)
     kw = {"device": resolve_device(device), "batch_size": batch_size, "progress": progress}
     if kind == "tiny":
-        from genhancer.toyworld.models import resolve_tiny
-
         enc = _load_hf(spec, resolve_tiny(spec, cache_dir or None), "", False, **kw)
         enc.revision = model_fingerprint(spec).split("@")[-1]
         return enc

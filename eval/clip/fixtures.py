@@ -50,6 +50,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from eval.clip.clustering import quiet_datasets
 from eval.clip.mmvp_vlm import CSV_COLUMNS, CSV_NAME, IMAGE_DIR, PAIRS_PER_PATTERN, PATTERNS
 from genhancer.runtime.seeding import derive_seed
 from genhancer.toyworld.world import (
@@ -245,8 +246,6 @@ def write_toy_clustering(
     if layout != "datasets":
         raise ValueError(f"layout must be datasets or imagefolder, got {layout!r}")
     import datasets
-
-    from eval.clip.clustering import quiet_datasets
 
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SHAPES))}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from enhance.layout import EXPORT_DIR, EXPORT_META, STEPS_DIR, list_step_exports, read_export_meta
 from eval.leaderboard import ModelSpec
+from eval.report import save_figure
 from genhancer.runtime.errors import UserError
 
 STEP_KEY = "stage2_step"
@@ -134,8 +135,6 @@ def plot_step_curve(records: list[dict], path: str | Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from eval.report import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for run, points in curves.items():

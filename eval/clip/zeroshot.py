@@ -21,6 +21,7 @@ feature; captions from a list-of-strings column).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,7 +193,6 @@ def _open(item) -> Image.Image:
 def _folder_revision(root: Path, paths: Sequence[Path], extra: str = "") -> str:
     """``files:<hash>`` of relative names and sizes (cheap for ImageNet-sized folders; moving the
     folder keeps it)."""
-    import hashlib
 
     h = hashlib.sha256(extra.encode())
     for p in paths:

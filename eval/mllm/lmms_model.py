@@ -31,6 +31,7 @@ from lmms_eval.api.model import lmms
 
 from eval.mllm.lmms_entry import CLASS_PATH, MODEL_NAME, manifest  # noqa: F401  (re-exported)
 from genhancer.runtime.errors import UserError
+from llava_integration.inference import LlavaRunner
 
 CHOICE_MODES = ("generate", "likelihood")
 
@@ -147,8 +148,6 @@ class GenhancerLlava(lmms):
         self.responses = ResponseLog(response_log)
         self.ignored_kwargs = sorted(kwargs)
         if runner is None:
-            from llava_integration.inference import LlavaRunner
-
             if not pretrained:
                 raise UserError("genhancer_llava needs pretrained=DIR (a llava-train RUN/final)")
             path = check_llava_dir(pretrained)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -137,7 +138,6 @@ def load_mmvp_images(folder: str | Path) -> dict[int, object]:
     shards = sorted(folder.rglob("*.parquet"))
     if not shards:
         raise UserError(f"no MMVP data in {folder}: expected *.parquet or 'MMVP Images/<Index>.jpg'")
-    import io
 
     from datasets import load_dataset
     from PIL import Image

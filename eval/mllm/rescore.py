@@ -42,6 +42,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eval.config import load_config
+from eval.leaderboard import RECORD_VERSION, ResultsStore, _version, annotate_uncertainty
+from eval.mllm.coverage import task_name
+from eval.mllm.mmvp_patterns import read_pattern_map
+from eval.mllm.run import ScoreSettings, naturalbench_prefix, score_tasks
+from eval.mllm.samples import read_jsonl, to_samples
+from eval.mllm.scoring import SCORERS
+from eval.report import render_markdown
 from genhancer.runtime.errors import UserError
 
 
@@ -106,10 +114,6 @@ def rescore(
     Raises UserError naming the counts when rows are duplicate, missing or extra, unless
     ``allow_partial``.
     """
-    from eval.mllm.coverage import task_name
-    from eval.mllm.run import naturalbench_prefix, score_tasks
-    from eval.mllm.samples import read_jsonl, to_samples
-    from eval.mllm.scoring import SCORERS
 
     if benchmark not in SCORERS:
         raise UserError(f"unknown MLLM benchmark '{benchmark}'; choose from: {', '.join(SCORERS)}")
@@ -140,9 +144,6 @@ def rescore(
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from eval.config import load_config
-        from eval.mllm.run import ScoreSettings
-
         cfg = load_config(args.preset, args.config, args.overrides)
         lm = cfg.lmms
         key = os.environ.get("OPENAI_API_KEY", "") if lm.hallusion_judge == "gpt" else ""
@@ -154,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"no such samples file: {f}")
         settings = ScoreSettings(lm.mmvp_answer_key, lm.hallusion_judge, key, lm.hallusion_judge_model)
         if args.benchmark == "mmvp" and lm.mmvp_patterns:
-            from eval.mllm.mmvp_patterns import read_pattern_map
-
             settings.mmvp_patterns = read_pattern_map(lm.mmvp_patterns)
         results, reports = rescore(args.benchmark, files, settings, args.allow_partial)
         model = args.model or files[0].resolve().parent.name
@@ -172,9 +171,6 @@ def main(argv: list[str] | None = None) -> int:
             for problem in report.problems():
                 print(f"  warning: {problem}", file=sys.stderr)
         if args.output_dir:
-            from eval.leaderboard import RECORD_VERSION, ResultsStore, _version, annotate_uncertainty
-            from eval.report import render_markdown
-
             out = Path(args.output_dir)
             store = ResultsStore(out / "results.json")
             digest = _files_digest(files)

@@ -16,11 +16,13 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from eval.config import HALLUSION_JUDGE_MODEL
 from eval.mllm.coverage import RowReport, check_rows, group_official_rows, task_info
+from eval.mllm.lmms_model import ResponseLog
 from eval.mllm.samples import dedupe, to_samples
 from eval.mllm.scoring import ORIGINAL_MMVP_KEY_FIXES, SCORERS, Sample, Score
 from eval.mllm.tasks import TaskSet
@@ -43,7 +45,6 @@ class ScoreSettings:
 
 
 def lmms_eval_version() -> str:
-    from importlib.metadata import version
 
     return version("lmms_eval")
 
@@ -236,8 +237,6 @@ def run_benchmark(
     """
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
-
-    from eval.mllm.lmms_model import ResponseLog
 
     audit = Path(audit_dir)
     audit.mkdir(parents=True, exist_ok=True)
