@@ -95,7 +95,9 @@ def build_real(size: str):
     vae = AutoencoderKL(**FLUX_VAE).requires_grad_(False).eval()
     codec = LatentCodec(vae, 0.3611, 0.1159)
     projector = ConditionProjector(
-        backbone.global_dim, cfg.method.denoiser.pooled_projection_dim, cfg.method.denoiser.joint_attention_dim
+        backbone.global_dim,
+        cfg.method.denoiser.pooled_projection_dim,
+        cfg.method.denoiser.joint_attention_dim,
     )
     denoiser = build_continuous_denoiser(cfg.method.denoiser, 16)
     return GenHancerModel(backbone, projector, denoiser, codec), cfg

@@ -75,7 +75,9 @@ def test_an_export_in_the_first_layout_still_reconstructs(demo_run, tmp_path, tw
     from PIL import Image
 
     img = Image.open(two_images[0])
-    assert np.array_equal(np.asarray(old.reconstruct(encoder, img)), np.asarray(new.reconstruct(encoder, img)))
+    assert np.array_equal(
+        np.asarray(old.reconstruct(encoder, img)), np.asarray(new.reconstruct(encoder, img))
+    )
 
 
 def test_unknown_and_mismatched_runs_are_explained(demo_run, tmp_path, tmp_model_dirs, two_images):

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from enhance.config import load_config
-from enhance.methods.genhancer.model import build_genhancer
 from enhance.denoisers.continuous import (
     ContinuousDenoiser,
     build_continuous_denoiser,
@@ -17,6 +16,7 @@ from enhance.denoisers.continuous import (
     pack_latents,
     unpack_latents,
 )
+from enhance.methods.genhancer.model import build_genhancer
 from genhancer.runtime.errors import UserError
 
 LATENT_C = 16
@@ -108,7 +108,10 @@ def test_forward_shape(denoiser, tiny_cfg, grid):
 def test_rotary_axes_must_sum_to_the_head_dim(tiny_cfg):
     """Rotary axes must sum to the head dim: validate() catches what FLUX would only hit at the first forward."""
     with pytest.raises(UserError, match="must sum to"):
-        load_config("tiny", overrides=["method.denoiser.attention_head_dim=16", "method.denoiser.axes_dims_rope=[4, 6, 8]"])
+        load_config(
+            "tiny",
+            overrides=["method.denoiser.attention_head_dim=16", "method.denoiser.axes_dims_rope=[4, 6, 8]"],
+        )
     cfg = tiny_cfg.method.denoiser
     cfg.axes_dims_rope = [4, 6, 8]  # bypassing validation: the forward pass breaks
     bad = build_continuous_denoiser(cfg, LATENT_C)

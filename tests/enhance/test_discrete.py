@@ -171,6 +171,8 @@ def test_discrete_without_tokenizer_is_a_user_error(tiny_enhance_config):
     with pytest.raises(UserError, match="denoiser.tokenizer"):
         build_model(
             tiny_enhance_config(
-                "method.denoiser.kind=discrete", "method.denoiser.perceiver_hidden=32", "method.denoiser.perceiver_heads=2"
+                "method.denoiser.kind=discrete",
+                "method.denoiser.perceiver_hidden=32",
+                "method.denoiser.perceiver_heads=2",
             )
         )
