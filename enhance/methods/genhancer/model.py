@@ -74,6 +74,8 @@ def _discrete(cfg, backbone, cache_dir):
 def build_genhancer(cfg, backbone, cache_dir: str | None = None) -> GenHancerModel:
     """GenHancer's model around ``backbone``: the codec it reconstructs in (VAE or VQ tokenizer),
     a random-init projector and a random-init denoiser, seeded by ``train.seed``."""
-    if cfg.method.denoiser.kind == "discrete":
-        return _discrete(cfg, backbone, cache_dir)
-    return _continuous(cfg, backbone, cache_dir)
+    builders = {"continuous": _continuous, "discrete": _discrete}
+    kind = cfg.method.denoiser.kind
+    if kind not in builders:  # a hand-built tree skips the config's enum check
+        raise UserError(f"unknown denoiser kind '{kind}'; choose one of {sorted(builders)}")
+    return builders[kind](cfg, backbone, cache_dir)
