@@ -23,6 +23,7 @@ from torch import nn
 
 from enhance.architectures import sd_unet_config, tower_vision
 from enhance.denoisers.continuous import flux_kwargs
+from enhance.denoisers.discrete import PerceiverDenoiser, masked_cross_entropy
 from enhance.methods import get_method
 from genhancer.runtime import memory
 from genhancer.runtime.memory import Activations, Part, Setup
@@ -215,8 +216,10 @@ def plan_stages(
     precision = cfg.train.mixed_precision
     if getattr(method, "sd", None) is not None and d is None:
         return plan_sd_stages(cfg, parts, vision, setup, described_method or {})
-    if d is None or getattr(d, "kind", "continuous") != "continuous":
-        return {"note": "memory plan: not made for the discrete denoiser (its Perceiver is not measured)"}
+    if d is not None and getattr(d, "kind", "continuous") == "discrete":
+        return plan_discrete_stages(cfg, parts, vision, setup)
+    if d is None:
+        return {"note": "memory plan: this method's denoiser is not measured"}
     denoiser_params = parts.get("denoiser")
     projector_params = parts.get("projector")
     if not isinstance(denoiser_params, int) or not isinstance(projector_params, int):
@@ -310,7 +313,92 @@ def plan_stages(
     return out
 
 
-def _activations(flux: dict, d: Any, tower: dict | None, vision, gc: bool) -> Activations:
+def perceiver_slice(d: Any, precision: str, trainable: bool):
+    """Measured bytes of the discrete denoiser at the configured width: tags ``encoder`` and
+    ``decoder`` (one Perceiver block each) over the code grid, with the masked-code loss."""
+
+    def build():
+        with torch.device("meta"):
+            return PerceiverDenoiser(
+                d.codebook_size, d.token_grid, d.perceiver_hidden, 1, d.perceiver_heads, 1
+            )
+
+    def run(model, b):
+        n = d.token_grid * d.token_grid
+        codes = torch.randint(0, d.codebook_size, (b, n))
+        masked = torch.rand(b, n) < sum(d.mask_ratio) / 2
+        condition = torch.randn(b, 1, d.perceiver_hidden, requires_grad=True)
+        return masked_cross_entropy(model(codes, masked, condition), codes, masked)
+
+    def tags(model):
+        return {"encoder": model.encoder[0], "decoder": model.decoder[0]}
+
+    return _measure(build, run, tags, precision, trainable)
+
+
+def plan_discrete_stages(
+    cfg: Any, parts: dict[str, Any], vision: tuple[str, dict] | None, setup: Setup
+) -> dict:
+    """GenHancer's discrete denoiser: one encoder and one decoder Perceiver block measured at the
+    real width and code grid, scaled by depth; the frozen VQ tokenizer is not counted (its size is
+    not known offline) and says so."""
+    d = cfg.method.denoiser
+    denoiser_params, projector_params = parts.get("denoiser"), parts.get("projector")
+    if not isinstance(denoiser_params, int) or not isinstance(projector_params, int):
+        return {"note": "memory plan needs the parameter counts (set codebook_size and token_grid)"}
+    precision = cfg.train.mixed_precision
+    key = {
+        "slice": "perceiver",
+        "torch": torch.__version__.split("+")[0],
+        "denoiser": [
+            d.codebook_size,
+            d.token_grid,
+            d.perceiver_hidden,
+            d.perceiver_heads,
+            list(d.mask_ratio),
+        ],
+        "precision": precision,
+    }
+    perceiver = {
+        t: memory.cached_measurement(key | {"trainable": t}, lambda t=t: perceiver_slice(d, precision, t))
+        for t in (True, False)
+    }
+    tower = None
+    if vision is not None:
+        kind, v = vision
+        s2 = cfg.stage2
+        tkey = {"slice": "tower", "torch": key["torch"], "kind": kind, "vision": v, "precision": precision}
+        tkey |= {"r": s2.lora_r, "alpha": s2.lora_alpha, "dropout": s2.lora_dropout}
+        tower = memory.cached_measurement(tkey, lambda: tower_layer_slice(kind, v, s2, precision)[0])
+    tower_total = parts.get("tower_total")
+    lora = parts.get("lora", 0) if isinstance(parts.get("lora"), int) else 0
+    bias = parts.get("tower_bias", 0) if isinstance(parts.get("tower_bias"), int) else 0
+    gc = cfg.perf.gradient_checkpointing
+    out: dict[str, Any] = {"setup": setup.label(), "gradient_checkpointing": gc}
+    for stage in cfg.train.stages:
+        trains = stage == 1 or cfg.stage2.variant == "stage2_all"
+        plan_parts = [
+            Part("denoiser", denoiser_params, denoiser_params if trains else 0),
+            Part("projector", projector_params, projector_params if trains else 0),
+        ]
+        if isinstance(tower_total, int):
+            plan_parts.append(Part("tower", tower_total + lora, (lora + bias) if stage == 2 else 0))
+        depth = {"encoder": d.num_layers, "decoder": d.decoder_layers}
+        acts = _activations(perceiver[trains], d, tower if stage == 2 else None, vision, gc, depth)
+        st = getattr(cfg, f"stage{stage}")
+        stage_setup = Setup(**{**memory.setup_dict(setup), "optimizer": st.optimizer})
+        row = memory.plan(plan_parts, acts, st.per_device_batch_size, stage_setup)
+        row["other_setups"] = memory.alternatives(plan_parts, acts, st.per_device_batch_size, stage_setup)
+        row["not_counted"] = (
+            "the frozen VQ tokenizer's weights and activations (its size is not known offline)"
+        )
+        out[f"stage{stage}"] = row
+    return out
+
+
+def _activations(
+    flux: dict, d: Any, tower: dict | None, vision, gc: bool, depth: dict[str, int] | None = None
+) -> Activations:
     """Scale the measured slices by depth (checkpointing: inputs per block + one block re-run)."""
 
     def block(tag_bytes: dict, n: int) -> tuple[float, float]:
@@ -320,7 +408,8 @@ def _activations(flux: dict, d: Any, tower: dict | None, vision, gc: bool) -> Ac
 
     by_part: dict[str, float] = {}
     fixed = 0.0
-    for tag, n in (("double", d.num_layers), ("single", d.num_single_layers)):
+    depth = depth or {"double": d.num_layers, "single": d.num_single_layers}
+    for tag, n in depth.items():
         if tag in flux and n:
             ps, fx = block(flux[tag], n)
             by_part[f"denoiser_{tag}_blocks"] = ps
@@ -328,7 +417,7 @@ def _activations(flux: dict, d: Any, tower: dict | None, vision, gc: bool) -> Ac
     other = flux.get("other", {"per_sample": 0, "fixed": 0})
     by_part["denoiser_other"] = other["per_sample"]
     fixed += other["fixed"]
-    source = "measured: FLUX 1 double + 1 single block at real width"
+    source = f"measured: 1 block each of {', '.join(depth)} at real width"
     if tower is not None and vision is not None:
         layers = vision[1]["num_hidden_layers"]
         ps, fx = block(tower["tower_layer"], layers)

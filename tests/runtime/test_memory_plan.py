@@ -173,3 +173,22 @@ def test_frozen_sd_methods_plan_the_unet_and_the_tower(method, tmp_path, monkeyp
             "B^2 + B" in row["activations_note"]
             and f"x {row['micro_batch'] + 1} calls" in row["activations_source"]
         )
+
+
+def test_the_discrete_denoiser_is_planned_from_a_measured_perceiver_block(tmp_path, monkeypatch):
+    """``tiny-discrete``: one encoder and one decoder block measured at the real width, scaled by
+    depth (twice the encoder blocks: twice their bytes), the VQ tokenizer named as not counted."""
+    from enhance.cli import main
+
+    monkeypatch.setenv("GENHANCER_MEMORY_CACHE", str(tmp_path))
+    rows = {}
+    for layers in (2, 4):
+        argv = ["--preset", "tiny-discrete", "--set", f"method.denoiser.num_layers={layers}", "--describe"]
+        rows[layers] = _describe(main, [*argv, "--gpu-memory", "4"])["memory_plan"]["stage1"]
+    parts = {n: r["activations_per_sample_by_part_gib"] for n, r in rows.items()}
+    assert parts[2]["denoiser_encoder_blocks"] > 0 and parts[2]["denoiser_decoder_blocks"] > 0
+    assert parts[4]["denoiser_encoder_blocks"] == pytest.approx(
+        2 * parts[2]["denoiser_encoder_blocks"], rel=0.05
+    )
+    assert parts[4]["denoiser_decoder_blocks"] == parts[2]["denoiser_decoder_blocks"]
+    assert rows[2]["max_micro_batch"] >= 1 and "VQ tokenizer" in rows[2]["not_counted"]
