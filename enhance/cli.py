@@ -144,11 +144,10 @@ def _meta_backbone(cfg):
     from enhance.architectures import tower_vision
     from enhance.backbones.hf import HFCLIPBackbone, HFSiglipBackbone
 
-    name = cfg.backbone.name_or_path
-    if tower_vision(name) is not None:
-        kind, vision, proj = tower_vision(name)
-    else:
+    known = tower_vision(cfg.backbone.name_or_path)
+    if known is None:
         return None
+    kind, vision, proj = known
     text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1}
     if kind == "siglip":
         return HFSiglipBackbone.bare(SiglipModel(SiglipConfig(vision_config=vision, text_config=text)))

@@ -383,8 +383,8 @@ def load_config(
     name = _method_name(method, file_data, list(overrides))
     overrides = [_legacy_override(o, name) for o in overrides]
     data: dict = {}
-    preset = preset or file_data.pop("preset", None)
-    file_data.pop("preset", None)
+    file_preset = file_data.pop("preset", None)  # a saved tree may name the preset it came from
+    preset = preset or file_preset
     if preset:
         data = configtools.load_preset(PRESETS_DIR, preset)
         m = get_method(name)

@@ -201,6 +201,36 @@ def tower_layer_slice(kind: str, vision: dict, lora: Any, precision: str, full: 
     return _measure(build, run, tags, precision, trainable), seq
 
 
+def _tower_measurement(
+    cfg: Any, vision: tuple[str, dict] | None, precision: str, full: bool = False
+) -> dict[str, Any] | None:
+    """One tower layer as stage 2 trains it (with its LoRA, or every weight when ``full``),
+    measured once per configuration and cached; None when the tower is not known offline."""
+    if vision is None:
+        return None
+    kind, v = vision
+    s2 = cfg.stage2
+    key = {
+        "slice": "tower",
+        "torch": torch.__version__.split("+")[0],
+        "kind": kind,
+        "vision": v,
+        "precision": precision,
+        "r": s2.lora_r,
+        "alpha": s2.lora_alpha,
+        "dropout": s2.lora_dropout,
+    }
+    if full:
+        key["full"] = True
+    return memory.cached_measurement(key, lambda: tower_layer_slice(kind, v, s2, precision, full=full)[0])
+
+
+def _count(parts: dict[str, Any], name: str) -> int:
+    """A parameter count from ``--describe``'s table (0 where it is a note, not a number)."""
+    value = parts.get(name)
+    return value if isinstance(value, int) else 0
+
+
 def plan_stages(
     cfg: Any,
     parts: dict[str, Any],
@@ -256,27 +286,12 @@ def plan_stages(
             key | {"trainable": trainable},
             lambda t=trainable: flux_slice(d, vae.latent_channels, image_size, text_tokens, precision, t),
         )
-    tower = None
-    if vision is not None:
-        kind, v = vision
-        s2 = cfg.stage2
-        tkey = {
-            "slice": "tower",
-            "torch": torch_version,
-            "kind": kind,
-            "vision": v,
-            "precision": precision,
-            "r": s2.lora_r,
-            "alpha": s2.lora_alpha,
-            "dropout": s2.lora_dropout,
-        }
-        tower = memory.cached_measurement(tkey, lambda: tower_layer_slice(kind, v, s2, precision)[0])
+    tower = _tower_measurement(cfg, vision, precision)
 
     tower_total = parts.get("tower_total")
     vae_dtype = "bfloat16" if cfg.perf.vae_dtype in ("auto", "bfloat16") else "float32"
     gc = cfg.perf.gradient_checkpointing
-    lora = parts.get("lora", 0) if isinstance(parts.get("lora"), int) else 0
-    bias = parts.get("tower_bias", 0) if isinstance(parts.get("tower_bias"), int) else 0
+    lora, bias = _count(parts, "lora"), _count(parts, "tower_bias")
 
     def stage_plan(stage: int, variant: str, batch: int) -> dict[str, Any]:
         denoiser_trains = stage == 1 or variant == "stage2_all"
@@ -363,16 +378,9 @@ def plan_discrete_stages(
         t: memory.cached_measurement(key | {"trainable": t}, lambda t=t: perceiver_slice(d, precision, t))
         for t in (True, False)
     }
-    tower = None
-    if vision is not None:
-        kind, v = vision
-        s2 = cfg.stage2
-        tkey = {"slice": "tower", "torch": key["torch"], "kind": kind, "vision": v, "precision": precision}
-        tkey |= {"r": s2.lora_r, "alpha": s2.lora_alpha, "dropout": s2.lora_dropout}
-        tower = memory.cached_measurement(tkey, lambda: tower_layer_slice(kind, v, s2, precision)[0])
+    tower = _tower_measurement(cfg, vision, precision)
     tower_total = parts.get("tower_total")
-    lora = parts.get("lora", 0) if isinstance(parts.get("lora"), int) else 0
-    bias = parts.get("tower_bias", 0) if isinstance(parts.get("tower_bias"), int) else 0
+    lora, bias = _count(parts, "lora"), _count(parts, "tower_bias")
     gc = cfg.perf.gradient_checkpointing
     out: dict[str, Any] = {"setup": setup.label(), "gradient_checkpointing": gc}
     for stage in cfg.train.stages:
@@ -531,21 +539,9 @@ def plan_sd_stages(
     )
     unet = unet.get("other", {"per_sample": 0.0, "fixed": 0.0})
     tuning = getattr(cfg.stage2, "tower_tuning", "lora")
-    tower = None
-    if vision is not None:
-        kind, v = vision
-        s2 = cfg.stage2
-        tkey = {"slice": "tower", "torch": torch_version, "kind": kind, "vision": v, "precision": precision,
-                "r": s2.lora_r, "alpha": s2.lora_alpha, "dropout": s2.lora_dropout}  # fmt: skip
-        if tuning == "full":
-            tkey["full"] = True
-        tower = memory.cached_measurement(
-            tkey, lambda: tower_layer_slice(kind, v, s2, precision, full=tuning == "full")[0]
-        )
+    tower = _tower_measurement(cfg, vision, precision, full=tuning == "full")
     tower_total = parts.get("tower_total")
-    lora = parts.get("lora", 0) if isinstance(parts.get("lora"), int) else 0
-    bias = parts.get("tower_bias", 0) if isinstance(parts.get("tower_bias"), int) else 0
-    full_tower = parts.get("tower", 0) if isinstance(parts.get("tower"), int) else 0
+    lora, bias, full_tower = _count(parts, "lora"), _count(parts, "tower_bias"), _count(parts, "tower")
     costs = described.get("unet_cost", {})
     out: dict[str, Any] = {"setup": setup.label(), "gradient_checkpointing": cfg.perf.gradient_checkpointing}
     for stage in cfg.train.stages:

@@ -17,7 +17,8 @@ class FrozenSD(Method):
 
     #: The projector is a 2-layer MLP on the global token (DCR, naive) or one linear per token (DIVA).
     mlp_projector = True
-    #: This method's augmented view came from the old top-level ``dcr.*`` keys.
+    #: This method's augmented view came from the old top-level ``dcr.*`` keys (DCR's own, and
+    #: the naive baseline's, which borrowed them).
     augment_from_dcr = False
 
     def __init__(self) -> None:
@@ -41,7 +42,7 @@ class FrozenSD(Method):
             return f"method.sd.{rest}"
         if top == "vae" and rest in SD_VAE_KEYS:
             return f"method.sd.{rest}"
-        if rest in AUGMENT_KEYS and (top == "dcr" and (self.name == "dcr" or self.augment_from_dcr)):
+        if top == "dcr" and rest in AUGMENT_KEYS and self.augment_from_dcr:
             return f"method.augment.{rest}"
         if top in self.legacy_sections:
             return f"method.{rest}"

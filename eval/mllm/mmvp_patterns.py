@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from eval.clip.mmvp_vlm import PATTERN_KEYS, MMVPData, load_mmvp_vlm, pattern_key
+from genhancer.runtime.cli import report
 from genhancer.runtime.errors import UserError
 
 PATTERN_FILE = "patterns.csv"
@@ -171,8 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     except UserError as exc:
-        print(f"mmvp_patterns: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report("mmvp_patterns", exc)
 
 
 if __name__ == "__main__":

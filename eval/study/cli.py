@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from genhancer.runtime.cli import report
 from genhancer.runtime.errors import UserError
 
 PARTS = ("study", "sensitivity", "all")
@@ -63,8 +64,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m eval.study") 
     try:
         cfg = load_study_config(args.preset, args.config, sets)
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return report(prog, exc)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from genhancer.runtime.threads import configure_threads
     from genhancer.toyworld.models import default_cache_dir

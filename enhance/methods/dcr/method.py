@@ -15,6 +15,7 @@ class DCR(FrozenSD):
     summary = "frozen SD; InfoNCE over predicted noise (anchor, augmented-view and target positives)"
     section = DCRSection
     legacy_sections = ("dcr",)
+    augment_from_dcr = True
     plan = {
         1: "projector (2-layer MLP on the global token) trains, tower frozen, DCR loss",
         2: "tower LoRA trains, projector frozen, DCR loss",
