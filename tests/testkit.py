@@ -45,6 +45,15 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
+def module_launcher(procs: int) -> list[str]:
+    """The command prefix that runs ``-m MODULE`` on ``procs`` CPU processes: the interpreter
+    itself for one, torchrun (on a free port) for more."""
+    if procs == 1:
+        return [sys.executable, "-m"]
+    torchrun = ["torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", free_port()]
+    return [sys.executable, "-m", *torchrun, "-m"]
+
+
 def tiny_enhance_flags(dirs, *extra: str) -> list[str]:
     """``enhance --preset tiny`` command-line flags pointed at the session's tiny models
     (``tmp_model_dirs``), 64-image toy world, then ``extra`` ``KEY=VALUE`` overrides."""

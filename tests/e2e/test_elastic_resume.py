@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from testkit import free_port, subprocess_env, tiny_enhance_flags
+from testkit import module_launcher, subprocess_env, tiny_enhance_flags
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +48,7 @@ TOWER = Path("export/vision_tower/model.safetensors")
 
 def _run(dirs, out: Path, procs: int, resume: bool = False) -> None:
     flags = [*tiny_enhance_flags(dirs, *SETS), "--stage", "1", "--output-dir", str(out)]
-    launch = [sys.executable, "-m"]
-    if procs > 1:
-        launch += [
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(procs),
-            "--master_port",
-            free_port(),
-            "-m",
-        ]
+    launch = module_launcher(procs)
     cmd = [*launch, "enhance", *flags, *(["--resume"] if resume else [])]
     subprocess.run(cmd, check=True, timeout=600, env=subprocess_env())
 
@@ -147,16 +137,7 @@ def test_llava_two_to_one(tmp_path):
     flags = ["--preset", "tiny", "--vision-tower", str(tower), *[x for s in sets for x in ("--set", s)]]
 
     def run(out: Path, procs: int, resume: bool = False) -> None:
-        launch = [sys.executable, "-m"]
-        if procs > 1:
-            launch += [
-                "torch.distributed.run",
-                "--nproc_per_node",
-                str(procs),
-                "--master_port",
-                free_port(),
-                "-m",
-            ]
+        launch = module_launcher(procs)
         cmd = [
             *launch,
             "llava_integration",

@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from testkit import free_port, subprocess_env, tiny_enhance_flags
+from testkit import module_launcher, subprocess_env, tiny_enhance_flags
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +45,7 @@ TOWER = Path("export/vision_tower/model.safetensors")
 
 def _cmd(dirs, out: Path, procs: int, resume: bool = False) -> list[str]:
     flags = [*tiny_enhance_flags(dirs, *SETS), "--stage", "1", "--output-dir", str(out)]
-    launch = [sys.executable, "-m"]
-    if procs > 1:
-        launch += [
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(procs),
-            "--master_port",
-            free_port(),
-            "-m",
-        ]
+    launch = module_launcher(procs)
     return [*launch, "enhance", *flags, *(["--resume"] if resume else [])]
 
 
