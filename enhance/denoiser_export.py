@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from enhance.backbones.base import BackboneOutput
-from enhance.layout import DenoiserMeta
+from enhance.export_meta import DenoiserMeta
 
 
 class FixedToken(nn.Module):

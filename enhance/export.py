@@ -15,11 +15,10 @@ from types import SimpleNamespace
 import torch
 
 from enhance.denoiser_export import DenoiserExport
+from enhance.export_meta import DenoiserMeta, ExportMeta
 from enhance.layout import (
     DENOISER_DIR,
     STEPS_DIR,
-    DenoiserMeta,
-    ExportMeta,
     list_step_exports,
     read_denoiser_meta,
     read_export_meta,

@@ -10,17 +10,17 @@ eval, the demo, the leaderboard's method detection).
 ``RUN/export/steps/<step>/``        the merged tower every ``stage2.export_every`` stage-2 steps
 ``genhancer_export.json``           in each export folder (:class:`ExportMeta`)
 
-Both metadata files carry a ``format`` number; readers migrate older formats here, once.
+Both metadata files (:mod:`enhance.export_meta`) carry a ``format`` number; readers migrate older
+formats here, once.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from genhancer.runtime.errors import UserError
+from enhance.config import migrate_legacy
+from enhance.export_meta import DENOISER_META, EXPORT_FORMAT, EXPORT_META, DenoiserMeta, ExportMeta
+from genhancer.runtime.jsonfile import read_json
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
@@ -30,49 +30,6 @@ VISION_TOWER_DIR = "vision_tower"
 OPEN_CLIP_DIR = "open_clip"
 DENOISER_DIR = "denoiser"
 STEPS_DIR = "steps"
-EXPORT_META = "genhancer_export.json"
-DENOISER_META = "genhancer.json"
-
-#: The VAE keys a format-1 frozen-SD export kept in ``vae`` (now in the method's ``sd`` section).
-_V1_SD_VAE_KEYS = ("scaling_factor", "shift_factor", "latent_channels", "sample_posterior")
-#: Format 1: written before the fields were versioned (no ``format`` key); format 2: now.
-EXPORT_FORMAT = 2
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a JSON object")
-    return data
-
-
-@dataclass
-class ExportMeta:
-    """``genhancer_export.json``: which method trained the tower, at which stage-2 step."""
-
-    method: str = "genhancer"
-    stage2_step: int | None = None
-    final: bool = True
-    dtype: str = "float32"
-    lora_targets: str = ""
-    lora_target_modules: list[str] = field(default_factory=list)
-    lora_bias: str = ""
-    format: int = EXPORT_FORMAT
-
-    @classmethod
-    def from_json(cls, data: dict) -> ExportMeta:
-        """Any format -> the current one (format 1 had the same keys, and no ``format``)."""
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        known["format"] = EXPORT_FORMAT
-        return cls(**known)
-
-    def write(self, folder: Path) -> Path:
-        path = Path(folder) / EXPORT_META
-        path.write_text(json.dumps(asdict(self), indent=2))
-        return path
 
 
 def read_export_meta(folder: str | Path, parent: bool = True) -> ExportMeta | None:
@@ -81,53 +38,27 @@ def read_export_meta(folder: str | Path, parent: bool = True) -> ExportMeta | No
     folder = Path(folder)
     for f in (folder / EXPORT_META, folder.parent / EXPORT_META)[: 2 if parent else 1]:
         if f.is_file():
-            return ExportMeta.from_json(_read_json(f))
+            return ExportMeta.from_json(read_json(f))
     return None
 
 
-@dataclass
-class DenoiserMeta:
-    """``export/denoiser/genhancer.json``: the run's method section and backbone settings, which is
-    what rebuilding the generator side needs."""
-
-    method: str
-    method_config: dict[str, Any]
-    backbone: dict[str, Any]
-    format: int = EXPORT_FORMAT
-
-    @classmethod
-    def from_json(cls, data: dict) -> DenoiserMeta:
-        """Format 1 (no ``format`` key) kept the method's settings in top-level keys: GenHancer's
-        ``denoiser``/``vae``/``flow``; a frozen-SD method's ``sd`` and its VAE scaling in ``vae``.
-        That writer is gone, so its two shapes are a closed set, migrated here."""
-        if "format" in data:
-            return cls(
-                data["method"], dict(data["method_config"]), dict(data["backbone"]), int(data["format"])
-            )
-        name = str(data.get("method", "genhancer"))
-        if "sd" not in data:  # GenHancer's own denoiser
-            section = {k: data[k] for k in ("denoiser", "vae", "flow") if k in data}
-        else:
-            vae = data.get("vae") or {}
-            scaling = {k: vae[k] for k in _V1_SD_VAE_KEYS if k in vae}
-            section = {"sd": {**(data.get("sd") or {}), **scaling}}
-        return cls(name, {"name": name, **section}, dict(data.get("backbone") or {}))
-
-    @property
-    def denoiser_kind(self) -> str:
-        """GenHancer's ``continuous`` / ``discrete``; ``sd`` for the frozen-SD methods."""
-        if "sd" in self.method_config:
-            return "sd"
-        return str((self.method_config.get("denoiser") or {}).get("kind", "continuous"))
-
-    def write(self, folder: Path) -> Path:
-        path = Path(folder) / DENOISER_META
-        path.write_text(json.dumps(asdict(self), indent=2))
-        return path
-
-
 def read_denoiser_meta(folder: str | Path) -> DenoiserMeta:
-    return DenoiserMeta.from_json(_read_json(Path(folder) / DENOISER_META))
+    data = read_json(Path(folder) / DENOISER_META)
+    return DenoiserMeta.from_json(data if "format" in data else _denoiser_meta_v1(data))
+
+
+def _denoiser_meta_v1(data: dict) -> dict:
+    """Format 1 (no ``format`` key) kept the method's settings in top-level sections, as the config
+    tree of its time did (GenHancer's ``denoiser``/``vae``/``flow``; a frozen-SD method's ``sd``, its
+    VAE scaling in ``vae``): the config tree's own migration moves them under the method."""
+    name = str(data.get("method", "genhancer"))
+    tree = migrate_legacy({**data, "method": {"name": name}})
+    return {
+        "method": name,
+        "method_config": tree["method"],
+        "backbone": dict(data.get("backbone") or {}),
+        "format": EXPORT_FORMAT,
+    }
 
 
 def list_step_exports(steps_dir: str | Path) -> list[tuple[int, Path]]:

@@ -17,7 +17,7 @@ from torch import nn
 from enhance.architectures import sd_unet_config
 from enhance.denoiser_export import DenoiserExport
 from enhance.denoisers.sd import build_sd, check_pipeline, text_embedding
-from enhance.layout import DenoiserMeta
+from enhance.export_meta import DenoiserMeta
 from enhance.methods.augment import augment_view, normalise
 from enhance.methods.sections import AugmentSection, SDSection
 from enhance.projector import _head

@@ -17,6 +17,7 @@ import yaml
 
 from enhance.publish.card import CardInputs, build_card
 from genhancer.runtime.errors import UserError
+from genhancer.runtime.jsonfile import read_json
 
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -91,12 +92,7 @@ def board_records(results_dir: str | Path, run: Path, model: str = "") -> list[d
     path = Path(results_dir).expanduser() / "results.json"
     if not path.is_file():
         raise UserError(f"--results {results_dir}: no results.json (a `leaderboard --output-dir` folder)")
-    try:
-        records = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UserError(f"--results {path} is not valid JSON ({exc})") from None
-    if not isinstance(records, list):
-        raise UserError(f"--results {path} must hold a list of records")
+    records = read_json(path, list, "a list of records", label="--results")
     if model:
         mine = [r for r in records if r.get("model") == model]
     else:

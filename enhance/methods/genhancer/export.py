@@ -10,7 +10,7 @@ from diffusers import FluxTransformer2DModel
 from enhance.denoiser_export import DenoiserExport
 from enhance.denoisers.continuous import ContinuousDenoiser
 from enhance.denoisers.discrete import PerceiverDenoiser
-from enhance.layout import DenoiserMeta
+from enhance.export_meta import DenoiserMeta
 from enhance.methods.genhancer.config import GenHancerSection
 from enhance.model import DiscreteGenHancerModel, GenHancerModel
 from enhance.projector import ConditionProjector
