@@ -33,7 +33,7 @@ from enhance.model import (
 from enhance.preview import save_preview
 from enhance.stages import checkpoint_state, configure_stage, load_checkpoint_state
 from enhance.vae import build_codec
-from genhancer.runtime.driver import RunFolder, StageDriver, StageSetup
+from genhancer.runtime.driver import RunFolder, RunRules, StageDriver, StageSetup, make_accelerator
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.optim import grad_accum_steps, lr_schedule
 from genhancer.runtime.seeding import derive_seed
@@ -41,6 +41,11 @@ from genhancer.runtime.seeding import derive_seed
 log = logging.getLogger("enhance")
 
 STAGE_NAMES = {1: "stage1", 2: "stage2"}
+RUN_RULES = RunRules(
+    tuple(STAGE_NAMES.values()),
+    RESUME_ALLOWED_CHANGES,
+    freed_after_first_stage=("stage2", "train.one_stage"),  # stage 2 has not used them yet
+)
 
 
 # --- building ---------------------------------------------------------------------------------
@@ -230,7 +235,7 @@ class EnhanceStages(StageDriver):
         cache,
         preview,
     ):
-        super().__init__(accelerator, cfg, folder, RESUME_ALLOWED_CHANGES)
+        super().__init__(accelerator, cfg, folder)
         self.model, self.source, self.cache, self.preview = model, source, cache, preview
 
     def setup_stage(self, name: str) -> StageSetup:
@@ -291,14 +296,10 @@ class EnhanceStages(StageDriver):
 
 def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dict:
     """Train the configured stages, then export. Returns {"export": {...}, "final_loss": ...}."""
-    from accelerate import Accelerator
-
     check_data_path(cfg)
 
     # --- compute
-    use_cuda = torch.cuda.is_available()
-    mixed = cfg.train.mixed_precision if use_cuda else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not use_cuda)
+    accelerator = make_accelerator(cfg.train.mixed_precision)
     world = accelerator.num_processes
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None and plugin.zero_stage == 3:
@@ -309,21 +310,14 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
 
     # --- run folder
     run_dir = Path(output_dir)
+    run_stages = [STAGE_NAMES[s] for s in cfg.train.stages]
+    needs_stage1 = not cfg.train.one_stage and 1 in get_method(cfg.method.name).stages
+    no_stage1 = (
+        f"stage 2 needs the finished stage 1 of this run in {run_dir}/checkpoints; run stage 1 "
+        "first (then --stage 2 --resume), or set train.one_stage=true for the end-to-end ablation"
+    )
     folder = RunFolder.open(
-        accelerator,
-        run_dir,
-        cfg,
-        resume,
-        stage_names=tuple(STAGE_NAMES.values()),
-        run_stages=[STAGE_NAMES[s] for s in cfg.train.stages],
-        allowed_changes=RESUME_ALLOWED_CHANGES,
-        freed_after_first_stage=["stage2", "train.one_stage"],  # stage 2 has not used them yet
-        prerequisite_error=None
-        if cfg.train.one_stage or 1 not in get_method(cfg.method.name).stages
-        else (
-            f"stage 2 needs the finished stage 1 of this run in {run_dir}/checkpoints; run stage 1 "
-            "first (then --stage 2 --resume), or set train.one_stage=true for the end-to-end ablation"
-        ),
+        accelerator, run_dir, cfg, resume, RUN_RULES, run_stages, no_stage1 if needs_stage1 else None
     )
     # --- model and data, before anything is written: a bad path fails with nothing on disk
     model = build_model(cfg).to(accelerator.device)
@@ -334,9 +328,7 @@ def run(cfg: EnhanceConfig, output_dir: str | Path, resume: bool = False) -> dic
     folder.write_config(accelerator, cfg)
     cache = prepare_latent_cache(cfg, model.codec, model.backbone.image_size, source, accelerator)
 
-    EnhanceStages(accelerator, cfg, folder, model, source, cache, preview).run(
-        [STAGE_NAMES[s] for s in cfg.train.stages]
-    )
+    EnhanceStages(accelerator, cfg, folder, model, source, cache, preview).run(run_stages)
 
     exported: dict = {}
     final_loss = None

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from genhancer.runtime.deepspeed_compat import is_deepspeed
-from genhancer.runtime.driver import RunFolder, StageDriver, StageSetup
+from genhancer.runtime.driver import RunFolder, RunRules, StageDriver, StageSetup, make_accelerator
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.lora_state import merge_lora_state
 from genhancer.runtime.optim import grad_accum_steps, lr_schedule
@@ -42,6 +42,13 @@ from llava_integration.templates import check_tokenizer, get_template
 from llava_integration.toydata import toy_accuracy, write_toy_llava
 
 log = logging.getLogger("llava_integration")
+
+RUN_RULES = RunRules(
+    STAGES,
+    RESUME_ALLOWED_CHANGES,
+    # the LR schedule depends on the step count, so pretrain's steps and batches stay fixed
+    freed_after_first_stage=("finetune",),
+)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -133,7 +140,7 @@ class LlavaStages(StageDriver):
     def __init__(
         self, accelerator, cfg: LlavaTrainConfig, folder: RunFolder, llava, processor, task, master_fp32
     ):
-        super().__init__(accelerator, cfg, folder, RESUME_ALLOWED_CHANGES)
+        super().__init__(accelerator, cfg, folder)
         self.llava, self.processor, self.task, self.master_fp32 = llava, processor, task, master_fp32
         self.zero3 = is_deepspeed(accelerator)
         self.report: dict = {"stages": {}}
@@ -275,20 +282,18 @@ def merged_final_state(llava, gathered: dict) -> dict:
 
 def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> dict:
     """Train the configured stages and save ``DIR/final``. Returns paths and the toy report."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import DistributedDataParallelKwargs
 
     # --- compute
-    use_cuda = torch.cuda.is_available()
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision if use_cuda else "no",
-        cpu=not use_cuda,
+    accelerator = make_accelerator(
+        cfg.train.mixed_precision,
         # A micro-batch of text-only samples never calls the projector. Under DDP a rank without
         # images would skip the projector's all-reduce (a collective mismatch with the other ranks),
         # and an all-text step fails the next one; unused-parameter detection reduces zeros for it
         # on that rank and leaves a globally unused gradient untouched, as one process does.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    if use_cuda:
+    if torch.cuda.is_available():
         enable_tf32()
     # DeepSpeed (ZeRO-2, or the shipped ZeRO-3 configs): stage ends gather the weights, and LoRA is
     # merged into the gathered copy (see merged_final_state)
@@ -296,23 +301,12 @@ def run(cfg: LlavaTrainConfig, output_dir: str | Path, resume: bool = False) -> 
 
     # --- run folder
     run_dir = Path(output_dir)
-    folder = RunFolder.open(
-        accelerator,
-        run_dir,
-        cfg,
-        resume,
-        stage_names=STAGES,
-        run_stages=cfg.train.stages,
-        allowed_changes=RESUME_ALLOWED_CHANGES,
-        # the LR schedule depends on the step count, so pretrain's steps and batches stay fixed
-        freed_after_first_stage=["finetune"],
-        prerequisite_error=None
-        if cfg.model.pretrained_projector
-        else (
-            "finetune needs a pretrained projector: pass --projector DIR/pretrain of a pretrain run, "
-            f"or run --stage pretrain first in {run_dir} (then --stage finetune --resume)"
-        ),
+    no_projector = (
+        "finetune needs a pretrained projector: pass --projector DIR/pretrain of a pretrain run, "
+        f"or run --stage pretrain first in {run_dir} (then --stage finetune --resume)"
     )
+    prerequisite = None if cfg.model.pretrained_projector else no_projector
+    folder = RunFolder.open(accelerator, run_dir, cfg, resume, RUN_RULES, cfg.train.stages, prerequisite)
     folder.write_config(accelerator, cfg)
 
     # --- model

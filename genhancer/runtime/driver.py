@@ -1,8 +1,8 @@
 """The stage driver both training commands run on: run folder, resume plan, one loop per stage.
 
-A command opens its :class:`RunFolder` (refuses to overwrite a run, checks a resumed config and
-the prerequisite stage), writes ``config.yaml`` once its inputs are known to be good, then runs a
-:class:`StageDriver` subclass. The subclass says how each stage is built (:meth:`StageDriver.setup_stage`)
+A command states its :class:`RunRules` once and opens its :class:`RunFolder` under them (refuses
+to overwrite a run, checks a resumed config and the prerequisite stage), writes ``config.yaml``
+once its inputs are known to be good, then runs a :class:`StageDriver` subclass. The subclass says how each stage is built (:meth:`StageDriver.setup_stage`)
 and what happens around it (:meth:`StageDriver.stage_finished`, :meth:`StageDriver.end_stage`),
 in the way a model-specific trainer overrides one step of a shared one. What each stage does on
 resume comes from the pure plan in :mod:`genhancer.runtime.resume`.
@@ -92,13 +92,32 @@ def _lookup(tree: Any, dotted: str) -> Any:
     return tree
 
 
+@dataclass(frozen=True)
+class RunRules:
+    """What a command allows of its run folders, written once beside its stages: the stage names in
+    order, the config keys a ``--resume`` may change (also left out of the checkpoints' config hash),
+    and the keys freed once the first stage has finished (the next stage has not used them yet)."""
+
+    stage_names: tuple[str, ...]
+    allowed_changes: tuple[str, ...]
+    freed_after_first_stage: tuple[str, ...] = ()
+
+
+def make_accelerator(mixed_precision: str, **kwargs: Any):
+    """The run's ``Accelerator``: ``mixed_precision`` on CUDA; CPU runs fall back to full precision."""
+    from accelerate import Accelerator
+
+    use_cuda = torch.cuda.is_available()
+    return Accelerator(mixed_precision=mixed_precision if use_cuda else "no", cpu=not use_cuda, **kwargs)
+
+
 @dataclass
 class RunFolder:
     """``DIR`` of one run, checked: the checkpoint being resumed (if any) and its metadata."""
 
     path: Path
     resume: bool
-    stage_names: tuple[str, ...]  # every stage of the command, in order (index = position + 1)
+    rules: RunRules
     latest: Path | None = None
     meta: ckpt.CheckpointMeta | None = None
 
@@ -106,25 +125,32 @@ class RunFolder:
     def open(
         cls,
         accelerator,
-        path: Path,
+        output_dir: str | Path,
         cfg: Any,
         resume: bool,
-        stage_names: Sequence[str],
+        rules: RunRules,
         run_stages: Sequence[str],
-        allowed_changes: Sequence[str],
-        freed_after_first_stage: Sequence[str],
         prerequisite_error: str | None,
     ) -> RunFolder:
         """Check the folder (see :func:`check_run_dir`) and that a run starting at a later stage
         finds the stage before it finished there; ``prerequisite_error`` (None: not needed, e.g. the
         product comes from elsewhere) is the message when it does not."""
-        latest = check_run_dir(path, cfg, resume, allowed_changes, stage_names[0], freed_after_first_stage)
-        folder = cls(path, resume, tuple(stage_names), latest, ckpt.read_meta(latest) if latest else None)
+        path = Path(output_dir)
+        first_stage = rules.stage_names[0]
+        latest = check_run_dir(
+            path, cfg, resume, rules.allowed_changes, first_stage, rules.freed_after_first_stage
+        )
+        folder = cls(path, resume, rules, latest, ckpt.read_meta(latest) if latest else None)
         first = folder.index(run_stages[0])
         if prerequisite_error is not None and not prerequisite_met(folder.meta, first):
             raise UserError(prerequisite_error)
         accelerator.wait_for_everyone()  # every rank checks the folder before the main process writes to it
         return folder
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """Every stage of the command, in order (index = position + 1)."""
+        return self.rules.stage_names
 
     def index(self, name: str) -> int:
         return self.stage_names.index(name) + 1
@@ -173,11 +199,11 @@ class StageDriver:
     """Runs the stages of one command over the shared loop. Subclasses implement
     :meth:`setup_stage` and may override the stage-end hooks."""
 
-    def __init__(self, accelerator, cfg: Any, folder: RunFolder, config_hash_ignore: Sequence[str]):
+    def __init__(self, accelerator, cfg: Any, folder: RunFolder):
         self.accelerator = accelerator
         self.cfg = cfg
         self.folder = folder
-        self.config_hash = configtools.config_hash(cfg, ignore=config_hash_ignore)
+        self.config_hash = configtools.config_hash(cfg, ignore=folder.rules.allowed_changes)
         self.protect: set[str] = set()  # checkpoints pruning must keep (finished stages)
 
     def setup_stage(self, name: str) -> StageSetup:
