@@ -19,8 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from genhancer.runtime.cli import add_config_flags, make_parser, report
-from genhancer.runtime.errors import UserError
+from genhancer.runtime.cli import add_config_flags, command, make_parser
 from genhancer.runtime.threads import configure_threads, plan_threads
 
 #: Flags that map one-to-one onto DemoConfig keys (flag name with - for _).
@@ -100,34 +99,29 @@ def _warn_missing(cfg, preset: str | None) -> None:
         )
 
 
+@command("genhancer-demo", also=(OSError,))  # OSError: e.g. the port is taken
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args, cfg = resolve_config(argv)
-        if args.list_presets:
-            from demo.config import list_presets
+    args, cfg = resolve_config(argv)
+    if args.list_presets:
+        from demo.config import list_presets
 
-            for name, text in list_presets():
-                print(f"{name:16s} {text}")
-            return 0
-        plan_threads(args.threads)
-        if args.print_config:
-            from genhancer.runtime import configtools
-
-            print(configtools.dump_yaml(cfg), end="")
-            return 0
-        _warn_missing(cfg, args.preset)
-        configure_threads("genhancer-demo", args.threads)
-        from demo.app import build_app, launch
-
-        app = build_app(cfg)
-        print(f"genhancer-demo: serving on http://{cfg.host}:{cfg.port}", file=sys.stderr)
-        launch(app, cfg, block=True)
+        for name, text in list_presets():
+            print(f"{name:16s} {text}")
         return 0
-    except UserError as exc:
-        return report("genhancer-demo", exc)
-    except OSError as exc:  # e.g. the port is taken
-        print(f"genhancer-demo: error: {exc}", file=sys.stderr)
-        return 2
+    plan_threads(args.threads)
+    if args.print_config:
+        from genhancer.runtime import configtools
+
+        print(configtools.dump_yaml(cfg), end="")
+        return 0
+    _warn_missing(cfg, args.preset)
+    configure_threads("genhancer-demo", args.threads)
+    from demo.app import build_app, launch
+
+    app = build_app(cfg)
+    print(f"genhancer-demo: serving on http://{cfg.host}:{cfg.port}", file=sys.stderr)
+    launch(app, cfg, block=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -23,11 +23,18 @@ import json
 import sys
 
 from enhance.towers.spec import check_tower_spec, is_tower_spec
-from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
+from genhancer.runtime.cli import (
+    add_config_flags,
+    command,
+    make_parser,
+    print_presets,
+    start_training,
+    start_work,
+)
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.memory import add_memory_flags
 from genhancer.runtime.preflight import check_data, check_run_folder, require_local_paths
-from genhancer.runtime.threads import configure_threads, plan_threads
+from genhancer.runtime.threads import plan_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,53 +231,46 @@ def preflight(cfg, args: argparse.Namespace, run_folder: bool = True) -> None:
     plan_threads(args.threads)
 
 
+@command("enhance")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from enhance.config import PRESETS_DIR, load_config
+    from enhance.config import PRESETS_DIR, load_config
 
-        if args.list_presets:
-            if args.method:
-                list_method_presets(args.method)
-            else:
-                print_presets(PRESETS_DIR, width=32)
-            return 0
-        if not args.preset and not args.config:
-            raise UserError("give --preset NAME or --config FILE (see --list-presets)")
-        overrides = list(args.overrides)
-        if args.stage in ("1", "2"):
-            overrides.append(f"train.stages=[{args.stage}]")
-        cfg = load_config(args.preset, args.config, overrides, method=args.method)
-        if args.describe:
-            from enhance.memory_plan import memory_section
-
-            out = describe(cfg)
-            print(json.dumps(out | memory_section(cfg, out, args), indent=2))
-            return 0
-        if args.build_latent_cache:
-            preflight(cfg, args, run_folder=False)
-            setup_logging()
-            configure_threads("enhance", args.threads)
-            from enhance.train import build_latent_cache_only
-
-            manifest = build_latent_cache_only(cfg)
-            if manifest:
-                summary = {k: manifest[k] for k in ("images", "skipped", "source_items")}
-                print(json.dumps({"latent_cache": cfg.latent_cache.path, **summary}, indent=2))
-            return 0
-        if not args.output_dir:
-            raise UserError("--output-dir is required to train")
-        preflight(cfg, args)
-        setup_logging()
-        configure_threads("enhance", args.threads)
-        from enhance.train import run
-
-        result = run(cfg, args.output_dir, resume=args.resume)
-        if result.get("export"):
-            print(json.dumps(result, indent=2))
+    if args.list_presets:
+        if args.method:
+            list_method_presets(args.method)
+        else:
+            print_presets(PRESETS_DIR, width=32)
         return 0
-    except UserError as exc:
-        return report("enhance", exc)
+    if not args.preset and not args.config:
+        raise UserError("give --preset NAME or --config FILE (see --list-presets)")
+    overrides = list(args.overrides)
+    if args.stage in ("1", "2"):
+        overrides.append(f"train.stages=[{args.stage}]")
+    cfg = load_config(args.preset, args.config, overrides, method=args.method)
+    if args.describe:
+        from enhance.memory_plan import memory_section
+
+        out = describe(cfg)
+        print(json.dumps(out | memory_section(cfg, out, args), indent=2))
+        return 0
+    if args.build_latent_cache:
+        preflight(cfg, args, run_folder=False)
+        start_work("enhance", args.threads)
+        from enhance.train import build_latent_cache_only
+
+        manifest = build_latent_cache_only(cfg)
+        if manifest:
+            summary = {k: manifest[k] for k in ("images", "skipped", "source_items")}
+            print(json.dumps({"latent_cache": cfg.latent_cache.path, **summary}, indent=2))
+        return 0
+    start_training("enhance", args, lambda: preflight(cfg, args))
+    from enhance.train import run
+
+    result = run(cfg, args.output_dir, resume=args.resume)
+    if result.get("export"):
+        print(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

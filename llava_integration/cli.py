@@ -26,11 +26,11 @@ import sys
 from pathlib import Path
 
 from enhance.towers.spec import check_tower_spec, is_tower_spec
-from genhancer.runtime.cli import add_config_flags, make_parser, print_presets, report, setup_logging
+from genhancer.runtime.cli import add_config_flags, command, make_parser, print_presets, start_training
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.memory import add_memory_flags
 from genhancer.runtime.preflight import check_folder, check_llava_json, check_run_folder, require_local_paths
-from genhancer.runtime.threads import configure_threads, plan_threads
+from genhancer.runtime.threads import plan_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,49 +130,43 @@ def _swap(argv: list[str]) -> int:
     return 0
 
 
+@command("llava-train")
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "swap":
-            return _swap(argv[1:])
-        args = build_parser().parse_args(argv)
-        from llava_integration.config import PRESETS_DIR, load_config
+    if argv and argv[0] == "swap":
+        return _swap(argv[1:])
+    args = build_parser().parse_args(argv)
+    from llava_integration.config import PRESETS_DIR, load_config
 
-        if args.list_presets:
-            print_presets(PRESETS_DIR, width=24)
-            return 0
-        if not args.preset and not args.config:
-            raise UserError("give --preset NAME or --config FILE (see --list-presets)")
-        overrides = list(args.overrides)
-        if args.vision_tower:
-            overrides.append(f"model.vision_tower={args.vision_tower}")
-        if args.data_root:
-            overrides.append(f"data.root={args.data_root}")
-        if args.projector:
-            overrides.append(f"model.pretrained_projector={args.projector}")
-        if args.stage in ("pretrain", "finetune"):
-            overrides.append(f"train.stages=[{args.stage}]")
-        elif args.stage == "all":
-            overrides.append("train.stages=[pretrain, finetune]")
-        cfg = load_config(args.preset, args.config, overrides)
-        if args.describe:
-            from llava_integration.memory_plan import memory_section
-
-            out = describe(cfg)
-            print(json.dumps(out | memory_section(cfg, out, args), indent=2))
-            return 0
-        if not args.output_dir:
-            raise UserError("--output-dir is required to train")
-        preflight(cfg, args)
-        setup_logging()
-        configure_threads("llava-train", args.threads)
-        from llava_integration.train import run
-
-        result = run(cfg, args.output_dir, resume=args.resume)
-        print(json.dumps(result, indent=2))
+    if args.list_presets:
+        print_presets(PRESETS_DIR, width=24)
         return 0
-    except UserError as exc:
-        return report("llava-train", exc)
+    if not args.preset and not args.config:
+        raise UserError("give --preset NAME or --config FILE (see --list-presets)")
+    overrides = list(args.overrides)
+    if args.vision_tower:
+        overrides.append(f"model.vision_tower={args.vision_tower}")
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.projector:
+        overrides.append(f"model.pretrained_projector={args.projector}")
+    if args.stage in ("pretrain", "finetune"):
+        overrides.append(f"train.stages=[{args.stage}]")
+    elif args.stage == "all":
+        overrides.append("train.stages=[pretrain, finetune]")
+    cfg = load_config(args.preset, args.config, overrides)
+    if args.describe:
+        from llava_integration.memory_plan import memory_section
+
+        out = describe(cfg)
+        print(json.dumps(out | memory_section(cfg, out, args), indent=2))
+        return 0
+    start_training("llava-train", args, lambda: preflight(cfg, args))
+    from llava_integration.train import run
+
+    result = run(cfg, args.output_dir, resume=args.resume)
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

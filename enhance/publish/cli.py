@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from genhancer.runtime.cli import make_parser, report
+from genhancer.runtime.cli import command, make_parser
 from genhancer.runtime.errors import UserError, first_line
 
 
@@ -38,26 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("genhancer-publish")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from enhance.publish.upload import check_repo_id, run_parts, upload, write_folder
+    from enhance.publish.upload import check_repo_id, run_parts, upload, write_folder
 
-        check_repo_id(args.repo_id)
-        run_parts(args.run)
-        out = Path(args.out) if args.out else Path(args.run) / "publish" / args.repo_id.split("/")[1]
-        folder = write_folder(args.run, args.repo_id, out, args.results, args.board_model)
-        result = {"folder": str(folder), "repo_id": args.repo_id, "uploaded": False}
-        if not args.dry_run:
-            try:
-                result["commit"] = upload(folder, args.repo_id, args.private)
-            except Exception as exc:  # the hub's errors (auth, network, validation) as one line
-                raise UserError(f"upload to {args.repo_id} failed: {first_line(exc)}") from None
-            result["uploaded"] = True
-        print(json.dumps(result, indent=2))
-        return 0
-    except UserError as exc:
-        return report("genhancer-publish", exc)
+    check_repo_id(args.repo_id)
+    run_parts(args.run)
+    out = Path(args.out) if args.out else Path(args.run) / "publish" / args.repo_id.split("/")[1]
+    folder = write_folder(args.run, args.repo_id, out, args.results, args.board_model)
+    result = {"folder": str(folder), "repo_id": args.repo_id, "uploaded": False}
+    if not args.dry_run:
+        try:
+            result["commit"] = upload(folder, args.repo_id, args.private)
+        except Exception as exc:  # the hub's errors (auth, network, validation) as one line
+            raise UserError(f"upload to {args.repo_id} failed: {first_line(exc)}") from None
+        result["uploaded"] = True
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from genhancer.runtime.cli import make_parser, report
+from genhancer.runtime.cli import command, make_parser
 from genhancer.runtime.errors import UserError
 
 
@@ -34,24 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("genhancer-convert")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from enhance.towers.spec import BASE_SEP, check_tower_spec
+    from enhance.towers.spec import BASE_SEP, check_tower_spec
 
-        check_tower_spec(f"{args.source}{BASE_SEP}{args.base}", "SRC/--base")
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file")
-        from enhance.towers.convert import convert
-        from enhance.towers.resolve import resolve_base, weights_file
+    check_tower_spec(f"{args.source}{BASE_SEP}{args.base}", "SRC/--base")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file")
+    from enhance.towers.convert import convert
+    from enhance.towers.resolve import resolve_base, weights_file
 
-        base = resolve_base(args.base, option="--base")
-        info = convert(weights_file(args.source, "SRC"), base, out, source_label=args.source)
-        print(json.dumps({"out": str(out), **info.to_json()}, indent=2))
-        return 0
-    except UserError as exc:
-        return report("genhancer-convert", exc)
+    base = resolve_base(args.base, option="--base")
+    info = convert(weights_file(args.source, "SRC"), base, out, source_label=args.source)
+    print(json.dumps({"out": str(out), **info.to_json()}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

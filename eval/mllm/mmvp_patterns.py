@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from eval.clip.mmvp_vlm import PATTERN_KEYS, MMVPData, load_mmvp_vlm, pattern_key
-from genhancer.runtime.cli import report
+from genhancer.runtime.cli import command
 from genhancer.runtime.errors import UserError
 
 PATTERN_FILE = "patterns.csv"
@@ -153,6 +153,7 @@ def load_mmvp_images(folder: str | Path) -> dict[int, object]:
     return out
 
 
+@command("mmvp_patterns")
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m eval.mllm.mmvp_patterns",
@@ -162,17 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mmvp-vlm", required=True, help="MMVP-VLM folder in the published layout")
     p.add_argument("--out", required=True, help="CSV to write (e.g. DATA_ROOT/mmvp/patterns.csv)")
     args = p.parse_args(argv)
-    try:
-        images = load_mmvp_images(args.mmvp)
-        mapping = derive_pattern_map(images, load_mmvp_vlm(args.mmvp_vlm))
-        n_pairs = max(pair_of(i) for i in images) + 1
-        write_pattern_map(args.out, mapping, n_pairs)
-        print(
-            f"{len(mapping)} of {n_pairs} MMVP pairs mapped to a pattern; the rest '{UNMAPPED}' -> {args.out}"
-        )
-        return 0
-    except UserError as exc:
-        return report("mmvp_patterns", exc)
+    images = load_mmvp_images(args.mmvp)
+    mapping = derive_pattern_map(images, load_mmvp_vlm(args.mmvp_vlm))
+    n_pairs = max(pair_of(i) for i in images) + 1
+    write_pattern_map(args.out, mapping, n_pairs)
+    print(f"{len(mapping)} of {n_pairs} MMVP pairs mapped to a pattern; the rest '{UNMAPPED}' -> {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

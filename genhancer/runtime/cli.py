@@ -1,8 +1,9 @@
 """Pieces every console script shares: the common flags and the one-line error.
 
 Each command (``enhance``, ``llava-train``, ``leaderboard``, ``genhancer-demo``) builds its parser
-with :func:`make_parser` and :func:`add_config_flags`, and turns a :class:`UserError` into
-``prog: error: message`` on stderr with exit code 2 through :func:`report`. Each checks its arguments
+with :func:`make_parser` and :func:`add_config_flags`, and its ``main`` is wrapped in
+:func:`command`, which turns a :class:`UserError` into ``prog: error: message`` on stderr with exit
+code 2 (:func:`report`). Each checks its arguments
 and config before it imports a model library (torch, transformers, diffusers, open_clip, lmms_eval,
 gradio), so bad input is refused in a fraction of a second even on a loaded machine, and sets its
 torch threads with :func:`genhancer.runtime.threads.configure_threads` before the work starts.
@@ -11,9 +12,14 @@ torch threads with :func:`genhancer.runtime.threads.configure_threads` before th
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
+from typing import ParamSpec
 
 from genhancer.runtime.errors import UserError
+
+P = ParamSpec("P")
 
 
 def make_parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -64,3 +70,43 @@ def setup_logging() -> None:
 def report(prog: str, exc: UserError) -> int:
     print(f"{prog}: error: {exc}", file=sys.stderr)
     return exc.exit_code
+
+
+def command(
+    prog: str, also: tuple[type[Exception], ...] = ()
+) -> Callable[[Callable[P, int]], Callable[P, int]]:
+    """Wrap a console script's ``main``: a :class:`UserError` it raises is reported as
+    ``prog: error: message`` and its exit code returned, so no command writes its own handler;
+    ``also`` names other errors reported the same way with exit code 2 (the demo's taken port)."""
+
+    def wrap(main: Callable[P, int]) -> Callable[P, int]:
+        @functools.wraps(main)
+        def run(*args: P.args, **kwargs: P.kwargs) -> int:
+            try:
+                return main(*args, **kwargs)
+            except UserError as exc:
+                return report(prog, exc)
+            except also as exc:
+                print(f"{prog}: error: {exc}", file=sys.stderr)
+                return UserError.exit_code
+
+        return run
+
+    return wrap
+
+
+def start_work(prog: str, threads: int | None) -> None:
+    """Once the input has passed every check: INFO logs and the torch threads of a long run."""
+    from genhancer.runtime.threads import configure_threads
+
+    setup_logging()
+    configure_threads(prog, threads)
+
+
+def start_training(prog: str, args: argparse.Namespace, preflight: Callable[[], None]) -> None:
+    """The training commands' way in: ``--output-dir`` is required, ``preflight`` refuses what can
+    be refused before torch loads, then :func:`start_work`."""
+    if not args.output_dir:
+        raise UserError("--output-dir is required to train")
+    preflight()
+    start_work(prog, args.threads)
