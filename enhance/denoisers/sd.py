@@ -19,7 +19,7 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from enhance.methods.genhancer.config import VAEConfig
-from enhance.methods.sections import SDSection
+from enhance.methods.sections import SD_VAE_KEYS, SDSection
 from enhance.vae import LatentCodec, build_codec
 from genhancer.runtime.errors import UserError, loading
 from genhancer.toyworld.models import resolve_tiny
@@ -138,12 +138,6 @@ def build_sd(sd: SDSection, cache_dir: str | None) -> tuple[SDDenoiser, LatentCo
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
     unet.requires_grad_(False).eval()
     unet.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[sd.unet_dtype])
-    vae = VAEConfig(
-        name_or_path=path,
-        subfolder="vae",
-        scaling_factor=sd.scaling_factor,
-        shift_factor=sd.shift_factor,
-        latent_channels=sd.latent_channels,
-        sample_posterior=sd.sample_posterior,
-    )
+    # the pipeline's vae/ subfolder, with the latent settings the SD section keeps for it
+    vae = VAEConfig(name_or_path=path, subfolder="vae", **{k: getattr(sd, k) for k in SD_VAE_KEYS})
     return SDDenoiser(unet, build_noise_schedule(sd), sd.target), build_codec(vae, cache_dir), path

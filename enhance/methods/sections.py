@@ -60,7 +60,7 @@ class AugmentSection:
     crop_ratio: list[float] = doc([0.9, 1.1], "RandomResizedCrop aspect ratio")
 
 
-#: Old ``vae.*`` keys that a frozen-SD run read (now ``method.sd.*``).
+#: The SD VAE's latent settings, kept in ``method.sd`` (an old tree held them in top-level ``vae.*``).
 SD_VAE_KEYS = ("scaling_factor", "shift_factor", "latent_channels", "sample_posterior")
 #: Old ``dcr.*`` keys of the augmented view (now ``method.augment.*``).
 AUGMENT_KEYS = ("jitter", "flip_p", "crop_scale", "crop_ratio")
