@@ -72,16 +72,8 @@ def fit_linear_probe(
     return LinearProbe(mean, std, weight.detach(), bias.detach())
 
 
-def probe_accuracy(
-    train_x: torch.Tensor,
-    train_y: Sequence[int],
-    test_x: torch.Tensor,
-    test_y: Sequence[int],
-    l2: float = 1e-3,
-    max_iter: int = 200,
-) -> float:
-    """Test accuracy (percent) of a probe fitted on the training split."""
-    hits = probe_hits(train_x, train_y, test_x, test_y, l2, max_iter)
+def accuracy(hits: Sequence[bool]) -> float:
+    """The percent of ``hits`` that are right: a probe's test accuracy, from its per-image items."""
     return 100.0 * sum(hits) / len(hits)
 
 
@@ -130,15 +122,10 @@ def toy_probe_data(
     return ToyProbeData([s.image for s in samples], labels, classes, n_train)
 
 
-def evaluate_probes(encoder, data: ToyProbeData, l2: float = 1e-3, max_iter: int = 200) -> dict[str, float]:
-    """Probe test accuracy (percent) per attribute from ``encoder``'s global token."""
-    return {a: 100.0 * sum(h) / len(h) for a, h in evaluate_probe_hits(encoder, data, l2, max_iter).items()}
-
-
 def evaluate_probe_hits(
     encoder, data: ToyProbeData, l2: float = 1e-3, max_iter: int = 200
 ) -> dict[str, list[bool]]:
-    """Per attribute, per test image: right or wrong (the items behind :func:`evaluate_probes`)."""
+    """Per attribute, per test image: right or wrong (:func:`accuracy` makes each a percentage)."""
     feats = encoder.encode_images(data.images, desc="probe images")
     n = data.n_train
     return {

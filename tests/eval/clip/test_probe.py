@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from eval.clip.probe import fit_linear_probe, probe_accuracy, toy_probe_data
+from eval.clip.probe import accuracy, fit_linear_probe, probe_hits, toy_probe_data
 
 
 def test_separable_features_are_learned():
@@ -12,7 +12,7 @@ def test_separable_features_are_learned():
     y = torch.randint(0, 4, (400,), generator=gen)
     centres = torch.randn(4, 16, generator=gen) * 5
     x = centres[y] + torch.randn(400, 16, generator=gen) * 0.5
-    acc = probe_accuracy(x[:300], y[:300], x[300:], y[300:])
+    acc = accuracy(probe_hits(x[:300], y[:300], x[300:], y[300:]))
     assert acc >= 99.0
 
 
@@ -20,7 +20,7 @@ def test_random_labels_stay_near_chance():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(1000, 16, generator=gen)
     y = torch.randint(0, 4, (1000,), generator=gen)
-    acc = probe_accuracy(x[:600], y[:600], x[600:], y[600:])
+    acc = accuracy(probe_hits(x[:600], y[:600], x[600:], y[600:]))
     assert 15.0 <= acc <= 35.0  # chance is 25%
 
 
