@@ -30,33 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PAPER_TABLE7 = {"params_b": 1.31, "memory_gb": 13.07, "s_per_100_iters": 20.55, "batch": 2}
 
-# Architecture shapes of the paper towers (random init; weights are irrelevant to speed).
+# The paper towers by size name; their shapes (random init: weights are irrelevant to speed) come
+# from enhance/model_configs, as --describe reads them.
 TOWERS = {
-    "oai224": dict(
-        family="openai-clip", image_size=224, patch=14, hidden=1024, layers=24, heads=16, proj=768, mlp=4096
-    ),
-    "oai336": dict(
-        family="openai-clip", image_size=336, patch=14, hidden=1024, layers=24, heads=16, proj=768, mlp=4096
-    ),
-    "siglip384": dict(
-        family="siglip", image_size=384, patch=14, hidden=1152, layers=27, heads=16, proj=1152, mlp=4304
-    ),
+    "oai224": "openai/clip-vit-large-patch14",
+    "oai336": "openai/clip-vit-large-patch14-336",
+    "siglip384": "google/siglip-so400m-patch14-384",
 }
-FLUX_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[128, 256, 512, 512],
-    layers_per_block=2,
-    latent_channels=16,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
 
 
 def build_real(size: str):
@@ -64,6 +44,7 @@ def build_real(size: str):
     from diffusers import AutoencoderKL
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipModel
 
+    from enhance.architectures import tower_vision, vae_config
     from enhance.backbones.hf import HFCLIPBackbone, HFSiglipBackbone
     from enhance.config import EnhanceConfig
     from enhance.denoisers.continuous import build_continuous_denoiser
@@ -71,29 +52,22 @@ def build_real(size: str):
     from enhance.projector import ConditionProjector
     from enhance.vae import LatentCodec
 
-    t = TOWERS[size]
-    vision = dict(
-        hidden_size=t["hidden"],
-        num_hidden_layers=t["layers"],
-        num_attention_heads=t["heads"],
-        intermediate_size=t["mlp"],
-        image_size=t["image_size"],
-        patch_size=t["patch"],
-    )
+    kind, vision, projection_dim = tower_vision(TOWERS[size])
+    image_size = vision["image_size"]
     text = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 
     class _Proc:  # only the image-processor settings are read
         image_processor = CLIPImageProcessor()
 
-    if t["family"] == "siglip":
+    if kind == "siglip":
         model = SiglipModel(SiglipConfig(vision_config=vision, text_config=text))
-        backbone = HFSiglipBackbone(model, _Proc(), t["image_size"])
+        backbone = HFSiglipBackbone(model, _Proc(), image_size)
     else:
-        model = CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=t["proj"]))
-        backbone = HFCLIPBackbone(model, _Proc(), t["image_size"])
+        model = CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=projection_dim))
+        backbone = HFCLIPBackbone(model, _Proc(), image_size)
     cfg = EnhanceConfig()
-    vae = AutoencoderKL(**FLUX_VAE).requires_grad_(False).eval()
-    codec = LatentCodec(vae, 0.3611, 0.1159)
+    vae = AutoencoderKL(**vae_config(cfg.method.vae.name_or_path)).requires_grad_(False).eval()
+    codec = LatentCodec(vae, cfg.method.vae.scaling_factor, cfg.method.vae.shift_factor)
     projector = ConditionProjector(
         backbone.global_dim,
         cfg.method.denoiser.pooled_projection_dim,

@@ -1,4 +1,4 @@
-"""Architectures as data: the shapes of the paper towers and of SD-2.1's UNet, read from
+"""Architectures as data: the shapes of the paper towers, SD-2.1's UNet and FLUX's VAE, read from
 ``enhance/model_configs/*.json`` (open_clip's model-config idea), so ``--describe`` and ``bench/``
 size real models on the meta device without a download, from one table."""
 
@@ -68,3 +68,9 @@ def sd_unet_config(path: str) -> dict[str, Any] | None:
         if not prefix.startswith("_") and path.startswith(prefix):
             return dict(config)
     return None
+
+
+def vae_config(name: str) -> dict[str, Any] | None:
+    """The AutoencoderKL config of a known VAE (by hub id), else None."""
+    config = _table("vaes").get(name)
+    return None if config is None or name.startswith("_") else dict(config)
