@@ -38,6 +38,7 @@ class BenchmarkContext:
     output_dir: Path | None = None  # the leaderboard's output folder (MLLM fixtures, task YAMLs)
     audit_dir: Path | None = None  # per (model, benchmark, cache key): MLLM per-sample logs
     api_key: str = ""  # OPENAI key for lmms.hallusion_judge=gpt (read by the CLI, never here)
+    model_spec: str = ""  # the model being scored (set per model by the leaderboard)
 
     def folder(self, benchmark: str) -> Path:
         if self.data_root is None:
@@ -59,6 +60,11 @@ class Benchmark:
         run: ``(model, data, ctx) -> list[metric dict]``.
         cache_inputs: ``(ctx) -> dict``; what, besides the model, decides the numbers (cache key).
         metric_order: column order for the report (others follow in record order).
+        model_inputs: ``(spec, ctx) -> dict | None``; what a model brings besides its tower (added
+            to its cache key), None when the benchmark does not apply to it (no column for that
+            model). Absent: every model of ``model_kind``.
+        requires: with ``model_inputs``, what a model needs for the benchmark to apply (named in
+            the error when it is asked for and applies to no model).
     """
 
     name: str
@@ -67,6 +73,8 @@ class Benchmark:
     run: Callable[[Any, Any, BenchmarkContext], list[dict]]
     cache_inputs: Callable[[BenchmarkContext], dict]
     metric_order: tuple[str, ...] = field(default=())
+    model_inputs: Callable[[str, BenchmarkContext], dict | None] | None = None
+    requires: str = ""
 
 
 # --- mmvp_vlm -----------------------------------------------------------------------------------
@@ -314,6 +322,116 @@ def _clustering_inputs(ctx: BenchmarkContext) -> dict:
     return {"clustering": c, "root": str(ctx.data_root)}
 
 
+# --- generation ---------------------------------------------------------------------------------
+
+
+def _generation_denoiser(spec: str, ctx: BenchmarkContext) -> Path | None:
+    """The continuous denoiser an export carries (its ``denoiser/``), or None (torch-free)."""
+    from eval.clip.encoders import resolve_spec
+    from eval.generation import continuous_denoiser_dir
+
+    kind, where = resolve_spec(spec, ctx.cfg.cache_dir or None)
+    return continuous_denoiser_dir(where) if kind == "hf" and Path(where).is_dir() else None
+
+
+def _generation_model_inputs(spec: str, ctx: BenchmarkContext) -> dict | None:
+    from eval.clip.encoders import files_fingerprint
+
+    found = _generation_denoiser(spec, ctx)
+    if found is None:
+        return None
+    return {"denoiser": f"{found.resolve()}@{files_fingerprint(found, ('*.safetensors', '*.json'))}"}
+
+
+@dataclass
+class GenerationData:
+    """Prepared once per board: the held-out captioned images; the judge loads on first use."""
+
+    data: Any
+    judge_spec: str
+    _judge: Any = None
+
+    def judge(self, ctx: BenchmarkContext):
+        if self._judge is None:
+            from eval.generation import Judge
+
+            c = ctx.cfg
+            self._judge = Judge(self.judge_spec, c.device, c.cache_dir or None, c.batch_size)
+        return self._judge
+
+
+def _generation_prepare(ctx: BenchmarkContext) -> GenerationData:
+    from eval.clip.encoders import resolve_spec
+    from eval.clip.zeroshot import load_retrieval
+    from eval.generation import retrieval_captioned, toy_captioned
+
+    g = ctx.cfg.generation
+    try:  # a missing judge fails before any model loads
+        resolve_spec(g.judge, ctx.cfg.cache_dir or None)
+    except UserError as exc:
+        raise UserError(f"config key 'generation.judge': {exc}") from None
+    if g.source == "toyworld":
+        return GenerationData(toy_captioned(g.seed, g.images, g.image_size), g.judge)
+    found = {ds.name: ds for ds in ctx.cfg.zeroshot.retrieval}
+    if g.source not in found:
+        raise UserError(
+            f"config key 'generation.source': '{g.source}' is neither toyworld nor a zeroshot.retrieval "
+            f"dataset ({', '.join(found) or 'none configured'})"
+        )
+    ds = found[g.source]
+    ret = load_retrieval(
+        ds.name, _dataset_path(ctx, ds), ds.split, ds.image_column, ds.caption_column, g.images
+    )
+    return GenerationData(retrieval_captioned(ret, g.images), g.judge)
+
+
+def _generation_run(encoder, prepared: GenerationData, ctx: BenchmarkContext) -> list[dict]:
+    from eval.clip.encoders import resolve_device, resolve_spec
+    from eval.generation import GenerationSettings, evaluate_generation
+
+    g, cfg = ctx.cfg.generation, ctx.cfg
+    denoiser = _generation_denoiser(ctx.model_spec, ctx)
+    _, tower = resolve_spec(ctx.model_spec, cfg.cache_dir or None)
+    judge = prepared.judge(ctx)
+    settings = GenerationSettings(g.draws, g.steps, g.seed, g.batch_size)
+    device = str(resolve_device(cfg.device))
+    score = evaluate_generation(
+        denoiser, tower, prepared.data, judge, settings, cfg.cache_dir or None, device
+    )
+    ids = list(range(len(score.per_image_loss)))
+    extra = {
+        "dataset": prepared.data.source,
+        "revision": prepared.data.revision,
+        "seed": g.seed,
+        "judge": judge.spec,
+        "judge_revision": judge.revision,
+        "draws": g.draws,
+        "steps": score.steps,
+        "denoiser": str(denoiser),
+    }
+    return [
+        {
+            "metric": "recon_loss",
+            "value": score.recon_loss,
+            "loss_by_t": score.loss_by_t,
+            # lower is better: negated per-image scores with a negative scale, so that "better" in a
+            # paired test means a lower loss and the items still give the value
+            "items": Items("image", ids, [-x for x in score.per_image_loss], scale=-1.0).to_json(),
+            **extra,
+        },
+        {
+            "metric": "clip_score",
+            "value": score.clip_score,
+            "items": Items("image", ids, score.per_image_cosine, scale=100.0).to_json(),
+            **extra,
+        },
+    ]
+
+
+def _generation_inputs(ctx: BenchmarkContext) -> dict:
+    return {"generation": dataclasses.asdict(ctx.cfg.generation), "root": str(ctx.data_root)}
+
+
 # --- MLLM benchmarks (lmms-eval) ----------------------------------------------------------------
 
 
@@ -433,6 +551,17 @@ BENCHMARKS: dict[str, Benchmark] = {
     "zeroshot": Benchmark("zeroshot", "clip", _zeroshot_prepare, _zeroshot_run, _zeroshot_inputs),
     "probe": Benchmark("probe", "clip", _probe_prepare, _probe_run, _probe_inputs),
     "clustering": Benchmark("clustering", "clip", _clustering_prepare, _clustering_run, _clustering_inputs),
+    "generation": Benchmark(
+        "generation",
+        "clip",
+        _generation_prepare,
+        _generation_run,
+        _generation_inputs,
+        ("recon_loss", "clip_score"),
+        model_inputs=_generation_model_inputs,
+        requires="a CLIP tower whose export carries GenHancer's continuous denoiser "
+        "(export/denoiser/genhancer.json beside export/hf)",
+    ),
     **{
         n: Benchmark(n, "mllm", _mllm_prepare_for(n), _mllm_run_for(n), _mllm_inputs_for(n), _MLLM_ORDER[n])
         for n in MLLM_BENCHMARKS

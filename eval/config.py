@@ -181,6 +181,25 @@ class LmmsConfig:
 
 
 @dataclass
+class GenerationConfig:
+    judge: str = doc(
+        "openai/clip-vit-large-patch14",
+        "frozen full-caption CLIP that scores reconstructions against their captions (tiny: genhancer-tiny:clip)",
+    )
+    source: str = doc(
+        "coco",
+        "held-out captioned images: toyworld (generated scenes, full captions) or the name of a "
+        "zeroshot.retrieval dataset (its images, the first caption of each)",
+    )
+    images: int = doc(256, "held-out images (the first N)")
+    seed: int = doc(0, "seeds the toy world (source toyworld), the draws and the sampling noise")
+    image_size: int = doc(64, "rendered size of toyworld scenes (resized to the tower's input)")
+    draws: int = doc(2, "(latent sample, noise, t) draws per image for recon_loss, the same for every model")
+    steps: int = doc(8, "Euler steps per reconstruction (0: the run's own flow.preview_steps)")
+    batch_size: int = doc(32, "images per reconstruction batch")
+
+
+@dataclass
 class UncertaintyConfig:
     level: float = doc(0.95, "confidence level of the bootstrap interval beside every number")
     resamples: int = doc(2000, "bootstrap resamples (of the benchmark's unit: pair, group, question)")
@@ -205,7 +224,8 @@ class ReleasedConfig:
 @dataclass
 class LeaderboardConfig:
     benchmarks: list[str] = doc(
-        ["mmvp_vlm", "zeroshot", "probe", "clustering"], "CLIP benchmarks to run (--benchmarks)"
+        ["mmvp_vlm", "zeroshot", "probe", "clustering", "generation"],
+        "CLIP benchmarks to run (--benchmarks); generation scores only towers whose export carries a denoiser",
     )
     mllm_benchmarks: list[str] = doc(
         ["mmvp", "cv_bench", "naturalbench", "pope", "hallusion_bench", "scienceqa_img"],
@@ -226,6 +246,7 @@ class LeaderboardConfig:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     fixtures: FixturesConfig = field(default_factory=FixturesConfig)
     lmms: LmmsConfig = field(default_factory=LmmsConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     released: ReleasedConfig = field(default_factory=ReleasedConfig)
 
@@ -268,6 +289,14 @@ class LeaderboardConfig:
             raise UserError("config key 'lmms.hallusion_judge' must be rule or gpt")
         if not self.lmms.hallusion_judge_model.strip():
             raise UserError("config key 'lmms.hallusion_judge_model' is empty (e.g. gpt-4-0613)")
+        g = self.generation
+        if g.images < 1 or g.draws < 1 or g.steps < 0 or g.batch_size < 1 or g.image_size < 16:
+            raise UserError(
+                "config keys 'generation.images', 'draws', 'batch_size' must be >= 1, 'steps' >= 0, "
+                "'image_size' >= 16"
+            )
+        if not g.judge.strip():
+            raise UserError("config key 'generation.judge' is empty (e.g. openai/clip-vit-large-patch14)")
         u = self.uncertainty
         if not 0 < u.level < 1:
             raise UserError(f"config key 'uncertainty.level' must be between 0 and 1, got {u.level}")

@@ -226,8 +226,9 @@ def _load_model(m: ModelSpec, cfg: LeaderboardConfig):
 @dataclass
 class LeaderboardPlan:
     """What a board will do, decided before any model loads: the benchmarks (their data prepared),
-    each model's fingerprint and method, each (model, benchmark)'s cache key, and which of them
-    must be computed (the rest are reused from ``results.json``)."""
+    each model's fingerprint and method, each (model, benchmark)'s cache key (only the pairs a
+    benchmark applies to), and which of them must be computed (the rest are reused from
+    ``results.json``)."""
 
     cfg: LeaderboardConfig
     models: list[ModelSpec]
@@ -244,7 +245,7 @@ class LeaderboardPlan:
 
     def describe(self) -> dict:
         """The plan as data (``leaderboard --dry-run`` style): computed vs reused pairs."""
-        pairs = [(m.name, b.name) for m in self.models for b in self.benches if b.model_kind == m.kind]
+        pairs = [(m.name, b.name) for m in self.models for b in self.benches if (m.name, b.name) in self.keys]
         return {
             "compute": [list(p) for p in pairs if p in self.todo],
             "reuse": [list(p) for p in pairs if p not in self.todo],
@@ -311,12 +312,20 @@ def plan_leaderboard(
     if backfill:
         store.save()
     keys: dict[tuple[str, str], str] = {}
-    pairs = [(m, b) for m in models for b in benches if b.model_kind == m.kind]
-    for m, b in pairs:
-        inputs = b.cache_inputs(ctx)
+    pairs = []
+    for m, b in ((m, b) for m in models for b in benches if b.model_kind == m.kind):
+        own = b.model_inputs(m.spec, ctx) if b.model_inputs else {}
+        if own is None:  # the benchmark does not apply to this model (generation: no denoiser)
+            continue
+        pairs.append((m, b))
+        inputs = {**b.cache_inputs(ctx), **own}
         if m.kind == "clip":  # dual encoders are scored in float32 (eval.clip.encoders.EVAL_DTYPE)
             inputs = {**inputs, "eval_dtype": "float32"}
         keys[m.name, b.name] = cache_key(fingerprints[m.kind, m.name], b.name, inputs, limit)
+    if benchmarks is not None:  # asked for by name: a benchmark that applies to no model is bad input
+        for b in benches:
+            if b.model_inputs and not any(pb is b for _, pb in pairs):
+                raise UserError(f"benchmark '{b.name}' applies to none of the models: it needs {b.requires}")
     todo = [
         (m.name, b.name)
         for m, b in pairs
@@ -365,7 +374,7 @@ def execute_plan(plan: LeaderboardPlan) -> RunSummary:
     for m in plan.models:
         encoder = None
         for b in plan.benches:
-            if b.model_kind != m.kind:
+            if (m.name, b.name) not in plan.keys:  # another kind, or a benchmark that does not apply
                 continue
             key = plan.keys[m.name, b.name]
             if (m.name, b.name) not in plan.todo:
@@ -374,6 +383,7 @@ def execute_plan(plan: LeaderboardPlan) -> RunSummary:
             if encoder is None:
                 encoder = _load_model(m, plan.cfg)
             ctx.audit_dir = plan.output_dir / "mllm" / m.name / b.name / key
+            ctx.model_spec = m.spec
             records = [
                 _record(r, m, b.name, key, encoder, plan) for r in b.run(encoder, plan.prepared[b.name], ctx)
             ]
@@ -451,7 +461,7 @@ def annotate_uncertainty(records: list[dict], u: UncertaintyConfig | None = None
         if isinstance(old, dict) and all(old.get(k) == v for k, v in same.items()):
             r["ci"] = old  # a record's items change only when it is replaced: its interval still holds
             continue
-        lo, hi = items_interval(items, u.level, u.resamples, u.seed)
+        lo, hi = sorted(items_interval(items, u.level, u.resamples, u.seed))  # a negative scale flips them
         r["ci"] = {
             "level": u.level,
             "low": lo,

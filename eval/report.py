@@ -44,7 +44,14 @@ _TITLES = {
     "pope": "POPE (%, per split; LLaVA yes/no rule; yes_ratio of the predictions)",
     "hallusion_bench": "HallusionBench, image + non_image (%; rule-based yes/no judge unless noted)",
     "scienceqa_img": "ScienceQA-IMG (accuracy %, LLaVA's parser)",
+    "generation": "Generation quality of the run's own denoiser (towers whose export carries one; "
+    "recon_loss: held-out flow-matching loss under draws shared by every model, lower is better; "
+    "clip_score: 100 x cosine of reconstructions to their captions under a frozen judge CLIP)",
 }
+#: (benchmark, metric) where lower is better: the best is the lowest.
+LOWER_IS_BETTER = {("generation", "recon_loss")}
+#: (benchmark, metric) shown with more decimals than the one a percentage needs.
+DECIMALS = {("generation", "recon_loss"): 4}
 _TABLE2_BENCHES = {b for _, b, _ in TABLE2_COLUMNS}
 
 
@@ -94,8 +101,8 @@ def _metric_order(benchmark: str, metrics: Sequence[str]) -> list[str]:
     return list(metrics)
 
 
-def _fmt(v) -> str:
-    return "–" if v is None else f"{float(v):.1f}"
+def _fmt(v, decimals: int = 1) -> str:
+    return "–" if v is None else f"{float(v):.{decimals}f}"
 
 
 def render_markdown(records: list[dict]) -> str:
@@ -115,13 +122,15 @@ def render_markdown(records: list[dict]) -> str:
         spread = {(r["model"], r["metric"]): r["runs"]["std"] for r in rows if r.get("runs")}
         spec = {r["model"]: r.get("model_spec", "") for r in rows}
         method = _methods(rows)
+        dec = {met: DECIMALS.get((bench, met), 1) for met in metrics}
         best = {}
         for met in metrics:
             vals = [value[m, met] for m in models if value.get((m, met)) is not None]
-            best[met] = max(vals) if vals else None
+            pick = min if (bench, met) in LOWER_IS_BETTER else max
+            best[met] = pick(vals) if vals else None
         # bold marks a winner: not when there is one model, nor when every model ties
         wins = {
-            met: len({round(float(value[m, met]), 1) for m in models if (m, met) in value}) > 1
+            met: len({round(float(value[m, met]), dec[met]) for m in models if (m, met) in value}) > 1
             for met in metrics
         }
         lines += [f"## {bench}: {_TITLES.get(bench, bench)}", ""]
@@ -132,11 +141,15 @@ def render_markdown(records: list[dict]) -> str:
             cells = []
             for met in metrics:
                 v = value.get((m, met))
-                text = _fmt(v)
-                if v is not None and wins[met] and round(float(v), 1) == round(float(best[met]), 1):
+                text = _fmt(v, dec[met])
+                if (
+                    v is not None
+                    and wins[met]
+                    and round(float(v), dec[met]) == round(float(best[met]), dec[met])
+                ):
                     text = f"**{text}**"
                 if (m, met) in spread:
-                    text += f" ± {float(spread[m, met]):.1f}"
+                    text += f" ± {_fmt(spread[m, met], dec[met])}"
                 cells.append(text)
             lead = f"| {m} | {method.get(m, '')} | " if method else f"| {m} | "
             lines.append(lead + " | ".join(cells) + " |")
@@ -152,7 +165,7 @@ def render_markdown(records: list[dict]) -> str:
                 )
                 lines.append(lead + " | ".join(cells) + " |")
         lines.append("")
-        lines += render_uncertainty(rows, models, metrics)
+        lines += render_uncertainty(rows, models, metrics, dec)
         if bench == "hallusion_bench":
             judges = _ordered(f"{r['model']}: {_judge(r)}" for r in rows)
             lines += ["Judge: " + "; ".join(judges) + " (rule = first yes/no word, the offline default).", ""]
@@ -215,9 +228,13 @@ def _p(p: float) -> str:
 ALL_PAIRS_UP_TO = 4
 
 
-def render_uncertainty(rows: list[dict], models: Sequence[str], metrics: Sequence[str]) -> list[str]:
+def render_uncertainty(
+    rows: list[dict], models: Sequence[str], metrics: Sequence[str], decimals: dict[str, int] | None = None
+) -> list[str]:
     """Interval and paired-test tables for one benchmark's records (``ci``/``paired`` fields set
-    by :func:`eval.leaderboard.annotate_uncertainty`); n/a where a record has no per-item results."""
+    by :func:`eval.leaderboard.annotate_uncertainty`); n/a where a record has no per-item results.
+    ``decimals``: per metric, where one decimal is too few (default 1)."""
+    decimals = decimals or {}
     rec = {(r["model"], r["metric"]): r for r in rows}
     shown = [met for met in metrics if any((rec.get((m, met)) or {}).get("ci") for m in models)]
     if not shown:
@@ -243,10 +260,11 @@ def render_uncertainty(rows: list[dict], models: Sequence[str], metrics: Sequenc
         cells = []
         for met in shown:
             r = rec.get((m, met)) or {}
+            d = decimals.get(met, 1)
             if r.get("ci"):
-                cells.append(f"{r['ci']['low']:.1f}–{r['ci']['high']:.1f}")
+                cells.append(f"{_fmt(r['ci']['low'], d)}–{_fmt(r['ci']['high'], d)}")
             elif r.get("runs"):
-                cells.append(f"sd {r['runs']['std']:.1f} over {r['runs']['n']} runs")
+                cells.append(f"sd {_fmt(r['runs']['std'], d)} over {r['runs']['n']} runs")
             else:
                 cells.append("n/a")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")

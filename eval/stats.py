@@ -101,7 +101,9 @@ class Items:
         weights: per-unit weight (e.g. questions in a group); all 1 when absent.
         strata: per-unit stratum (e.g. pattern); one stratum when absent.
         stratum_weights: weight of each stratum in the average; equal when absent.
-        scale: factor from the statistic to the recorded value (100 for percent).
+        scale: factor from the statistic to the recorded value (100 for percent; -1 for a
+            lower-is-better value kept as negated scores, so "better" in a paired test stays
+            "higher score").
     """
 
     unit: str
