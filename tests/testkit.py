@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -45,13 +46,32 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
+def torchrun(procs: int) -> list[str]:
+    """The command prefix that starts ``procs`` CPU processes under torchrun on a free port; a
+    script path or ``-m MODULE`` follows it."""
+    port = free_port()
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(procs),
+        "--master_port",
+        port,
+    ]
+
+
 def module_launcher(procs: int) -> list[str]:
     """The command prefix that runs ``-m MODULE`` on ``procs`` CPU processes: the interpreter
-    itself for one, torchrun (on a free port) for more."""
+    itself for one, :func:`torchrun` for more."""
     if procs == 1:
         return [sys.executable, "-m"]
-    torchrun = ["torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", free_port()]
-    return [sys.executable, "-m", *torchrun, "-m"]
+    return [*torchrun(procs), "-m"]
+
+
+def set_flags(items: Iterable[str]) -> list[str]:
+    """``KEY=VALUE`` overrides as command-line flags: ``--set KEY=VALUE`` each."""
+    return [x for item in items for x in ("--set", item)]
 
 
 def tiny_enhance_flags(dirs, *extra: str) -> list[str]:
@@ -68,21 +88,51 @@ def tiny_enhance_flags(dirs, *extra: str) -> list[str]:
         f"cache_dir={dirs.cache}",
         *extra,
     ]
-    return ["--preset", "tiny", *[x for item in sets for x in ("--set", item)]]
+    return ["--preset", "tiny", *set_flags(sets)]
 
 
-def tiny_llava_sizes(samples: int = 8, batch: int = 2) -> list[str]:
+#: The files of one complete training checkpoint written by a single process.
+CHECKPOINT_FILES = [
+    "optimizer.json",
+    "optimizer.safetensors",
+    "rng_rank0.safetensors",
+    "state.json",
+    "weights.safetensors",
+]
+#: ``enhance`` overrides of the stage-1 resume tests, which compare runs step by step: every step
+#: logged, every checkpoint kept, no previews or progress bar, full precision.
+STEPWISE_SETS = [
+    "checkpoint.keep_last=10",
+    "logging.every=1",
+    "logging.progress=false",
+    "logging.preview_count=0",
+    "train.mixed_precision='no'",
+]
+#: The exported tower's weights in a run folder (what a resumed run must reproduce).
+TOWER_WEIGHTS = Path("export/vision_tower/model.safetensors")
+
+
+def stage1_command(dirs, out: Path, procs: int, sets: list[str], resume: bool = False) -> list[str]:
+    """``enhance --preset tiny --stage 1`` on ``procs`` processes into ``out``, with the ``sets``
+    overrides (see :func:`tiny_enhance_flags`), resuming with ``resume``."""
+    flags = [*tiny_enhance_flags(dirs, *sets), "--stage", "1", "--output-dir", str(out)]
+    return [*module_launcher(procs), "enhance", *flags, *(["--resume"] if resume else [])]
+
+
+def tiny_llava_sizes(samples: int = 8, batch: int = 2, per_device: int | None = None) -> list[str]:
     """``llava-train`` ``KEY=VALUE`` overrides: ``samples`` toy rows per stage, 2 eval rows, max
-    length 96, batch ``batch`` (one micro-batch a step) in both stages."""
+    length 96, a global batch of ``batch`` in both stages, ``per_device`` a forward (default:
+    ``batch``, one micro-batch a step)."""
+    micro = batch if per_device is None else per_device
     return [
         f"data.toy_pretrain_size={samples}",
         f"data.toy_finetune_size={samples}",
         "data.toy_eval_size=2",
         "data.max_length=96",
         f"pretrain.global_batch_size={batch}",
-        f"pretrain.per_device_batch_size={batch}",
+        f"pretrain.per_device_batch_size={micro}",
         f"finetune.global_batch_size={batch}",
-        f"finetune.per_device_batch_size={batch}",
+        f"finetune.per_device_batch_size={micro}",
     ]
 
 
@@ -94,6 +144,24 @@ def tiny_llava_sets(llm, samples: int = 8, batch: int = 2, *extra: str) -> list[
         *tiny_llava_sizes(samples, batch),
         "logging.progress=false",
         "train.eval_toy=false",
+        *extra,
+    ]
+
+
+def two_rank_llava_sets(llm, *extra: str) -> list[str]:
+    """``llava-train`` ``KEY=VALUE`` overrides of the two-rank DeepSpeed runs: 16 toy rows and 2
+    steps per stage at a global batch of 8 (2 ranks x 2 x accumulation 2), a checkpoint and a log
+    line every step (all checkpoints kept), then ``extra``."""
+    return [
+        f"model.llm={llm}",
+        "train.eval_toy=false",
+        *tiny_llava_sizes(16, 8, per_device=2),
+        "pretrain.steps=2",
+        "finetune.steps=2",
+        "checkpoint.every=1",
+        "checkpoint.keep_last=10",
+        "logging.every=1",
+        "logging.progress=false",
         *extra,
     ]
 

@@ -49,6 +49,27 @@ def _tokenizer():
     return build_clip_tokenizer(["a", "photo", "of", "red", "square"], model_max_length=TEXT_LEN)
 
 
+def _stack(width: int, mlp_ratio: int, layers: int, heads: int, **extra) -> dict:
+    """A transformer stack's config, in the key names CLIP's and SigLIP's configs share."""
+    return {
+        "hidden_size": width,
+        "intermediate_size": mlp_ratio * width,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        **extra,
+    }
+
+
+def _text_stack(tok, width: int, mlp_ratio: int, heads: int, **extra) -> dict:
+    """The one-layer text tower over ``tok``'s vocabulary and ``TEXT_LEN`` positions."""
+    return _stack(width, mlp_ratio, 1, heads, vocab_size=len(tok), max_position_embeddings=TEXT_LEN, **extra)
+
+
+def _vision_stack(width: int, mlp_ratio: int, layers: int, heads: int, **extra) -> dict:
+    """The image tower at ``IMAGE`` pixels in ``PATCH`` patches."""
+    return _stack(width, mlp_ratio, layers, heads, image_size=IMAGE, patch_size=PATCH, **extra)
+
+
 def build_clip_base(
     out: Path, act: str = "quick_gelu", width: int = WIDTH, layers: int = 2, seed: int = 0
 ) -> Path:
@@ -57,28 +78,14 @@ def build_clip_base(
 
     tok = _tokenizer()
     common = {"hidden_act": act, "layer_norm_eps": 1e-5}
+    ids = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
     config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tok),
-            "hidden_size": WIDTH,
-            "intermediate_size": 4 * WIDTH,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 1,
-            "max_position_embeddings": TEXT_LEN,
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "pad_token_id": tok.pad_token_id,
-            **common,
-        },
-        vision_config={
-            "hidden_size": width,
-            "intermediate_size": 4 * width,
-            "num_hidden_layers": layers,
-            "num_attention_heads": max(1, width // 64),
-            "image_size": IMAGE,
-            "patch_size": PATCH,
-            **common,
-        },
+        text_config=_text_stack(tok, WIDTH, 4, heads=1, **ids, **common),
+        vision_config=_vision_stack(width, 4, layers, heads=max(1, width // 64), **common),
         projection_dim=EMBED,
     )
     torch.manual_seed(seed)
@@ -95,25 +102,8 @@ def build_siglip_base(out: Path, seed: int = 0) -> Path:
     tok = _tokenizer()
     common = {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
     config = SiglipConfig(
-        text_config={
-            "vocab_size": len(tok),
-            "hidden_size": WIDTH,
-            "intermediate_size": 2 * WIDTH,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "max_position_embeddings": TEXT_LEN,
-            "projection_size": WIDTH,
-            **common,
-        },
-        vision_config={
-            "hidden_size": WIDTH,
-            "intermediate_size": 2 * WIDTH,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": IMAGE,
-            "patch_size": PATCH,
-            **common,
-        },
+        text_config=_text_stack(tok, WIDTH, 2, heads=2, projection_size=WIDTH, **common),
+        vision_config=_vision_stack(WIDTH, 2, 2, heads=2, **common),
     )
     torch.manual_seed(seed)
     SiglipModel(config).save_pretrained(out, safe_serialization=True)

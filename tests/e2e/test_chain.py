@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import torch
-from testkit import load_test_module, tiny_enhance_flags, tiny_llava_sets
+from testkit import load_test_module, set_flags, tiny_enhance_flags, tiny_llava_sets
 
 
 def test_enhance_then_llava_train_then_leaderboard(tmp_path, tmp_model_dirs):
@@ -27,7 +27,7 @@ def test_enhance_then_llava_train_then_leaderboard(tmp_path, tmp_model_dirs):
     llava = tmp_path / "llava"
     sets = tiny_llava_sets(llm, samples=4)
     argv = ["--preset", "tiny", "--vision-tower", str(tower), "--output-dir", str(llava)]
-    assert llava_train([*argv, *[x for s in sets for x in ("--set", s)]]) == 0
+    assert llava_train([*argv, *set_flags(sets)]) == 0
     final = llava / "final"
     # The enhanced tower is the one inside DIR/final: its weights came from the enhance export.
     from safetensors.torch import load_file

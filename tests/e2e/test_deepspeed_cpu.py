@@ -23,13 +23,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from testkit import free_port, load_test_module, root_conftest, subprocess_env
+from testkit import load_test_module, root_conftest, set_flags, subprocess_env, torchrun, two_rank_llava_sets
 
 pytestmark = pytest.mark.slow
 
@@ -84,8 +83,7 @@ def _run(tmp_path: Path, module: str, args: list[str], out: Path, zero_stage: in
     launcher = tmp_path / "ds_launch.py"
     launcher.write_text(_LAUNCHER)
     target = [str(launcher), module] if zero_stage is not None else ["-m", module]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    cmd += [free_port(), *target, *args, "--output-dir", str(out), *(["--resume"] if resume else [])]
+    cmd = [*torchrun(2), *target, *args, "--output-dir", str(out), *(["--resume"] if resume else [])]
     subprocess.run(cmd, check=True, timeout=600, env=_env(zero_stage))
 
 
@@ -151,7 +149,7 @@ def test_enhance_zero2(tmp_path, tmp_model_dirs):
         "logging.progress=false",
         "logging.preview_count=0",
     ]
-    args = ["--preset", "tiny", *[x for s in sets for x in ("--set", s)]]
+    args = ["--preset", "tiny", *set_flags(sets)]
     ds, ddp = _deepspeed_and_ddp(tmp_path, "enhance", args, zero_stage=2)
     vision = Path("export/vision_tower/model.safetensors")
     _same_weights(ddp / vision, ds / vision, exact=False)
@@ -176,25 +174,8 @@ def test_enhance_zero2(tmp_path, tmp_model_dirs):
 def test_llava_train_zero3(tmp_path):
     parts_mod = load_test_module("llava_integration/conftest.py", "_genhancer_tests_llava_conftest")
     tower, llm = parts_mod.make_tower(tmp_path / "tower"), parts_mod.make_llm(tmp_path / "llm")
-    sets = [
-        f"model.llm={llm}",
-        "train.eval_toy=false",
-        "data.toy_pretrain_size=16",
-        "data.toy_finetune_size=16",  # finetune step 2 holds a text-only micro-batch on rank 1 only
-        "data.toy_eval_size=2",
-        "data.max_length=96",
-        "pretrain.steps=2",
-        "finetune.steps=2",
-        "pretrain.global_batch_size=8",  # 2 ranks x 2 x accumulation 2
-        "finetune.global_batch_size=8",
-        "pretrain.per_device_batch_size=2",
-        "finetune.per_device_batch_size=2",
-        "checkpoint.every=1",
-        "checkpoint.keep_last=10",
-        "logging.every=1",
-        "logging.progress=false",
-    ]
-    args = ["--preset", "tiny", "--vision-tower", str(tower), *[x for s in sets for x in ("--set", s)]]
+    sets = two_rank_llava_sets(llm)  # finetune step 2 holds a text-only micro-batch on rank 1 only
+    args = ["--preset", "tiny", "--vision-tower", str(tower), *set_flags(sets)]
     ds, ddp = _deepspeed_and_ddp(tmp_path, "llava_integration", args, zero_stage=3)
     final = Path("final/model.safetensors")
     # Gathered from the ZeRO-3 partitions: every tensor whole, the same as under DDP.

@@ -18,13 +18,12 @@ file on (environment variables), with the launcher of ``test_deepspeed_cpu.py``.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from testkit import free_port, load_test_module
+from testkit import load_test_module, set_flags, torchrun, two_rank_llava_sets
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +48,7 @@ def _run(tmp_path: Path, args: list[str], out: Path, zero_stage: int | None, res
     launcher = tmp_path / "ds_launch.py"
     launcher.write_text(ds_cpu._LAUNCHER)
     target = [str(launcher), "llava_integration"] if zero_stage else ["-m", "llava_integration"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    cmd += [free_port(), *target, *args, "--output-dir", str(out), *(["--resume"] if resume else [])]
+    cmd = [*torchrun(2), *target, *args, "--output-dir", str(out), *(["--resume"] if resume else [])]
     subprocess.run(cmd, check=True, timeout=600, env=_env(zero_stage))
 
 
@@ -86,28 +84,10 @@ def _check_merged(run: Path, llm: Path) -> None:
 def test_llava_lora_under_zero3_offload_and_zero2(tmp_path):
     parts = load_test_module("llava_integration/conftest.py", "_genhancer_tests_llava_conftest")
     tower, llm = parts.make_tower(tmp_path / "tower"), parts.make_llm(tmp_path / "llm")
-    sets = [
-        f"model.llm={llm}",
-        "train.eval_toy=false",
-        "data.toy_pretrain_size=16",
-        "data.toy_finetune_size=16",
-        "data.toy_eval_size=2",
-        "data.max_length=96",
-        "pretrain.steps=2",
-        "finetune.steps=2",
-        "pretrain.global_batch_size=8",  # 2 ranks x 2 x accumulation 2
-        "finetune.global_batch_size=8",
-        "pretrain.per_device_batch_size=2",
-        "finetune.per_device_batch_size=2",
-        "finetune.trainable=lora",
-        f"finetune.lora_r={R}",
-        f"finetune.lora_alpha={ALPHA}",
-        "checkpoint.every=1",
-        "checkpoint.keep_last=10",
-        "logging.every=1",
-        "logging.progress=false",
-    ]
-    args = ["--preset", "tiny", "--vision-tower", str(tower), *[x for s in sets for x in ("--set", s)]]
+    sets = two_rank_llava_sets(
+        llm, "finetune.trainable=lora", f"finetune.lora_r={R}", f"finetune.lora_alpha={ALPHA}"
+    )
+    args = ["--preset", "tiny", "--vision-tower", str(tower), *set_flags(sets)]
     ds, ddp = tmp_path / "ds", tmp_path / "ddp"
     _run(tmp_path, args, ds, zero_stage=3)
     _run(tmp_path, args, ddp, zero_stage=None)

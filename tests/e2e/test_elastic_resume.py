@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from testkit import module_launcher, subprocess_env, tiny_enhance_flags
+from testkit import STEPWISE_SETS, TOWER_WEIGHTS, stage1_command, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -37,19 +37,12 @@ SETS = [
     "stage1.global_batch_size=16",
     "stage1.per_device_batch_size=4",
     "checkpoint.every=2",
-    "checkpoint.keep_last=10",
-    "logging.every=1",
-    "logging.progress=false",
-    "logging.preview_count=0",
-    "train.mixed_precision='no'",
+    *STEPWISE_SETS,
 ]
-TOWER = Path("export/vision_tower/model.safetensors")
 
 
 def _run(dirs, out: Path, procs: int, resume: bool = False) -> None:
-    flags = [*tiny_enhance_flags(dirs, *SETS), "--stage", "1", "--output-dir", str(out)]
-    launch = module_launcher(procs)
-    cmd = [*launch, "enhance", *flags, *(["--resume"] if resume else [])]
+    cmd = stage1_command(dirs, out, procs, SETS, resume)
     subprocess.run(cmd, check=True, timeout=600, env=subprocess_env())
 
 
@@ -77,7 +70,7 @@ def _close_curves(resumed: Path, whole: Path) -> float:
         assert rel <= REL, (x, y)
         assert abs(x["grad_norm"] - y["grad_norm"]) <= REL * 10 * y["grad_norm"], (x, y)
         worst = max(worst, rel)
-    wa, wb = load_file(resumed / TOWER), load_file(whole / TOWER)
+    wa, wb = load_file(resumed / TOWER_WEIGHTS), load_file(whole / TOWER_WEIGHTS)
     for k in wb:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6, msg=k)
     return worst
@@ -114,7 +107,7 @@ def test_two_to_one_and_one_to_two(tmp_path, tmp_model_dirs):
 def test_llava_two_to_one(tmp_path):
     """``llava-train`` (finetune, LoRA with dropout: draws keyed by the global micro-batch) without
     modality groups, checkpointed on 2 processes, resumed on 1."""
-    from testkit import load_test_module, tiny_llava_sets
+    from testkit import load_test_module, module_launcher, set_flags, tiny_llava_sets
 
     parts = load_test_module("llava_integration/conftest.py", "_genhancer_tests_llava_conftest")
     tower, llm = parts.make_tower(tmp_path / "tower"), parts.make_llm(tmp_path / "llm")
@@ -134,7 +127,7 @@ def test_llava_two_to_one(tmp_path):
         "checkpoint.keep_last=10",
         "logging.every=1",
     )
-    flags = ["--preset", "tiny", "--vision-tower", str(tower), *[x for s in sets for x in ("--set", s)]]
+    flags = ["--preset", "tiny", "--vision-tower", str(tower), *set_flags(sets)]
 
     def run(out: Path, procs: int, resume: bool = False) -> None:
         launch = module_launcher(procs)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from testkit import free_port, tiny_enhance_flags
+from testkit import tiny_enhance_flags, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -35,20 +35,6 @@ COMMON = [
 ]
 
 
-def _torchrun_two(*target: str) -> list[str]:
-    """``torchrun --nproc_per_node 2`` on a free port, followed by ``target``."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        free_port(),
-        *target,
-    ]
-
-
 def _metrics(path) -> list[dict]:
     return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
 
@@ -58,7 +44,7 @@ def test_two_cpu_processes_match_one(tmp_path, tmp_model_dirs):
     two = tmp_path / "two"
     subprocess.run(
         [
-            *_torchrun_two(),
+            *torchrun(2),
             "-m",
             "enhance",
             *base,
@@ -152,7 +138,7 @@ def test_ranks_hold_identical_weights_after_training(tmp_path, tmp_model_dirs):
         )
     )
     subprocess.run(
-        _torchrun_two(str(script)),
+        [*torchrun(2), str(script)],
         check=True,
         timeout=900,
     )
@@ -197,7 +183,7 @@ def test_a_rank_whose_micro_batch_is_all_unreadable_keeps_step_with_the_others(t
     )
     subprocess.run(
         [
-            *_torchrun_two(),
+            *torchrun(2),
             "-m",
             "enhance",
             *flags,

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from testkit import free_port, load_test_module, subprocess_env
+from testkit import load_test_module, subprocess_env, torchrun
 
 from genhancer.runtime import checkpoint as ckpt
 
@@ -106,9 +106,8 @@ def test_llava_train_two_cpu_processes_match_one(tmp_path):
     args = _args(parts)
     env = subprocess_env()
     two, one = tmp_path / "two", tmp_path / "one"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     subprocess.run(
-        [*torchrun, "--master_port", free_port(), "-m", "llava_integration", *args, "--output-dir", str(two)],
+        [*torchrun(2), "-m", "llava_integration", *args, "--output-dir", str(two)],
         check=True,
         timeout=600,
         env=env,

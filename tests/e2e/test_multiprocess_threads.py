@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from testkit import free_port, subprocess_env, tiny_enhance_flags
+from testkit import subprocess_env, tiny_enhance_flags, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -51,16 +51,7 @@ def _two(tmp_path, tmp_model_dirs, name: str, *extra: str) -> tuple[dict[str, in
         "logging.progress=false",
         "logging.preview_count=0",
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        free_port(),
-    ]
-    cmd += [str(probe), *flags, *extra, "--output-dir", str(tmp_path / name)]
+    cmd = [*torchrun(2), str(probe), *flags, *extra, "--output-dir", str(tmp_path / name)]
     out = tmp_path / f"{name}_threads"
     out.mkdir()
     proc = subprocess.run(

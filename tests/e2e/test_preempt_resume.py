@@ -24,7 +24,7 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from testkit import module_launcher, subprocess_env, tiny_enhance_flags
+from testkit import STEPWISE_SETS, TOWER_WEIGHTS, stage1_command, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -34,19 +34,12 @@ SETS = [
     "stage1.global_batch_size=8",
     "stage1.per_device_batch_size=4",
     "checkpoint.every=100",  # only the checkpoints a signal asks for, and the final one
-    "checkpoint.keep_last=10",
-    "logging.every=1",
-    "logging.progress=false",
-    "logging.preview_count=0",
-    "train.mixed_precision='no'",
+    *STEPWISE_SETS,
 ]
-TOWER = Path("export/vision_tower/model.safetensors")
 
 
 def _cmd(dirs, out: Path, procs: int, resume: bool = False) -> list[str]:
-    flags = [*tiny_enhance_flags(dirs, *SETS), "--stage", "1", "--output-dir", str(out)]
-    launch = module_launcher(procs)
-    return [*launch, "enhance", *flags, *(["--resume"] if resume else [])]
+    return stage1_command(dirs, out, procs, SETS, resume)
 
 
 def _ignore_usr1() -> None:
@@ -89,7 +82,7 @@ def _same(a: Path, b: Path) -> None:
         return [{k: v for k, v in r.items() if k != "images_per_s"} for r in _metrics(run)]
 
     assert timeless(a) == timeless(b)
-    wa, wb = load_file(a / TOWER), load_file(b / TOWER)
+    wa, wb = load_file(a / TOWER_WEIGHTS), load_file(b / TOWER_WEIGHTS)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from testkit import CHECKPOINT_FILES
 from torch import nn
 
 from genhancer.runtime import checkpoint as ckpt
@@ -85,13 +86,7 @@ def test_weights_round_trip_and_nothing_is_pickled(tmp_path):
     assert set(back) == set(weights)
     for k, v in weights.items():
         assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
-    assert sorted(p.name for p in path.iterdir()) == [
-        "optimizer.json",
-        "optimizer.safetensors",
-        "rng_rank0.safetensors",
-        "state.json",
-        "weights.safetensors",
-    ]
+    assert sorted(p.name for p in path.iterdir()) == CHECKPOINT_FILES
     assert ckpt.read_state(path) == {"order": [1, 1], "step": 1}
 
 

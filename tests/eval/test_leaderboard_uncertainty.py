@@ -8,20 +8,14 @@ import json
 
 import pytest
 from scipy.stats import binomtest
+from testkit import set_flags
 
 from eval.cli import main
 from eval.leaderboard import RECORD_VERSION, ResultsStore, aggregate_runs, annotate_uncertainty
 from eval.report import render_markdown
 from eval.stats import Items, items_interval
 
-SMALL = [
-    "--set",
-    "progress=false",
-    "--set",
-    "fixtures.image_size=32",
-    "--set",
-    "fixtures.pairs_per_pattern=3",
-]
+SMALL = set_flags(["progress=false", "fixtures.image_size=32", "fixtures.pairs_per_pattern=3"])
 
 
 @pytest.fixture(scope="module")

@@ -21,32 +21,32 @@ from eval.paper_numbers import (
 )
 
 
+def _pattern_mean(nums: dict) -> float:
+    """The mean of a Table-1 row's nine patterns, each snapped to k/15 first (15 pairs a pattern;
+    the paper prints one "13.0")."""
+    return sum(round(nums[k] * 15 / 100) * 100 / 15 for k in PATTERN_KEYS) / 9
+
+
 @pytest.mark.parametrize("row", [k for k, v in MMVP_VLM.items() if len(v) > 1])
 def test_table1_average_is_the_mean_of_its_patterns(row):
     nums = MMVP_VLM[row]
-    # each pattern has 15 pairs: snap to k/15 (the paper prints one "13.0"), then average
-    exact = [round(nums[k] * 15 / 100) * 100 / 15 for k in PATTERN_KEYS]
-    assert abs(sum(exact) / 9 - nums["average"]) <= 0.05 + 1e-9
+    assert abs(_pattern_mean(nums) - nums["average"]) <= 0.05 + 1e-9
 
 
 @pytest.mark.parametrize("row", [k for k, v in DCR_MMVP_VLM.items() if len(v) > 1])
 def test_dcr_table1_average_is_within_a_print_step_of_its_patterns(row):
     nums = DCR_MMVP_VLM[row]
-    exact = [round(nums[k] * 15 / 100) * 100 / 15 for k in PATTERN_KEYS]
     # the DCR paper sometimes rounds down (19.26 printed 19.2, 31.85 as 31.8), sometimes not (41.48: 41.5)
-    assert abs(sum(exact) / 9 - nums["average"]) < 0.1 + 1e-9
+    assert abs(_pattern_mean(nums) - nums["average"]) < 0.1 + 1e-9
 
 
 def test_dcr_reprints_genhancer_table1_patterns():
-    for (backbone, res, method), nums in DCR_MMVP_VLM.items():
+    for row, nums in DCR_MMVP_VLM.items():
+        backbone, res, method = row
         ours = {"GenHancer": "GenHancer (continuous)"}.get(method, method)
         if (backbone, res, ours) in MMVP_VLM:
             theirs = MMVP_VLM[backbone, res, ours]
-            assert [nums[k] for k in PATTERN_KEYS] == [theirs[k] for k in PATTERN_KEYS], (
-                backbone,
-                res,
-                method,
-            )
+            assert [nums[k] for k in PATTERN_KEYS] == [theirs[k] for k in PATTERN_KEYS], row
 
 
 @pytest.mark.parametrize("row", [k for k, v in DCR_CLUSTERING.items() if len(v) > 3])

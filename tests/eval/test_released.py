@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from testkit import load_test_module
+from testkit import load_test_module, set_flags
 
 from eval.cli import main as leaderboard
 from eval.config import load_config
@@ -136,7 +136,7 @@ def test_the_released_board_sets_each_tower_beside_its_papers_numbers(
 )
 def test_bad_released_configs_are_exit_2_one_line(sets, message, tmp_path, capsys):
     argv = ["--preset", "released-openai-clip-l14-224", "--output-dir", str(tmp_path / "b")]
-    assert leaderboard([*argv, *[x for s in sets for x in ("--set", s)]]) == 2
+    assert leaderboard([*argv, *set_flags(sets)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
 

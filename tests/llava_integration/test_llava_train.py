@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from testkit import tiny_llava_sizes
+from testkit import set_flags, tiny_llava_sizes
 
 from genhancer.runtime import checkpoint as ckpt
 from llava_integration.cli import main
@@ -177,7 +177,7 @@ def test_cli_end_to_end(tiny_dirs, tmp_path, capsys):
         "--set",
         "finetune.steps=2",
     ]
-    sets += [x for kv in _small_sets() for x in ("--set", kv)]
+    sets += set_flags(_small_sets())
     assert main(args + sets) == 0
     for name in ("config.yaml", "metrics.jsonl", "report.json", "pretrain/projector.safetensors"):
         assert (out / name).is_file(), name
@@ -245,7 +245,7 @@ def test_two_cpu_processes_under_accelerate_launch(tiny_dirs, tmp_path):
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2"]
     cmd += ["-m", "llava_integration", "--preset", "tiny", "--vision-tower", str(tiny_dirs["tower"])]
     cmd += ["--output-dir", str(out), "--set", f"model.llm={tiny_dirs['llm']}"]
-    cmd += [x for kv in [*_small_sets(), "pretrain.steps=2", "finetune.steps=2"] for x in ("--set", kv)]
+    cmd += set_flags([*_small_sets(), "pretrain.steps=2", "finetune.steps=2"])
     cmd += ["--set", "pretrain.per_device_batch_size=2", "--set", "finetune.per_device_batch_size=2"]
     subprocess.run(cmd, check=True, timeout=600)
     LlavaForConditionalGeneration.from_pretrained(out / "final")
@@ -416,7 +416,7 @@ def test_paper_presets_train_on_a_llama_tokenizer_and_llava_layout(preset, tiny_
         "logging.progress=false",
         "logging.every=1",
     ]
-    assert main(args + [x for kv in sets for x in ("--set", kv)] + ["--output-dir", str(out)]) == 0
+    assert main(args + set_flags(sets) + ["--output-dir", str(out)]) == 0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(m["stage"], m["step"]) for m in metrics] == [("pretrain", 1), ("finetune", 1)]
     assert all(math.isfinite(m["loss"]) for m in metrics)

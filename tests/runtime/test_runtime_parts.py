@@ -9,6 +9,7 @@ import types
 
 import pytest
 import torch
+from testkit import CHECKPOINT_FILES
 from torch import nn
 
 from genhancer.runtime import checkpoint as ckpt
@@ -186,13 +187,7 @@ def test_save_and_restore_training_state_round_trip(tmp_path):
         accelerator, prepared, optimizer, _meta(scheduler, 1, final=True), tmp_path, weights, 1, protect
     )
     assert path == tmp_path / "stage1_step0000001" and protect == {"stage1_step0000001"}
-    assert sorted(p.name for p in path.iterdir()) == [
-        "optimizer.json",
-        "optimizer.safetensors",
-        "rng_rank0.safetensors",
-        "state.json",
-        "weights.safetensors",
-    ]
+    assert sorted(p.name for p in path.iterdir()) == CHECKPOINT_FILES
     exp_avg = optimizer.state[model.weight]["exp_avg"].clone()
 
     _, model2, prepared2, optimizer2, scheduler2 = _prepared(lr=0.1)

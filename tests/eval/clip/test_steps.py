@@ -10,20 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from testkit import set_flags
 
 from eval.cli import main
 from eval.clip.encoders import load_encoder, stored_dtype
 from eval.clip.steps import expand_clip_spec, plot_step_curve, run_dir_models, step_curve
 from genhancer.runtime.errors import UserError
 
-SMALL = [
-    "--set",
-    "progress=false",
-    "--set",
-    "fixtures.image_size=32",
-    "--set",
-    "fixtures.pairs_per_pattern=2",
-]
+SMALL = set_flags(["progress=false", "fixtures.image_size=32", "fixtures.pairs_per_pattern=2"])
 
 
 @pytest.fixture(scope="module")
