@@ -20,7 +20,7 @@ from enhance.methods.genhancer.config import (
     VAEConfig,
 )
 from genhancer.runtime import configtools
-from genhancer.runtime.configtools import doc
+from genhancer.runtime.configtools import doc, override
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.sections import (
     CheckpointSection,
@@ -108,7 +108,7 @@ class StageConfig(OptimSection):
         "derives one pass over the data instead)",
     )
     lr: float = doc(1e-4, "constant learning rate")
-    weight_decay: float = doc(0.01, "AdamW weight decay")
+    weight_decay: float = override(OptimSection, "weight_decay", 0.01)
     global_batch_size: int = doc(256, "images per optimizer step over all processes")
     per_device_batch_size: int = doc(16, "images per forward pass; accumulation fills the global batch")
     optimizer: OptimizerName = doc("adamw", "adamw | sgd (DIVA's official optimiser, with momentum)")

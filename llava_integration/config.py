@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from genhancer.runtime import configtools
-from genhancer.runtime.configtools import doc, field_docs
+from genhancer.runtime.configtools import doc, field_docs, override
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.sections import (
     CheckpointSection,
@@ -107,8 +107,7 @@ class StageConfig(OptimSection):
     warmup_ratio: float = doc(0.03, "linear warmup as a fraction of the steps (LLaVA-1.5: 3 %)")
     epochs: float = doc(1.0, "passes over the data (sets steps when steps is 0)")
     steps: int = doc(0, "optimizer steps; 0: derived from epochs and the dataset size")
-    global_batch_size: int = doc(256, "samples per optimizer step over all processes")
-    per_device_batch_size: int = doc(32, "samples per forward; accumulation fills the global batch")
+    per_device_batch_size: int = override(OptimSection, "per_device_batch_size", 32)
     lora_r: int = doc(128, "LoRA rank")
     lora_alpha: int = doc(256, "LoRA alpha")
     lora_dropout: float = doc(0.05, "LoRA dropout")
@@ -120,18 +119,18 @@ class FinetuneStageConfig(StageConfig):
     """The finetune stage's defaults (LLaVA-1.5's finetune.sh). A subclass rather than a factory: a
     config that sets any ``finetune.*`` key is built from the class, so the defaults must live there."""
 
-    data_path: str = doc("llava_v1_5_mix665k.json", "LLaVA JSON, relative to data.root (or absolute)")
-    image_folder: str = doc(".", "image root for this JSON, relative to data.root")
-    template: str = doc("vicuna_v1", "conversation template: plain | vicuna_v1")
+    data_path: str = override(StageConfig, "data_path", "llava_v1_5_mix665k.json")
+    image_folder: str = override(StageConfig, "image_folder", ".")
+    template: str = override(StageConfig, "template", "vicuna_v1")
     image_aspect_ratio: AspectRatio = doc(
         "pad",
         "pad (to square with the processor mean first; LLaVA-1.5 finetuning) | "
         "crop (the tower processor's resize + centre crop)",
     )
-    trainable: Trainable = doc("full", "projector | full (LM + projector) | lora (LM LoRA + projector)")
-    lr: float = doc(2e-5, "peak learning rate (LoRA weights when trainable=lora)")
-    global_batch_size: int = doc(128, "samples per optimizer step over all processes")
-    per_device_batch_size: int = doc(16, "samples per forward; accumulation fills the global batch")
+    trainable: Trainable = override(StageConfig, "trainable", "full")
+    lr: float = override(StageConfig, "lr", 2e-5)
+    global_batch_size: int = override(StageConfig, "global_batch_size", 128)
+    per_device_batch_size: int = override(StageConfig, "per_device_batch_size", 16)
 
 
 @dataclass
@@ -142,7 +141,7 @@ class TrainConfig(TrainSection):
 
 @dataclass
 class CheckpointConfig(CheckpointSection):
-    every: int = doc(500, "save every N optimizer steps (and always at the end of a stage)")
+    every: int = override(CheckpointSection, "every", 500)
 
 
 LoggingConfig = LoggingSection

@@ -32,6 +32,12 @@ def doc(default: Any, text: str) -> Any:
     return dataclasses.field(default=default, metadata={"doc": text})
 
 
+def override(base: type, name: str, default: Any) -> Any:
+    """A subclass's own default for a field of dataclass ``base``, documented by ``base``'s text, so
+    a section that only changes a default does not write its documentation again."""
+    return doc(default, base.__dataclass_fields__[name].metadata["doc"])
+
+
 def field_docs(tree: Any, prefix: str = "") -> dict[str, str]:
     """Dotted key -> documentation of every leaf field of a config tree (a class: its defaults;
     an instance: the sections it holds, so a tagged union documents the member chosen)."""

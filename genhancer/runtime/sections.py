@@ -2,7 +2,8 @@
 
 The YAML keys stay where users write them (``stage1.lr``, ``train.seed``, ``checkpoint.every``):
 a command's stage section subclasses :class:`OptimSection`, its ``train`` section subclasses
-:class:`TrainSection`, and so on, overriding only the defaults that differ (with their own doc).
+:class:`TrainSection`, and so on, overriding only the defaults that differ (with their own doc, or
+with :func:`~genhancer.runtime.configtools.override` where the text stays the same).
 Each enum is a ``Literal`` written once here or beside its section; ``configtools`` checks the
 value and names the key.
 """
