@@ -18,47 +18,35 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 
 from genhancer.runtime.cli import add_config_flags, command, make_parser
 from genhancer.runtime.threads import configure_threads, plan_threads
 
-#: Flags that map one-to-one onto DemoConfig keys (flag name with - for _).
-CONFIG_FLAGS = (
-    "original",
-    "enhanced",
-    "denoiser",
-    "llava_original",
-    "llava_enhanced",
-    "results",
-    "data_root",
-    "host",
-    "port",
-)
+#: Flags that map one-to-one onto DemoConfig keys (flag name with - for _): metavar, help.
+CONFIG_FLAGS: dict[str, tuple[str | None, str]] = {
+    "original": (
+        "ID_OR_DIR",
+        "original dual encoder (HF id, dir, hf:ORG/NAME/SUB@REV, WEIGHTS::BASE, genhancer-tiny:clip)",
+    ),
+    "enhanced": ("DIR", "enhanced encoder: an `enhance` run dir or its export/hf"),
+    "denoiser": ("DIR", "run dir or export/denoiser for reconstructions (default: from --enhanced)"),
+    "llava_original": ("DIR", "LLaVA (llava-train DIR/final) on the original tower"),
+    "llava_enhanced": ("DIR", "LLaVA on the enhanced tower"),
+    "results": ("DIR", "leaderboard --output-dir to show"),
+    "data_root": ("DIR", "benchmark data root; DIR/mmvp_vlm feeds the gallery"),
+    "host": (None, "interface to bind (default 127.0.0.1)"),
+    "port": (None, "TCP port (default 7860)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from demo.config import DemoConfig
+
     p = make_parser("genhancer-demo", __doc__)
-    p.add_argument(
-        "--original",
-        metavar="ID_OR_DIR",
-        help="original dual encoder (HF id, dir, hf:ORG/NAME/SUB@REV, WEIGHTS::BASE, genhancer-tiny:clip)",
-    )
-    p.add_argument(
-        "--enhanced", metavar="DIR", help="enhanced encoder: an `enhance` run dir or its export/hf"
-    )
-    p.add_argument(
-        "--denoiser",
-        metavar="DIR",
-        help="run dir or export/denoiser for reconstructions (default: from --enhanced)",
-    )
-    p.add_argument(
-        "--llava-original", metavar="DIR", help="LLaVA (llava-train DIR/final) on the original tower"
-    )
-    p.add_argument("--llava-enhanced", metavar="DIR", help="LLaVA on the enhanced tower")
-    p.add_argument("--results", metavar="DIR", help="leaderboard --output-dir to show")
-    p.add_argument("--data-root", metavar="DIR", help="benchmark data root; DIR/mmvp_vlm feeds the gallery")
-    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="TCP port (default 7860)")
+    types = typing.get_type_hints(DemoConfig)
+    for key, (metavar, text) in CONFIG_FLAGS.items():
+        p.add_argument(f"--{key.replace('_', '-')}", metavar=metavar, type=types[key], help=text)
     p.add_argument("--share", action="store_true", default=None, help="also ask Gradio for a public link")
     add_config_flags(p, set_help="override one config key (e.g. device=cuda, max_upload_mb=5), repeatable")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
