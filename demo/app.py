@@ -32,6 +32,35 @@ TABS: tuple[tuple[str, str], ...] = (
     ("leaderboard", "Leaderboard"),
 )
 
+#: What a tab says above its inputs.
+INTROS = {
+    "pair": (
+        "Two images, one or two statements. For each statement, each model's softmax over the two "
+        "images says which image it thinks the statement describes. Mark the truth to colour the "
+        "picks green (right) or red (wrong)."
+    ),
+    "heatmap": (
+        "What drives each model's score for a statement: how strongly each patch moves the score "
+        "(gradient norm at the patch tokens entering the last block; brighter = more influence). "
+        "Each map is scaled to its own range; the scores are in the labels."
+    ),
+    "reconstruction": (
+        "The enhanced run's denoiser rebuilds an image from a global token alone, a picture of what "
+        "the token remembers. The same denoiser is fed each model's token (seeded noise)."
+    ),
+    "chat": (
+        "Each question goes to the LLaVA built on each tower; the answers stream side by side. "
+        "Each side keeps its own conversation (LLaVA's vicuna_v1 template, the image in the first "
+        "turn); Clear starts a new one, as does a new image."
+    ),
+}
+
+
+def _tab(key: str) -> gr.Tab:
+    """Tab ``key`` of :data:`TABS`, its ``elem_id`` ``tab-KEY``."""
+    return gr.Tab(dict(TABS)[key], id=key, elem_id=f"tab-{key}")
+
+
 CSS = """
 .gh-message { margin: 6px 0; }
 #gh-status table { font-size: 0.85em; }
@@ -192,12 +221,8 @@ def build_app(
 
         with gr.Tabs():
             # --- pair test ---
-            with gr.Tab(TABS[0][1], id=TABS[0][0], elem_id="tab-pair"):
-                gr.Markdown(
-                    "Two images, one or two statements. For each statement, each model's softmax over the two "
-                    "images says which image it thinks the statement describes. Mark the truth to colour the "
-                    "picks green (right) or red (wrong)."
-                )
+            with _tab("pair"):
+                gr.Markdown(INTROS["pair"])
                 with gr.Row():
                     image_a = _upload("image A", "image-a")
                     image_b = _upload("image B", "image-b")
@@ -228,12 +253,8 @@ def build_app(
                     )
 
             # --- heat map ---
-            with gr.Tab(TABS[1][1], id=TABS[1][0], elem_id="tab-heatmap"):
-                gr.Markdown(
-                    "What drives each model's score for a statement: how strongly each patch moves the score "
-                    "(gradient norm at the patch tokens entering the last block; brighter = more influence). "
-                    "Each map is scaled to its own range; the scores are in the labels."
-                )
+            with _tab("heatmap"):
+                gr.Markdown(INTROS["heatmap"])
                 with gr.Row():
                     with gr.Column():
                         hm_image = _upload("image", "hm-image")
@@ -258,11 +279,8 @@ def build_app(
                     )
 
             # --- reconstruction ---
-            with gr.Tab(TABS[2][1], id=TABS[2][0], elem_id="tab-reconstruction"):
-                gr.Markdown(
-                    "The enhanced run's denoiser rebuilds an image from a global token alone, a picture of what "
-                    "the token remembers. The same denoiser is fed each model's token (seeded noise)."
-                )
+            with _tab("reconstruction"):
+                gr.Markdown(INTROS["reconstruction"])
                 with gr.Row():
                     with gr.Column():
                         rec_image = _upload("image", "rec-image")
@@ -290,7 +308,7 @@ def build_app(
                     )
 
             # --- chat ---
-            with gr.Tab(TABS[3][1], id=TABS[3][0], elem_id="tab-chat"):
+            with _tab("chat"):
                 if not registry.has_chat():
                     gr.HTML(
                         message_html(
@@ -298,11 +316,7 @@ def build_app(
                             "--llava-enhanced DIR (each a llava-train DIR/final)"
                         )
                     )
-                gr.Markdown(
-                    "Each question goes to the LLaVA built on each tower; the answers stream side by side. "
-                    "Each side keeps its own conversation (LLaVA's vicuna_v1 template, the image in the first "
-                    "turn); Clear starts a new one, as does a new image."
-                )
+                gr.Markdown(INTROS["chat"])
                 with gr.Row():
                     with gr.Column(scale=1):
                         chat_image = _upload("image (optional)", "chat-image", height=240)
@@ -328,7 +342,7 @@ def build_app(
                     )
 
             # --- leaderboard ---
-            with gr.Tab(TABS[4][1], id=TABS[4][0], elem_id="tab-leaderboard"):
+            with _tab("leaderboard"):
                 board = load_leaderboard(cfg.results)
                 board_note = gr.HTML(_note(board.message))
                 board_md = gr.Markdown(board.markdown, elem_id="leaderboard-md")
