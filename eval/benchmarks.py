@@ -142,8 +142,9 @@ def _mmvp_inputs(ctx: BenchmarkContext) -> dict:
 # --- zeroshot -----------------------------------------------------------------------------------
 
 
-def _dataset_path(ctx: BenchmarkContext, ds: DatasetConfig) -> str:
-    return ds.path or str(ctx.folder("zeroshot") / ds.name)
+def _located(ctx: BenchmarkContext, ds: DatasetConfig) -> DatasetConfig:
+    """``ds`` with its folder (empty path: DATA_ROOT/zeroshot/<name>)."""
+    return dataclasses.replace(ds, path=ds.path or str(ctx.folder("zeroshot") / ds.name))
 
 
 def _zeroshot_prepare(ctx: BenchmarkContext):
@@ -153,16 +154,9 @@ def _zeroshot_prepare(ctx: BenchmarkContext):
     cls = []
     for ds in z.classification:
         name = ds.templates or (ds.name if ds.name in TEMPLATES else "generic")
-        data = load_classification(
-            ds.name, _dataset_path(ctx, ds), ds.split, ds.image_column, ds.label_column, ctx.limit
-        )
+        data = load_classification(_located(ctx, ds), ctx.limit)
         cls.append((data, get_templates(name)))
-    ret = [
-        load_retrieval(
-            ds.name, _dataset_path(ctx, ds), ds.split, ds.image_column, ds.caption_column, ctx.limit
-        )
-        for ds in z.retrieval
-    ]
+    ret = [load_retrieval(_located(ctx, ds), ctx.limit) for ds in z.retrieval]
     return cls, ret
 
 
@@ -379,9 +373,7 @@ def _generation_prepare(ctx: BenchmarkContext) -> GenerationData:
             f"dataset ({', '.join(found) or 'none configured'})"
         )
     ds = found[g.source]
-    ret = load_retrieval(
-        ds.name, _dataset_path(ctx, ds), ds.split, ds.image_column, ds.caption_column, g.images
-    )
+    ret = load_retrieval(_located(ctx, ds), g.images)
     return GenerationData(retrieval_captioned(ret, g.images), g.judge)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from eval.config import DatasetConfig
 from genhancer.runtime.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -204,15 +205,9 @@ def _is_local(path: str) -> bool:
     return Path(path).expanduser().exists() or path.startswith(("/", ".", "~")) or path.count("/") > 1
 
 
-def load_classification(
-    name: str,
-    path: str,
-    split: str = "test",
-    image_column: str = "image",
-    label_column: str = "label",
-    limit: int | None = None,
-) -> ClassificationSet:
-    """From an image folder (``path/<class>/*.jpg``) or a ``datasets`` id."""
+def load_classification(ds: DatasetConfig, limit: int | None = None) -> ClassificationSet:
+    """From an image folder (``ds.path/<class>/*.jpg``) or a ``datasets`` id."""
+    name, path, image_column, label_column = ds.name, ds.path, ds.image_column, ds.label_column
     if _is_local(path):
         root = Path(path).expanduser()
         if not root.is_dir():
@@ -235,34 +230,28 @@ def load_classification(
             files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         names = [c.replace("_", " ") for c in classes]
         return ClassificationSet(name, files, labels, names, _folder_revision(root, files))
-    ds = _load_hf(name, path, split, limit)
-    if image_column not in ds.column_names or label_column not in ds.column_names:
+    data = _load_hf(name, path, ds.split, limit)
+    if image_column not in data.column_names or label_column not in data.column_names:
         raise UserError(
             f"zero-shot dataset '{name}' ({path}): needs columns '{image_column}' and '{label_column}', "
-            f"has {ds.column_names}"
+            f"has {data.column_names}"
         )
-    feature = ds.features[label_column]
+    feature = data.features[label_column]
     names = getattr(feature, "names", None)
     if not names:
         raise UserError(f"zero-shot dataset '{name}' ({path}): column '{label_column}' has no class names")
     return ClassificationSet(
         name,
-        list(ds[image_column]),
-        [int(x) for x in ds[label_column]],
+        list(data[image_column]),
+        [int(x) for x in data[label_column]],
         [n.replace("_", " ") for n in names],
-        _hf_revision(ds, path),
+        _hf_revision(data, path),
     )
 
 
-def load_retrieval(
-    name: str,
-    path: str,
-    split: str = "test",
-    image_column: str = "image",
-    caption_column: str = "caption",
-    limit: int | None = None,
-) -> RetrievalSet:
-    """From ``path/captions.jsonl`` (+ images beside it) or a ``datasets`` id with a caption-list column."""
+def load_retrieval(ds: DatasetConfig, limit: int | None = None) -> RetrievalSet:
+    """From ``ds.path/captions.jsonl`` (+ images beside it) or a ``datasets`` id with a caption-list column."""
+    name, path, image_column, caption_column = ds.name, ds.path, ds.image_column, ds.caption_column
     images: list = []
     captions: list[str] = []
     owner: list[int] = []
@@ -292,18 +281,18 @@ def load_retrieval(
             if limit and len(files) >= limit:
                 break
         return RetrievalSet(name, files, captions, owner, _folder_revision(root, files, index.read_text()))
-    ds = _load_hf(name, path, split, limit)
-    if image_column not in ds.column_names or caption_column not in ds.column_names:
+    data = _load_hf(name, path, ds.split, limit)
+    if image_column not in data.column_names or caption_column not in data.column_names:
         raise UserError(
             f"retrieval dataset '{name}' ({path}): needs columns '{image_column}' and '{caption_column}', "
-            f"has {ds.column_names}"
+            f"has {data.column_names}"
         )
-    for i, (im, caps) in enumerate(zip(ds[image_column], ds[caption_column])):
+    for i, (im, caps) in enumerate(zip(data[image_column], data[caption_column])):
         images.append(im)
         for c in [caps] if isinstance(caps, str) else caps:
             captions.append(str(c))
             owner.append(i)
-    return RetrievalSet(name, images, captions, owner, _hf_revision(ds, path))
+    return RetrievalSet(name, images, captions, owner, _hf_revision(data, path))
 
 
 def _load_hf(name: str, path: str, split: str, limit: int | None):

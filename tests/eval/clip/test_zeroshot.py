@@ -15,6 +15,7 @@ from eval.clip.zeroshot import (
     retrieval_recall,
     topk_accuracy,
 )
+from eval.config import DatasetConfig
 from genhancer.runtime.errors import UserError
 
 
@@ -65,7 +66,7 @@ def test_class_embedding_is_the_normalised_template_mean(fake_encoder):
 def test_classification_on_the_toy_folder(toy_data_root, fake_encoder):
     from genhancer.toyworld.world import COLOR_RGB
 
-    data = load_classification("toy_color", str(toy_data_root / "zeroshot" / "toy_color"))
+    data = load_classification(DatasetConfig("toy_color", str(toy_data_root / "zeroshot" / "toy_color")))
     assert sorted(data.classnames) == sorted(COLOR_RGB) and len(data.images) == 18
 
     # An "encoder" that reads the dominant non-background colour: a right answer for every image.
@@ -84,17 +85,18 @@ def test_classification_on_the_toy_folder(toy_data_root, fake_encoder):
 
 
 def test_retrieval_folder_and_limit(toy_data_root):
-    data = load_retrieval("toy_captions", str(toy_data_root / "zeroshot" / "toy_captions"))
+    data = load_retrieval(DatasetConfig("toy_captions", str(toy_data_root / "zeroshot" / "toy_captions")))
     assert len(data.images) == 6 and len(data.captions) == 18
     assert data.caption_image[:4] == [0, 0, 0, 1]
-    assert len(load_retrieval("t", str(toy_data_root / "zeroshot" / "toy_captions"), limit=2).images) == 2
+    captions = DatasetConfig("t", str(toy_data_root / "zeroshot" / "toy_captions"))
+    assert len(load_retrieval(captions, limit=2).images) == 2
 
 
 def test_bad_folders_name_the_path(tmp_path):
     with pytest.raises(UserError, match="folder not found"):
-        load_classification("x", str(tmp_path / "nope"))
+        load_classification(DatasetConfig("x", str(tmp_path / "nope")))
     with pytest.raises(UserError, match="captions.jsonl not found"):
-        load_retrieval("x", str(tmp_path))
+        load_retrieval(DatasetConfig("x", str(tmp_path)))
     (tmp_path / "captions.jsonl").write_text(json.dumps({"image": "gone.jpg", "captions": ["a"]}) + "\n")
     with pytest.raises(UserError, match="gone.jpg"):
-        load_retrieval("x", str(tmp_path))
+        load_retrieval(DatasetConfig("x", str(tmp_path)))
