@@ -15,7 +15,7 @@ DS_STAMP := $(VENV)/.deepspeed
 LATEST := .venv-latest
 LOCKTOOLS := .venv-lock
 
-.PHONY: quickstart test test-slow test-latest lock lock-deepspeed deepspeed lint bench clean venv demo reproduce-small reproduce-first gpu-wheels gpu-check
+.PHONY: quickstart test test-slow test-latest lock lock-deepspeed deepspeed lint bench clean venv demo reproduce-small reproduce-first reproduce-trends gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 2; }
@@ -93,6 +93,21 @@ reproduce-small: $(STAMP)
 # The first protocol's head to head (2026-12-03, docs/reproduce-methods): the default world, 200 + 100 steps.
 reproduce-first: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.study --preset small --methods enhanced diva dcr naive-contrastive --output-dir runs/reproduce-first
+
+# The paper's trends as dose-response curves on the testbed (docs/study-trends.md): stage-1 length, denoiser
+# depth, local-token ratio, one vs two stages; 3 seeds, one process per seed on one thread each, then the
+# report over all of them (every point reused). Estimated 20-90 min on 2 cores; a rerun resumes.
+TRENDS_OUT ?= runs/reproduce-trends
+TRENDS_SEEDS ?= 0 1 2
+reproduce-trends: $(STAMP)
+	mkdir -p $(TRENDS_OUT)
+	$(BIN)/python -c "from genhancer.toyworld.models import resolve_tiny as r; r('genhancer-tiny:clip'); r('genhancer-tiny:vae')"
+	pids=""; for s in $(TRENDS_SEEDS); do \
+	    OMP_NUM_THREADS=1 $(BIN)/python -m eval.study --preset testbed --part trends --seeds $$s --threads 1 \
+	        --output-dir $(TRENDS_OUT) > $(TRENDS_OUT)/seed$$s.log 2>&1 & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p || { echo "a seed failed: see $(TRENDS_OUT)/seed*.log"; exit 1; }; done
+	OMP_NUM_THREADS=1 $(BIN)/python -m eval.study --preset testbed --part trends --seeds $(TRENDS_SEEDS) \
+	    --threads 1 --output-dir $(TRENDS_OUT)
 
 demo: $(STAMP)
 	$(BIN)/genhancer-demo --preset tiny

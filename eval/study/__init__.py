@@ -3,6 +3,7 @@
 ``config`` (the typed config tree and its presets), ``protocol`` (the original tower, the
 ``enhance`` runs, the held-out sets), ``metrics`` (scoring one tower through ``eval.clip``, the
 aggregation over seeds), ``sensitivity`` (how much of the stage-1 loss the condition explains),
-``control`` (the positive control), ``report`` (tables and figures), ``runner`` and ``cli``.
-Results and pre-registrations: ``docs/study.md``.
+``control`` (the positive control), ``report`` (tables and figures), ``trends`` and
+``trends_report`` (the paper's four knobs as dose-response curves, ``--part trends``), ``runner``
+and ``cli``. Results and pre-registrations: ``docs/study.md`` (trends: ``docs/study-trends.md``).
 """

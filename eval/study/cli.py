@@ -2,7 +2,8 @@
 
 Parts: ``study`` (pretrain the sparse-caption tower, enhance it with ``cfg.methods``, score every
 tower on held-out scenes), ``sensitivity`` (how much of the stage-1 loss the condition explains,
-per denoiser), or ``all``. Config: ``--preset`` (``eval/study/presets``), ``--config FILE``,
+per denoiser), ``all`` (both), or ``trends`` (the paper's four knobs swept: generation against
+representation quality, ``cfg.trends``; ``make reproduce-trends``). Config: ``--preset`` (``eval/study/presets``), ``--config FILE``,
 ``--set key=value``; ``--seeds`` and ``--methods`` are short for ``--set seeds=..`` and
 ``--set methods=..``. CPU example (seconds): ``python -m eval.study --preset smoke --seeds 0
 --output-dir /tmp/study``.
@@ -19,7 +20,7 @@ from pathlib import Path
 from genhancer.runtime.cli import report
 from genhancer.runtime.errors import UserError
 
-PARTS = ("study", "sensitivity", "all")
+PARTS = ("study", "sensitivity", "all", "trends")
 
 
 def parser(prog: str = "python -m eval.study") -> argparse.ArgumentParser:
@@ -82,6 +83,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m eval.study") 
     if args.part in ("study", "all"):
         run_study(cfg, out, cache_dir, args.vae)
         print((out / "results.md").read_text())
+    if args.part == "trends":
+        from eval.study import trends
+
+        trends.run(cfg, out, cache_dir, args.vae)
+        print((out / "trends.md").read_text())
     return 0
 
 

@@ -1,5 +1,5 @@
 """The study's one typed config tree: the world, the "original" tower, the enhancement schedule,
-the held-out sets and the sensitivity measurement.
+the held-out sets, the sensitivity measurement and the trend sweeps.
 
 Resolved like every command's config (``genhancer.runtime.configtools``): dataclass defaults <
 preset (``eval/study/presets/*.yaml``) < ``--config FILE`` < ``--set key=value``. The defaults
@@ -116,6 +116,52 @@ class SensitivitySection:
     sd_sample_posterior: bool = doc(True, "sample the SD VAE posterior (DCR) or take its mean (DIVA)")
 
 
+Knob = Literal["stage1", "depth", "local", "stages"]
+
+
+@dataclass
+class TrendsSection:
+    """The paper's four knobs as dose-response sweeps (``--part trends``, ``eval.study.trends``):
+    each knob is swept with the others at their base values; every point is GenHancer's run
+    (two-stage ``enhanced`` or ``one_stage``) with the point's ``enhance --set`` overrides."""
+
+    knobs: list[Knob] = doc(
+        ["stage1", "depth", "local", "stages"], "knobs swept: stage1 | depth | local | stages"
+    )
+    seeds: list[int] = doc([], "seeds of the sweep (empty: the study's seeds)")
+    stage1_fractions: list[float] = doc(
+        [0.25, 0.5, 1.0, 1.5], "stage-1 lengths as fractions of schedule.stage1_steps (1.0: the base)"
+    )
+    depth_key: str = doc("method.denoiser.num_single_layers", "the enhance key the depth knob sets")
+    depths: list[int] = doc([1, 2, 4, 8], "denoiser depths swept (values of depth_key)")
+    base_depth: int = doc(2, "depth of every other knob's points (the tiny preset's 2 single-stream blocks)")
+    local_ratios: list[float] = doc(
+        [0.0, 0.25, 0.5, 1.0], "backbone.local_token_ratio values swept (paper Fig. 1 iii)"
+    )
+    base_local_ratio: float = doc(0.0, "local-token ratio of every other knob's points")
+    one_stage: list[bool] = doc([False, True], "two-stage (false) and one-stage (true, paper Fig. 6) points")
+    heldout_images: int = doc(64, "held-out scenes (world 9005, full captions) for the generation metric")
+    draws: int = doc(2, "(latent sample, noise, t) draws per scene for recon_loss, shared by every point")
+    sample_steps: int = doc(8, "Euler steps per reconstruction for clip_score")
+    judge: str = doc(
+        "genhancer-tiny:clip", "frozen full-caption CLIP judging reconstructions against captions"
+    )
+
+    def validate(self) -> None:
+        if not self.knobs:
+            raise UserError("trends.knobs: name at least one knob")
+        if any(f <= 0 for f in self.stage1_fractions) or not self.stage1_fractions:
+            raise UserError("trends.stage1_fractions: give fractions > 0")
+        if any(d < 1 for d in (*self.depths, self.base_depth)) or not self.depths:
+            raise UserError("trends.depths and trends.base_depth must be >= 1")
+        if any(not 0 <= r <= 1 for r in (*self.local_ratios, self.base_local_ratio)) or not self.local_ratios:
+            raise UserError("trends.local_ratios and trends.base_local_ratio must be in [0, 1]")
+        if not self.one_stage:
+            raise UserError("trends.one_stage: give false and/or true")
+        if self.heldout_images < 1 or self.draws < 1 or self.sample_steps < 1:
+            raise UserError("trends.heldout_images, trends.draws and trends.sample_steps must be >= 1")
+
+
 @dataclass
 class StudyConfig:
     seeds: list[int] = doc([0, 1, 2], "seeds: each its own pretraining world and init, its own runs")
@@ -130,6 +176,7 @@ class StudyConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     heldout: HeldOutSection = field(default_factory=HeldOutSection)
     sensitivity: SensitivitySection = field(default_factory=SensitivitySection)
+    trends: TrendsSection = field(default_factory=TrendsSection)
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in ALL_VARIANTS]
@@ -142,6 +189,7 @@ class StudyConfig:
                 check_conditions(self.sensitivity.conditions, d)
             except ValueError as exc:
                 raise UserError(f"sensitivity.conditions: {exc}") from None
+        self.trends.validate()
         if self.world.object_scale <= 0:
             raise UserError("world.object_scale must be > 0")
         bad = [b for b in self.world.backgrounds if b not in BACKGROUNDS]

@@ -196,9 +196,16 @@ def run_sets(cfg: StudyConfig, clip_dir: Path, seed: int, cache_dir: str) -> lis
 
 
 def enhance_overrides(
-    cfg: StudyConfig, clip_dir: Path, seed: int, variant: str, cache_dir: str, vae: str
+    cfg: StudyConfig,
+    clip_dir: Path,
+    seed: int,
+    variant: str,
+    cache_dir: str,
+    vae: str,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """``--set`` overrides on ``enhance --preset tiny`` for one GenHancer variant."""
+    """``--set`` overrides on ``enhance --preset tiny`` for one GenHancer variant; ``extra`` (a
+    trend point's settings, e.g. the denoiser's depth) come last, so they win."""
     s = cfg.schedule
     sets = [
         *run_sets(cfg, clip_dir, seed, cache_dir),
@@ -217,7 +224,7 @@ def enhance_overrides(
             "train.stages=[2]",
             f"stage2.steps={s.stage1_steps + s.stage2_steps}",
         ]
-    return sets
+    return [*sets, *extra]
 
 
 def method_overrides(cfg: StudyConfig, clip_dir: Path, seed: int, variant: str, cache_dir: str) -> list[str]:
@@ -250,16 +257,25 @@ def method_overrides(cfg: StudyConfig, clip_dir: Path, seed: int, variant: str, 
 
 
 def train_variant(
-    cfg: StudyConfig, clip_dir: Path, seed: int, variant: str, run_dir: Path, cache_dir: str, vae: str
+    cfg: StudyConfig,
+    clip_dir: Path,
+    seed: int,
+    variant: str,
+    run_dir: Path,
+    cache_dir: str,
+    vae: str,
+    extra: Sequence[str] = (),
 ) -> Path:
-    """Run ``enhance`` (in process) unless ``run_dir`` already holds its export; the merged HF dir."""
+    """Run ``enhance`` (in process) unless ``run_dir`` already holds its export; the merged HF dir.
+    ``extra``: further ``enhance --set`` overrides of a GenHancer variant (:func:`enhance_overrides`)."""
     done = run_dir / "export" / "hf" / "config.json"
     if done.is_file():
         return done.parent
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished earlier try
     if variant in GENHANCER_VARIANTS:
-        ecfg = load_config("tiny", overrides=enhance_overrides(cfg, clip_dir, seed, variant, cache_dir, vae))
+        sets = enhance_overrides(cfg, clip_dir, seed, variant, cache_dir, vae, extra)
+        ecfg = load_config("tiny", overrides=sets)
     else:
         sets = method_overrides(cfg, clip_dir, seed, variant, cache_dir)
         ecfg = load_config("tiny", overrides=sets, method=METHOD_OF[variant])
