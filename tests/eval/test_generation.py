@@ -183,3 +183,19 @@ def test_a_missing_judge_names_its_key(run_dir, tmp_path, capsys):
     argv += ["--set", "generation.judge=/nope/judge", "--output-dir", str(tmp_path / "b"), *SMALL]
     assert main(argv) == 2
     assert "generation.judge" in capsys.readouterr().err
+
+
+def test_a_retrieval_set_gives_each_image_its_first_caption(tmp_path):
+    from PIL import Image
+
+    from eval.clip.zeroshot import RetrievalSet
+
+    images = [Image.new("RGB", (8, 8), c) for c in ("red", "green", "blue")]
+    path = tmp_path / "b.png"
+    images[1].save(path)
+    ret = RetrievalSet(
+        "caps", [images[0], path, images[2]], ["r0", "r1", "g0", "b0", "b1"], [0, 0, 1, 2, 2], "v1"
+    )
+    got = gen.retrieval_captioned(ret, 2)
+    assert got.captions == ["r0", "g0"] and got.source == "caps" and got.revision == "v1"
+    assert [im.getpixel((0, 0)) for im in got.images] == [(255, 0, 0), (0, 128, 0)]  # a path is opened
