@@ -149,7 +149,8 @@ def load_generator(
     denoiser_dir: str | Path, tower: str | Path, cache_dir: str | None = None, device: str = "cpu"
 ) -> tuple[GenHancerModel, int]:
     """The run's tower (from ``tower``, an HF folder), projector, denoiser and VAE as one
-    :class:`GenHancerModel` in eval mode, and the run's own sampling steps."""
+    :class:`GenHancerModel` in eval mode and float32 (as every tower is scored, whatever
+    ``stage2.export_dtype`` saved), and the run's own sampling steps."""
     export = load_denoiser_export(denoiser_dir, cache_dir)
     if export.kind != CONTINUOUS:
         raise UserError(f"{denoiser_dir}: a {export.kind} denoiser has no flow-matching loss to score")
@@ -171,7 +172,7 @@ def load_generator(
         timestep_sampler=flow.timestep_sampler,
         timestep_scale=flow.scale,
     )
-    return model.eval().requires_grad_(False).to(device), export.preview_steps
+    return model.eval().requires_grad_(False).to(device=device, dtype=torch.float32), export.preview_steps
 
 
 class _RunFlow(FlowTask):

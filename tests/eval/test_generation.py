@@ -119,6 +119,12 @@ def test_clip_score_by_hand(run_dir, data, judge):
     assert score.steps == 2
 
 
+def test_a_bfloat16_export_is_scored_in_float32(tmp_model_dirs, tmp_path, data, judge):
+    run = _tiny_run(tmp_model_dirs, tmp_path / "bf16", "stage2.export_dtype=bfloat16")
+    score = _score(run, data, judge)
+    assert 0 < score.recon_loss < 10 and -100 <= score.clip_score <= 100
+
+
 def test_the_metric_is_paired_and_moves_with_the_denoiser(run_dir, data, judge, tmp_path):
     a, b = _score(run_dir, data, judge), _score(run_dir, data, judge)
     assert (a.recon_loss, a.clip_score) == (b.recon_loss, b.clip_score)  # the same draws and noise
