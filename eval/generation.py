@@ -5,7 +5,7 @@ mean a better tower).
 Two numbers per run, both paired across runs (same images, same draws, same noise):
 
 * ``recon_loss``: the denoiser's flow-matching loss on held-out images under fixed draws of
-  (latent sample, noise, t). It is :mod:`eval.study.sensitivity`'s paired held-out loss
+  (latent sample, noise, t). It is :mod:`eval.flow_heldout`'s paired held-out loss
   (``heldout_draws`` / ``heldout_loss``), run with the run's own tower, projector, denoiser and VAE
   instead of a freshly trained stage 1. Lower is better.
 * ``clip_score``: images sampled from the denoiser conditioned on the tower (Euler steps of the
@@ -34,8 +34,7 @@ from enhance.layout import find_denoiser_dir, read_denoiser_meta
 from enhance.methods.genhancer.config import GenHancerSection
 from enhance.model import GenHancerModel
 from eval.clip.encoders import load_encoder
-from eval.study.protocol import to_unit
-from eval.study.sensitivity import Encoded, FlowTask, heldout_draws, heldout_loss, posteriors
+from eval.flow_heldout import FlowTask, heldout_draws, heldout_loss, posteriors, to_unit
 from genhancer.runtime import configtools
 from genhancer.runtime.errors import UserError
 from genhancer.runtime.seeding import derive_seed
@@ -202,17 +201,17 @@ def to_images(x: torch.Tensor) -> list[Image.Image]:
 def reconstruction_loss(
     model: GenHancerModel, unit: torch.Tensor, settings: GenerationSettings
 ) -> tuple[dict, list[float]]:
-    """The paired held-out loss of :mod:`eval.study.sensitivity` on images ``unit`` ([N, 3, H, W]
+    """The paired held-out loss of :mod:`eval.flow_heldout` on images ``unit`` ([N, 3, H, W]
     in [0, 1]): (``heldout_loss``'s summary, the loss per image averaged over draws)."""
     device = unit.device
     post = posteriors(model.codec.vae, unit)
-    empty = torch.zeros(0)
-    enc = Encoded(empty, empty, (empty, empty), post, [], [], [], 0)
     task = _RunFlow(model)
-    draws = [tuple(x.to(device) for x in d) for d in heldout_draws(enc, task, settings.draws, settings.seed)]
+    draws = [
+        tuple(x.to(device) for x in d) for d in heldout_draws(post[0], task, settings.draws, settings.seed)
+    ]
     codec = model.codec
     latent_kw = {"sample": codec.sample_posterior, "shift": codec.shift_factor, "scale": codec.scaling_factor}
-    summary = heldout_loss(task, enc, _tower_input(model, unit), draws, latent_kw)
+    summary = heldout_loss(task, post, _tower_input(model, unit), draws, latent_kw)
     per_image = torch.cat(task.recorded).view(settings.draws, -1).mean(0)
     return summary, per_image.tolist()
 

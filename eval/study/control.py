@@ -18,8 +18,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import CLIPModel, CLIPProcessor
 
 from enhance.backbones.hf import HFCLIPBackbone
+from eval.flow_heldout import to_unit
 from eval.study.config import StudyConfig
-from eval.study.protocol import LABEL_VALUES, render_split, to_unit, world
+from eval.study.protocol import LABEL_VALUES, render_split, world
 from genhancer.runtime.seeding import derive_seed
 from genhancer.toyworld.sparse import RARE_ATTRIBUTES
 

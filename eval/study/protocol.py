@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
 from enhance.config import load_config
@@ -88,12 +86,6 @@ class Split:
 def render_split(world: ToyWorld, n: int) -> Split:
     samples = list(world.samples(n))
     return Split([s.image for s in samples], [s.attributes for s in samples], [s.caption for s in samples])
-
-
-def to_unit(images: Sequence[Image.Image], size: int) -> torch.Tensor:
-    """[N, 3, size, size] in [0, 1] (the toy world is already at the tower's resolution)."""
-    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
 
 
 # --- held-out data ------------------------------------------------------------------------------

@@ -41,15 +41,14 @@ from pathlib import Path
 
 import torch
 
-from enhance import flow
 from enhance.backbones import build_backbone
 from enhance.config import load_config
-from enhance.denoisers.continuous import build_continuous_denoiser
 from enhance.projector import ConditionProjector
 from enhance.vae import build_codec
+from eval.flow_heldout import FlowTask, heldout_draws, heldout_loss, posteriors, sample_latent, to_unit
 from eval.stats import mean_std
 from eval.study.conditions import SD_NATIVE, check_conditions, one_hots, oracle_attributes
-from eval.study.protocol import IMAGE_SIZE, original_tower, render_split, to_unit, world
+from eval.study.protocol import IMAGE_SIZE, original_tower, render_split, world
 from genhancer.runtime.seeding import derive_seed
 from genhancer.toyworld.models import resolve_tiny
 
@@ -57,8 +56,6 @@ __all__ = ["check_conditions", "measure", "run", "shares"]
 
 log = logging.getLogger("study.sensitivity")
 
-#: Bands of t (GenHancer: t in [0, 1]; SD: timestep / 1000) for the per-band losses.
-T_BANDS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0001)
 
 # --- data: rendered once, encoded once per tower -------------------------------------------------
 
@@ -74,58 +71,7 @@ def tower_tokens(backbone, unit: torch.Tensor, batch: int = 256) -> torch.Tensor
     return torch.cat(out)
 
 
-@torch.no_grad()
-def posteriors(vae, unit: torch.Tensor, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE posterior (mean, logvar) of every image in [-1, 1], float32."""
-    means, logvars = [], []
-    for i in range(0, len(unit), batch):
-        dist = vae.encode(unit[i : i + batch] * 2 - 1).latent_dist
-        means.append(dist.mean.float())
-        logvars.append(dist.logvar.float())
-    return torch.cat(means), torch.cat(logvars)
-
-
-def sample_latent(mean, logvar, eps, sample: bool, shift: float, scale: float) -> torch.Tensor:
-    """Normalised latents ``(z - shift) * scale`` with ``z = mean + std * eps`` (or the mean)."""
-    z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps if sample else mean
-    return (z - shift) * scale
-
-
 # --- the two denoisers ----------------------------------------------------------------------------
-
-
-class FlowTask:
-    """GenHancer's stage 1: projector + FLUX-style denoiser, rectified flow (enhance's parts)."""
-
-    def __init__(self, enhance_cfg, cond_dim: int, latent_channels: int, seed: int):
-        m = enhance_cfg.method  # GenHancer's section: denoiser, projector, flow
-        d = m.denoiser
-        torch.manual_seed(seed)  # the denoiser first: its init is the same for every condition
-        self.denoiser = build_continuous_denoiser(d, latent_channels)
-        self.projector = ConditionProjector(
-            global_dim=cond_dim,
-            pooled_dim=d.pooled_projection_dim,
-            context_dim=d.joint_attention_dim,
-            hidden_act=m.projector.hidden_act,
-        )
-        self.sampler, self.scale = m.flow.timestep_sampler, m.flow.scale
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return [*self.denoiser.parameters(), *self.projector.parameters()]
-
-    def draw_t(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        return flow.sample_timesteps(n, self.sampler, self.scale, generator=gen)
-
-    def t_unit(self, t: torch.Tensor) -> torch.Tensor:
-        return t
-
-    def losses(
-        self, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-item flow-matching MSE [B]."""
-        pooled, context = self.projector(cond)
-        pred = self.denoiser(flow.interpolate(z, noise, t), t, pooled, context)
-        return (pred.float() - flow.flow_target(z, noise)).pow(2).flatten(1).mean(1)
 
 
 class SDTask:
@@ -187,37 +133,6 @@ def condition_features(enc: Encoded, condition: str, split: str) -> torch.Tensor
     if condition == "null":
         return torch.zeros_like(tokens)
     return torch.cat([tokens, one_hots(attrs, oracle_attributes(condition), enc.max_count)], dim=1)
-
-
-def heldout_draws(enc: Encoded, task, draws: int, seed: int = 9100) -> list[tuple]:
-    """The held-out (eps, noise, t) draws: a pure function of ``seed``, the same for every condition."""
-    mean = enc.test_post[0]
-    out = []
-    for d in range(draws):
-        gen = torch.Generator().manual_seed(derive_seed("sensitivity_heldout", seed, d))
-        eps = torch.randn(mean.shape, generator=gen)
-        noise = torch.randn(mean.shape, generator=gen)
-        out.append((eps, noise, task.draw_t(mean.shape[0], gen)))
-    return out
-
-
-@torch.no_grad()
-def heldout_loss(task, enc: Encoded, cond: torch.Tensor, draws: list[tuple], latent_kw: dict) -> dict:
-    """Mean per-item loss over held-out scenes x draws, overall and per band of t."""
-    losses, ts = [], []
-    mean, logvar = enc.test_post
-    for eps, noise, t in draws:
-        for i in range(0, mean.shape[0], 128):
-            s = slice(i, i + 128)
-            z = sample_latent(mean[s], logvar[s], eps[s], **latent_kw)
-            losses.append(task.losses(z, noise[s], t[s], cond[s]))
-            ts.append(task.t_unit(t[s]))
-    loss, t = torch.cat(losses), torch.cat(ts)
-    bands = {}
-    for lo, hi in zip(T_BANDS[:-1], T_BANDS[1:], strict=True):
-        m = (t >= lo) & (t < hi)
-        bands[f"{lo:.2f}-{min(hi, 1.0):.2f}"] = float(loss[m].mean()) if m.any() else float("nan")
-    return {"loss": float(loss.mean()), "by_t": bands, "t_share_high": float((t >= 0.75).float().mean())}
 
 
 def train_condition(
@@ -463,12 +378,12 @@ def measure(cfg, denoiser: str, seed: int, out_dir: Path, cache_dir: str) -> dic
                     if c == "caption"
                     else empty[None].expand(len(enc.test_captions), -1, -1)
                 )
-                draws = draws or heldout_draws(enc, task, cfg.sensitivity.draws)
-                rec = {**heldout_loss(task, enc, ctx, draws, latent_kw), "train_curve": []}
+                draws = draws or heldout_draws(enc.test_post[0], task, cfg.sensitivity.draws)
+                rec = {**heldout_loss(task, enc.test_post, ctx, draws, latent_kw), "train_curve": []}
             else:
                 train_cond = condition_features(enc, c, "train")
                 task = make(train_cond.shape[1])
-                draws = draws or heldout_draws(enc, task, cfg.sensitivity.draws)
+                draws = draws or heldout_draws(enc.test_post[0], task, cfg.sensitivity.draws)
                 curve = train_condition(
                     task,
                     enc,
@@ -479,7 +394,9 @@ def measure(cfg, denoiser: str, seed: int, out_dir: Path, cache_dir: str) -> dic
                     seed,
                     latent_kw,
                 )
-                rec = {**heldout_loss(task, enc, condition_features(enc, c, "test"), draws, latent_kw)}
+                rec = {
+                    **heldout_loss(task, enc.test_post, condition_features(enc, c, "test"), draws, latent_kw)
+                }
                 tail = curve[-max(1, len(curve) // 4) :]
                 rec["train_loss_last_quarter"] = sum(tail) / len(tail)
             rec.update(condition=c, seed=seed, denoiser=denoiser, steps=cfg.sensitivity_steps)

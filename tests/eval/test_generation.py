@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from eval import generation as gen
 from eval.cli import main
-from eval.study.sensitivity import sample_latent
+from eval.flow_heldout import sample_latent
 from genhancer.runtime.seeding import derive_seed
 
 SETTINGS = gen.GenerationSettings(draws=2, steps=2, seed=3, batch_size=4)

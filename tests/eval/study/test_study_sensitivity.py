@@ -102,7 +102,7 @@ def test_heldout_draws_are_a_function_of_the_seed_alone():
         [],
         3,
     )
-    a, b = sens.heldout_draws(enc, _Task(), 2), sens.heldout_draws(enc, _Task(), 2)
+    a, b = sens.heldout_draws(enc.test_post[0], _Task(), 2), sens.heldout_draws(enc.test_post[0], _Task(), 2)
     for da, db in zip(a, b, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(da, db, strict=True))
     assert not torch.equal(a[0][1], a[1][1])  # draws differ from each other
