@@ -87,8 +87,14 @@ bench: $(STAMP)  # CPU part (tiny preset); GPU commands: BENCHMARKS.md
 
 # The small-scale study (docs/study.md): the testbed's sensitivity (how much of the stage-1 loss the condition
 # explains), then the positive control and the head to head on it, 3 seeds (hours on 2 cores; DCR is most of it).
+# Arm 2 (docs/study.md, section 7) repeats the control and GenHancer at stage-2 lr 5e-3; the placebo keeps
+# GenHancer's per-matrix singular values and draws random directions (exploratory).
 reproduce-small: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.study --preset testbed --part all --methods supervised-rare enhanced dcr dcr-own-lr naive-contrastive diva --output-dir runs/reproduce-small
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.study --preset testbed --methods supervised-rare enhanced \
+	    --set schedule.stage2_lr=5e-3 --set schedule.control_lr=5e-3 --output-dir runs/reproduce-small/lr5e-3
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.study.placebo runs/reproduce-small --variant enhanced
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m eval.study.placebo runs/reproduce-small/lr5e-3 --variant enhanced
 
 # The first protocol's head to head (2026-12-03, docs/reproduce-methods): the default world, 200 + 100 steps.
 reproduce-first: $(STAMP)
