@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from enhance.layout import read_export_meta
-from eval.benchmarks import BenchmarkContext, get_benchmark
+from eval.benchmarks import Benchmark, BenchmarkContext, get_benchmark
 from eval.config import LeaderboardConfig, UncertaintyConfig
 from eval.stats import Items, items_interval, mean_std, paired_items
 from genhancer.runtime.errors import UserError
@@ -243,9 +243,14 @@ class LeaderboardPlan:
     output_dir: Path
     limit: int | None
 
+    def applies(self, m: ModelSpec, b: Benchmark) -> bool:
+        """Whether ``b`` scores ``m``: the same kind, and a cache key (a CLIP tower and an MLLM may
+        share a name, so the name alone does not say)."""
+        return b.model_kind == m.kind and (m.name, b.name) in self.keys
+
     def describe(self) -> dict:
         """The plan as data (``leaderboard --dry-run`` style): computed vs reused pairs."""
-        pairs = [(m.name, b.name) for m in self.models for b in self.benches if (m.name, b.name) in self.keys]
+        pairs = [(m.name, b.name) for m in self.models for b in self.benches if self.applies(m, b)]
         return {
             "compute": [list(p) for p in pairs if p in self.todo],
             "reuse": [list(p) for p in pairs if p not in self.todo],
@@ -374,7 +379,7 @@ def execute_plan(plan: LeaderboardPlan) -> RunSummary:
     for m in plan.models:
         encoder = None
         for b in plan.benches:
-            if (m.name, b.name) not in plan.keys:  # another kind, or a benchmark that does not apply
+            if not plan.applies(m, b):  # another kind, or a benchmark that does not apply
                 continue
             key = plan.keys[m.name, b.name]
             if (m.name, b.name) not in plan.todo:

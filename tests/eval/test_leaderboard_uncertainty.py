@@ -5,6 +5,7 @@ configuration averaged to mean ± std."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from scipy.stats import binomtest
@@ -167,3 +168,19 @@ def test_the_plan_decides_before_any_model_loads(mmvp_board, tmp_model_dirs, mon
     forced = leaderboard.plan_leaderboard(cfg, models, mmvp_board, ["mmvp_vlm"], force=True)
     assert forced.describe()["compute"] == [["clip", "mmvp_vlm"], ["siglip", "mmvp_vlm"]]
     assert leaderboard.execute_plan(plan).computed == []  # reuses: still no model load
+
+
+def test_a_tower_and_an_mllm_of_one_name_keep_their_own_benchmarks():
+    """``--clip enhanced=... --mllm enhanced=...`` is the quickstart's shape: the CLIP tower must never
+    be handed an MLLM benchmark because the MLLM of the same name has a key for it."""
+    from eval import leaderboard
+    from eval.benchmarks import get_benchmark
+
+    clip, mllm = leaderboard.ModelSpec("enhanced", "a"), leaderboard.ModelSpec("enhanced", "b", kind="mllm")
+    vlm, pope = get_benchmark("mmvp_vlm"), get_benchmark("pope")
+    keys = {("enhanced", "mmvp_vlm"): "k1", ("enhanced", "pope"): "k2"}
+    plan = leaderboard.LeaderboardPlan(
+        None, [clip, mllm], [vlm, pope], None, None, {}, {}, keys, list(keys), {}, Path("."), None
+    )
+    assert [plan.applies(m, b) for m in (clip, mllm) for b in (vlm, pope)] == [True, False, False, True]
+    assert plan.describe()["compute"] == [["enhanced", "mmvp_vlm"], ["enhanced", "pope"]]
