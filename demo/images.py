@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from enhance.preview import to_uint8
 from genhancer.runtime.errors import UserError
 
 
@@ -68,8 +69,7 @@ def square_view(image: Image.Image, size: int = 256) -> Image.Image:
 
 def to_pil(pixels) -> Image.Image:
     """A ``[3, H, W]`` tensor in [-1, 1] as a PIL image."""
-    arr = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
-    return Image.fromarray(arr.permute(1, 2, 0).numpy())
+    return Image.fromarray(to_uint8(pixels[None])[0])
 
 
 def enlarge(image: Image.Image | None, size: int = 256) -> Image.Image | None:

@@ -31,8 +31,10 @@ from enhance.backbones import build_backbone
 from enhance.config import BackboneConfig
 from enhance.export import load_denoiser_export
 from enhance.layout import find_denoiser_dir, read_denoiser_meta
+from enhance.methods.augment import normalise
 from enhance.methods.genhancer.config import GenHancerSection
 from enhance.model import GenHancerModel
+from enhance.preview import to_uint8
 from eval.clip.encoders import load_encoder
 from eval.flow_heldout import FlowTask, heldout_draws, heldout_loss, posteriors, to_unit
 from genhancer.runtime import configtools
@@ -193,8 +195,7 @@ class _RunFlow(FlowTask):
 
 def to_images(x: torch.Tensor) -> list[Image.Image]:
     """[N, 3, H, W] in [-1, 1] -> RGB PIL images."""
-    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
+    return [Image.fromarray(a) for a in to_uint8(x)]
 
 
 @torch.no_grad()
@@ -217,9 +218,7 @@ def reconstruction_loss(
 
 
 def _tower_input(model: GenHancerModel, unit: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(model.backbone.image_mean, device=unit.device).view(1, 3, 1, 1)
-    std = torch.tensor(model.backbone.image_std, device=unit.device).view(1, 3, 1, 1)
-    return (unit - mean) / std
+    return normalise(unit, model.backbone.image_mean, model.backbone.image_std)
 
 
 @torch.no_grad()

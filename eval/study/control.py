@@ -18,6 +18,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import CLIPModel, CLIPProcessor
 
 from enhance.backbones.hf import HFCLIPBackbone
+from enhance.methods.augment import normalise
 from eval.flow_heldout import to_unit
 from eval.study.config import StudyConfig
 from eval.study.protocol import LABEL_VALUES, render_split, world
@@ -37,8 +38,6 @@ def train_supervised_rare(cfg: StudyConfig, clip_dir: Path, seed: int, run_dir: 
     peft_model = get_peft_model(model, LoraConfig(target_modules=backbone.all_linear_targets(), **LORA))
     data = render_split(world(cfg, 2000 + seed), s.images)
     unit = to_unit(data.images, 64)
-    mean = torch.tensor(backbone.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.image_std).view(1, 3, 1, 1)
     labels = {
         a: torch.tensor([list(LABEL_VALUES[a]).index(x[a]) for x in data.attributes]) for a in RARE_ATTRIBUTES
     }
@@ -52,7 +51,7 @@ def train_supervised_rare(cfg: StudyConfig, clip_dir: Path, seed: int, run_dir: 
     curve = []
     for step in range(s.stage2_steps):
         idx = torch.randint(0, len(unit), (s.batch,), generator=gen)
-        g = backbone((unit[idx] - mean) / std).global_token
+        g = backbone(normalise(unit[idx], backbone.image_mean, backbone.image_std)).global_token
         loss = sum(torch.nn.functional.cross_entropy(heads[a](g), labels[a][idx]) for a in RARE_ATTRIBUTES)
         opt.zero_grad(set_to_none=True)
         loss.backward()

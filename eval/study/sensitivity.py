@@ -43,12 +43,14 @@ import torch
 
 from enhance.backbones import build_backbone
 from enhance.config import load_config
+from enhance.methods.augment import normalise
 from enhance.projector import ConditionProjector
 from enhance.vae import build_codec
 from eval.flow_heldout import FlowTask, heldout_draws, heldout_loss, posteriors, sample_latent, to_unit
 from eval.stats import mean_std
 from eval.study.conditions import SD_NATIVE, check_conditions, one_hots, oracle_attributes
 from eval.study.protocol import IMAGE_SIZE, original_tower, render_split, world
+from genhancer.runtime.checkpoint import atomic_write_text
 from genhancer.runtime.seeding import derive_seed
 from genhancer.toyworld.models import resolve_tiny
 
@@ -63,10 +65,10 @@ log = logging.getLogger("study.sensitivity")
 @torch.no_grad()
 def tower_tokens(backbone, unit: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """The frozen tower's global token of every image, float32."""
-    mean = torch.tensor(backbone.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.image_std).view(1, 3, 1, 1)
+    m, s = backbone.image_mean, backbone.image_std
     out = [
-        backbone((unit[i : i + batch] - mean) / std).global_token.float() for i in range(0, len(unit), batch)
+        backbone(normalise(unit[i : i + batch], m, s)).global_token.float()
+        for i in range(0, len(unit), batch)
     ]
     return torch.cat(out)
 
@@ -240,9 +242,7 @@ def finite(x: float) -> bool:
 
 def save_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 # --- the measurement, per denoiser and seed ------------------------------------------------------------

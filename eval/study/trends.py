@@ -36,6 +36,7 @@ from eval.study.protocol import (
     train_variant,
 )
 from eval.study.trends_report import write_report
+from genhancer.runtime.checkpoint import atomic_write_text
 from genhancer.runtime.configtools import to_dict
 
 log = logging.getLogger("study.trends")
@@ -204,9 +205,7 @@ def original_record(ctx: SeedContext) -> dict:
 
 def _save(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, indent=1))
 
 
 def run(cfg: StudyConfig, out: Path, cache_dir: str, vae: str = "genhancer-tiny:vae") -> dict:
