@@ -134,8 +134,9 @@ def aggregate(records: list[dict]) -> dict:
                 row["sign"] = sign_test(before, after)
             rows[k] = row
         table[v] = rows
-    extra = {
+    extra = {  # per-run extras, where the records carry them (a placebo's do not)
         name: {v: mean_std([r[name][v] for r in records]) for v in variants}
         for name in ("recon_loss", "tower_change", "token_cosine")
+        if name in records[0]
     }
     return {"seeds": [r["seed"] for r in records], "variants": variants, "table": table, **extra}

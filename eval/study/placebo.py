@@ -20,18 +20,17 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 from eval.stats import mean_std, paired_t
-from eval.study.config import StudyConfig, load_study_config
+from eval.study.config import StudyConfig
 from eval.study.metrics import aggregate, score_tower
 from eval.study.protocol import held_out, original_tower
+from genhancer.runtime.configtools import from_dict
 from genhancer.runtime.seeding import derive_seed
 
 IMAGE_SIDE = ("vision_model.", "visual_projection.")
@@ -92,13 +91,9 @@ def placebo_tower(original: Path, variant: Path, out: Path, seed: int) -> Path:
 
 def study_config(folder: Path) -> StudyConfig:
     """The study folder's own resolved config (``results.json``), so the held-out sets match."""
-    cfg = json.loads((folder / "results.json").read_text())["config"]
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(cfg, f)
-    try:
-        return load_study_config(None, f.name)
-    finally:
-        Path(f.name).unlink()
+    cfg = from_dict(StudyConfig, json.loads((folder / "results.json").read_text())["config"])
+    cfg.validate()
+    return cfg
 
 
 def run(folder: Path, variant: str, draws: int, cache_dir: str) -> dict:
@@ -129,10 +124,7 @@ def run(folder: Path, variant: str, draws: int, cache_dir: str) -> dict:
             scored = score_tower(hf, data)
             record["metrics"][name], record["items"][name] = scored["metrics"], scored["items"]
         records.append(record)
-    unused = {
-        k: dict.fromkeys([variant, *names], 0.0) for k in ("recon_loss", "tower_change", "token_cosine")
-    }
-    agg = aggregate([{**r, **unused} for r in records])  # its per-run extras do not apply here
+    agg = aggregate(records)
     out = {"variant": variant, "draws": draws, "seeds": cfg.seeds, "rows": {}}
     for key in ROWS:
         vs_placebo = [

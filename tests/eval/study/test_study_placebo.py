@@ -54,3 +54,21 @@ def test_only_changed_image_side_tensors_are_replaced(tmp_path):
     d_fake = got["vision_model.a.weight"] - before["vision_model.a.weight"]
     assert torch.isclose(d_fake.norm(), d_var.norm(), rtol=1e-4)
     assert not torch.allclose(d_fake, d_var, atol=1e-4)
+
+
+def test_aggregate_scores_records_without_per_run_extras():
+    """The placebo's records carry metrics and items but no recon loss or tower change."""
+    from eval.study.metrics import aggregate
+
+    def record(seed, before, after):
+        return {
+            "seed": seed,
+            "variants": ["p"],
+            "metrics": {"original": {"probe/count": before}, "p": {"probe/count": after}},
+            "items": {"original": {"probe/count": [True, False]}, "p": {"probe/count": [True, True]}},
+        }
+
+    agg = aggregate([record(0, 50.0, 52.0), record(1, 40.0, 43.0)])
+    row = agg["table"]["p"]["probe/count"]
+    assert row["per_seed_delta"] == [2.0, 3.0] and row["sign"][:2] == (2, 0)
+    assert "tower_change" not in agg
