@@ -54,16 +54,12 @@ def stage2_loss(model: Any, batch: dict, seed: int, neg_seed: int) -> torch.Tens
     The trainer reseeds the global RNG (LoRA dropout) and the step generator (latent sample, t,
     noise, augmented view) from one seed; this does the same, so two calls with one ``seed`` see
     the same draws whatever the negatives option, and ``neg_seed`` alone picks the sampled negatives
-    (exact draws none, so under exact this equals ``training_forward``)."""
+    (exact draws none, so under exact this equals ``training_forward`` without one)."""
     device = batch["pixel_values"].device
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
-    z = model.latents(batch, gen)
-    t, noise, z_t = model.draw(z, gen)
-    context = model.global_condition(batch["pixel_values"])
-    context_plus = model.global_condition(model.augmented_pixels(batch, gen, model.dcr.augment))
     neg_gen = torch.Generator(device=device).manual_seed(neg_seed)
-    return model.objective(z, noise, t, z_t, context, context_plus, neg_gen)
+    return model.training_forward(batch, gen, neg_gen)["loss"]
 
 
 def stage2_gradient(

@@ -73,12 +73,17 @@ class DCRModel(SDMethodModel):
         ]
         return torch.cat(outs)
 
-    def training_forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def training_forward(
+        self, batch: dict, generator: torch.Generator, negatives_generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``negatives_generator`` (default: ``generator``) draws the sampled negatives alone, so a
+        measurement can vary them with every other draw held fixed."""
         z = self.latents(batch, generator)
         t, noise, z_t = self.draw(z, generator)
         context = self.global_condition(batch["pixel_values"])
         context_plus = self.global_condition(self.augmented_pixels(batch, generator, self.dcr.augment))
-        return {"loss": self.objective(z, noise, t, z_t, context, context_plus, generator)}
+        neg = negatives_generator or generator
+        return {"loss": self.objective(z, noise, t, z_t, context, context_plus, neg)}
 
     def objective(self, z, noise, t, z_t, context, context_plus, generator) -> torch.Tensor:
         """The DCR loss of one micro-batch from its latents, draws and the two conditions."""
