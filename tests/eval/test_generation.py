@@ -59,6 +59,17 @@ def _score(run_dir, data, judge, denoiser=None):
     )
 
 
+def _by_hand_inputs(run_dir, data, judge):
+    """The score under test, and what recomputing it by hand starts from: the run's parts, the
+    images in [0, 1] and the tower's view of them (normalised here, not by the code under test)."""
+    score = _score(run_dir, data, judge)
+    model, _ = gen.load_generator(run_dir / "export" / "denoiser", run_dir / "export" / "hf")
+    unit = gen.to_unit(data.images, model.backbone.image_size)
+    mean_px = torch.tensor(model.backbone.image_mean).view(1, 3, 1, 1)
+    std_px = torch.tensor(model.backbone.image_std).view(1, 3, 1, 1)
+    return score, model, unit, (unit - mean_px) / std_px
+
+
 def test_finds_the_denoiser_of_an_export_and_none_for_a_plain_tower(run_dir, tmp_model_dirs):
     want = run_dir / "export" / "denoiser"
     for p in (run_dir, run_dir / "export", run_dir / "export" / "hf"):
@@ -67,14 +78,10 @@ def test_finds_the_denoiser_of_an_export_and_none_for_a_plain_tower(run_dir, tmp
 
 
 def test_recon_loss_by_hand(run_dir, data, judge):
-    score = _score(run_dir, data, judge)
-    model, _ = gen.load_generator(run_dir / "export" / "denoiser", run_dir / "export" / "hf")
-    unit = gen.to_unit(data.images, model.backbone.image_size)
-    mean_px = torch.tensor(model.backbone.image_mean).view(1, 3, 1, 1)
-    std_px = torch.tensor(model.backbone.image_std).view(1, 3, 1, 1)
+    score, model, unit, pixels = _by_hand_inputs(run_dir, data, judge)
     with torch.no_grad():
         dist = model.codec.vae.encode(unit * 2 - 1).latent_dist
-        pooled, context = model.projector(model.backbone((unit - mean_px) / std_px).global_token)
+        pooled, context = model.projector(model.backbone(pixels).global_token)
         per_draw = []
         for d in range(SETTINGS.draws):
             g = torch.Generator().manual_seed(derive_seed("sensitivity_heldout", SETTINGS.seed, d))
@@ -94,15 +101,11 @@ def test_recon_loss_by_hand(run_dir, data, judge):
 
 
 def test_clip_score_by_hand(run_dir, data, judge):
-    score = _score(run_dir, data, judge)
-    model, _ = gen.load_generator(run_dir / "export" / "denoiser", run_dir / "export" / "hf")
-    unit = gen.to_unit(data.images, model.backbone.image_size)
-    mean_px = torch.tensor(model.backbone.image_mean).view(1, 3, 1, 1)
-    std_px = torch.tensor(model.backbone.image_std).view(1, 3, 1, 1)
+    score, model, unit, pixels = _by_hand_inputs(run_dir, data, judge)
     cosines = []
     with torch.no_grad():
         for start in range(0, len(unit), SETTINGS.batch_size):
-            px = ((unit - mean_px) / std_px)[start : start + SETTINGS.batch_size]
+            px = pixels[start : start + SETTINGS.batch_size]
             pooled, context = model.projector(model.backbone(px).global_token)
             g = torch.Generator().manual_seed(derive_seed("generation_sample", SETTINGS.seed, start))
             size = unit.shape[-1] // model.codec.downsample
